@@ -1,0 +1,270 @@
+"""The search contract shared by the parser, the extractors and every storage engine.
+
+Two halves:
+
+* **Index values** (:class:`IndexValues`): what a resource offers to search, extracted once at
+  write time from the resource JSON by the search-parameter registry, and stored by the engine
+  beside the resource in a few typed tables/arrays.
+* **Queries** (:class:`SearchQuery`): a parsed search, AND of :class:`Clause` s, each an OR of
+  values of one parameter. Engines compile them into their own query language; no engine ever
+  filters after fetching.
+
+Normalisation rules, so that extraction and query parsing agree:
+
+* Dates are ranges of integer **milliseconds since the Unix epoch, UTC**, ``lo`` inclusive and
+  ``hi`` inclusive (the last millisecond of the period). ``2024`` is
+  [2024-01-01T00:00:00.000Z, 2024-12-31T23:59:59.999Z]. A date or dateTime without a time zone
+  is taken as UTC. A Period with no end has ``hi = MAX_MS``; with no start ``lo = MIN_MS``.
+* Strings are stored twice: ``norm`` (lower case, accents removed, whitespace collapsed) for
+  the default starts-with and ``:contains`` searches, and ``exact`` as written for ``:exact``.
+* Tokens: ``system`` is ``""`` when the data has none; ``code`` is the code/value;
+  ``text`` is the normalised display/text for ``:text``. Booleans index as code ``true``/``false``.
+  ``Reference.identifier`` is indexed as a token of the reference parameter with the same code
+  and ``identifier=True``, serving ``param:identifier``.
+* References: ``target_type``/``target_id`` for relative (and local absolute) references,
+  ``url`` for the literal reference as written (absolute URLs, canonical references), and
+  ``version`` when the reference is versioned (``Patient/1/_history/2``).
+* Numbers and quantities: ``value`` as :class:`decimal.Decimal`; engines may store floats and
+  must then use the implicit precision range ``lo``/``hi`` for ``eq``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Literal
+
+MIN_MS = -62135596800000  # 0001-01-01T00:00:00Z
+MAX_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
+
+ParamType = Literal["token", "reference", "date", "string", "uri", "number", "quantity",
+                    "composite", "special"]
+
+# ---------------------------------------------------------------------------------------------
+# Index values (write side)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenValue:
+    param: str
+    system: str
+    code: str
+    text: str = ""
+    identifier: bool = False  # True: a Reference.identifier indexed for `param:identifier`
+
+
+@dataclass(frozen=True)
+class ReferenceValue:
+    param: str
+    target_type: str
+    target_id: str
+    url: str = ""
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class DateValue:
+    param: str
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class StringValue:
+    param: str
+    norm: str
+    exact: str
+
+
+@dataclass(frozen=True)
+class UriValue:
+    param: str
+    value: str
+
+
+@dataclass(frozen=True)
+class NumberValue:
+    param: str
+    value: Decimal
+
+
+@dataclass(frozen=True)
+class QuantityValue:
+    param: str
+    value: Decimal
+    system: str
+    code: str
+    unit: str = ""
+
+
+@dataclass
+class IndexValues:
+    """Everything one resource version offers to search."""
+
+    tokens: list[TokenValue] = field(default_factory=list)
+    references: list[ReferenceValue] = field(default_factory=list)
+    dates: list[DateValue] = field(default_factory=list)
+    strings: list[StringValue] = field(default_factory=list)
+    uris: list[UriValue] = field(default_factory=list)
+    numbers: list[NumberValue] = field(default_factory=list)
+    quantities: list[QuantityValue] = field(default_factory=list)
+
+    def params(self) -> set[str]:
+        """Codes of the parameters that have at least one value (for ``:missing``)."""
+        out: set[str] = set()
+        for group in (self.tokens, self.references, self.dates, self.strings, self.uris,
+                      self.numbers, self.quantities):
+            out.update(v.param for v in group if not getattr(v, "identifier", False))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Queries (read side)
+# ---------------------------------------------------------------------------------------------
+
+Prefix = Literal["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One search parameter as the registry knows it."""
+
+    code: str
+    type: ParamType
+    base: tuple[str, ...]
+    expression: str = ""
+    targets: tuple[str, ...] = ()  # reference: allowed target resource types
+    url: str = ""
+    modifiers: tuple[str, ...] = ()  # modifiers this server supports for the parameter
+
+
+@dataclass(frozen=True)
+class TokenQuery:
+    """``[system]|[code]``. ``system=None``: any system; ``""``: no system.
+    ``code=None``: any code in the system (``system|``)."""
+
+    system: str | None
+    code: str | None
+
+
+@dataclass(frozen=True)
+class ReferenceQuery:
+    """``Type/id``, ``id`` (type from ``param:Type`` or any), or an absolute ``url``."""
+
+    target_type: str | None
+    target_id: str | None
+    url: str | None = None
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class DateQuery:
+    prefix: Prefix
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class StringQuery:
+    value: str  # normalised for default/contains; as given for :exact
+
+
+@dataclass(frozen=True)
+class UriQuery:
+    value: str
+
+
+@dataclass(frozen=True)
+class NumberQuery:
+    prefix: Prefix
+    value: Decimal
+    lo: Decimal  # implicit precision range: 100 -> [99.5, 100.5)
+    hi: Decimal
+
+
+@dataclass(frozen=True)
+class QuantityQuery:
+    prefix: Prefix
+    value: Decimal
+    lo: Decimal
+    hi: Decimal
+    system: str | None
+    code: str | None
+
+
+@dataclass(frozen=True)
+class MissingQuery:
+    """``param:missing=true|false``."""
+
+    missing: bool
+
+
+QueryValue = (TokenQuery | ReferenceQuery | DateQuery | StringQuery | UriQuery | NumberQuery
+              | QuantityQuery | MissingQuery)
+
+
+@dataclass(frozen=True)
+class Clause:
+    """One ``param[:modifier]=v1,v2`` occurrence: the values are OR-ed.
+
+    ``param.code`` is one of the registry's parameters, or one of the resource-row
+    parameters ``_id`` (token) and ``_lastUpdated`` (date), which engines answer from the
+    resource row itself. Modifiers: token ``not``/``text``/``identifier`` (the latter on a
+    reference parameter with TokenQuery values), string ``exact``/``contains``, uri
+    ``below``/``above``, ``missing`` (values are MissingQuery). For ``:not`` a resource matches
+    when it has NO value equal to any of the values.
+    """
+
+    param: SearchParam
+    modifier: str | None
+    values: tuple[QueryValue, ...]
+
+
+@dataclass(frozen=True)
+class Chain:
+    """``ref_param[:Type].inner`` - resources whose ``ref_param`` points at a ``target_type``
+    resource matching ``inner`` (one level of chaining)."""
+
+    param: SearchParam  # the reference parameter on the searched type
+    target_type: str
+    inner: Clause  # a clause on target_type
+
+
+@dataclass(frozen=True)
+class Has:
+    """``_has:OtherType:ref_param:inner`` - resources that some ``other_type`` resource
+    matching ``inner`` references through its ``ref_param``."""
+
+    other_type: str
+    ref_param: SearchParam  # reference parameter on other_type
+    inner: Clause | Chain | Has  # a condition on other_type
+
+
+Condition = Clause | Chain | Has
+
+
+@dataclass(frozen=True)
+class SortKey:
+    param: SearchParam  # registry parameter, or _id / _lastUpdated
+    descending: bool = False
+
+
+@dataclass
+class SearchQuery:
+    """A compiled search of one resource type (``type=None`` is reserved for system search)."""
+
+    type: str
+    conditions: list[Condition] = field(default_factory=list)
+    sort: list[SortKey] = field(default_factory=list)
+    count: int = 20
+    offset: int = 0
+    total: bool = False  # compute the total number of matches
+    # Restrict to these ids (access control and _include reads add this; None = no limit).
+    ids: frozenset[str] | None = None
+
+
+@dataclass
+class SearchResult:
+    resources: list[dict[str, object]]  # current resource JSON, in sort order
+    total: int | None = None

@@ -1,0 +1,197 @@
+"""The storage port: what every engine must do.
+
+An engine stores FHIR resources as the client's JSON (plus ``id`` and ``meta.versionId`` /
+``meta.lastUpdated``, which the engine assigns) with server-owned fields beside it: the
+version, the time, a deleted flag, the index values extracted at write time and the unique
+keys the resource holds. Every version is kept (history); the current row and the history row
+are written in one unit of work.
+
+All writes go through a :class:`UnitOfWork`, which is atomic: either everything it did is
+committed or nothing is. Reads inside a unit of work see its own writes.
+
+Engines:
+- :mod:`server.store.embedded` - stdlib sqlite3 (the default, one file, no server);
+- :mod:`server.store.mongo` - pymongo (production; transactions need a replica set).
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as _dt
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from ..fhir.outcome import FhirError, issue
+from ..fhir.search.ast import IndexValues, SearchQuery, SearchResult
+
+Indexer = Callable[[dict[str, Any]], IndexValues]
+"""Extracts the index values of one resource (given its JSON, with ``resourceType``)."""
+
+
+@dataclass(frozen=True)
+class Version:
+    """One stored version of a resource."""
+
+    type: str
+    id: str
+    version: int
+    last_updated: str  # FHIR instant, UTC, millisecond precision, e.g. 2026-01-02T03:04:05.678Z
+    deleted: bool
+    resource: dict[str, Any] | None  # None for a deletion (tombstone)
+    method: str = "PUT"  # POST | PUT | PATCH | DELETE: how this version was made
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+
+class VersionConflict(FhirError):
+    """``If-Match`` (expected version) did not match the stored version: HTTP 412."""
+
+    def __init__(self, type_: str, id_: str, expected: int, actual: int | None) -> None:
+        now = "does not exist" if actual is None else f"is at version {actual}"
+        super().__init__(412, [issue(
+            f"{type_}/{id_} {now}, not version {expected} as If-Match required; "
+            "read it again and retry", code="conflict")])
+
+
+class UniqueConflict(FhirError):
+    """A unique key is already held by another current resource: HTTP 409."""
+
+    def __init__(self, key: str, owner_type: str, owner_id: str) -> None:
+        self.key = key
+        self.owner_type = owner_type
+        self.owner_id = owner_id
+        super().__init__(409, [issue(
+            f"{owner_type}/{owner_id} already holds the unique key '{key}'", code="duplicate")])
+
+
+def now_instant() -> tuple[str, int]:
+    """The current time as (FHIR instant string with ms, epoch milliseconds)."""
+    now = _dt.datetime.now(_dt.UTC)
+    ms = int(now.timestamp() * 1000)
+    text = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    return text, ms
+
+
+def stamp(resource: dict[str, Any], type_: str, id_: str, version: int, instant: str) -> dict:
+    """Return a copy of ``resource`` with ``id`` and ``meta.versionId/lastUpdated`` set,
+    everything else as the client wrote it."""
+    out = dict(resource)
+    out["resourceType"] = type_
+    out["id"] = id_
+    meta = dict(out.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = instant
+    out["meta"] = meta
+    return out
+
+
+class UnitOfWork(abc.ABC):
+    """An atomic group of reads and writes. Obtain one from :meth:`Store.unit_of_work`."""
+
+    @abc.abstractmethod
+    def read(self, type_: str, id_: str) -> Version | None:
+        """The current version (a tombstone if deleted), or None if it never existed."""
+
+    @abc.abstractmethod
+    def search(self, query: SearchQuery) -> SearchResult:
+        """Search current, non-deleted resources, seeing this unit of work's own writes."""
+
+    @abc.abstractmethod
+    def create(
+        self,
+        type_: str,
+        resource: dict[str, Any],
+        *,
+        id_: str | None = None,
+        keys: tuple[str, ...] = (),
+        method: str = "POST",
+    ) -> Version:
+        """Store version 1 of a new resource (server-assigned id unless ``id_``).
+
+        ``keys``: unique keys this resource holds (raises :class:`UniqueConflict` when a
+        current resource already holds one)."""
+
+    @abc.abstractmethod
+    def update(
+        self,
+        type_: str,
+        id_: str,
+        resource: dict[str, Any],
+        *,
+        if_match: int | None = None,
+        keys: tuple[str, ...] | None = None,
+        method: str = "PUT",
+    ) -> tuple[Version, bool]:
+        """Store a new version; creates the resource (update-as-create) when it does not exist
+        or was deleted (the version number continues after a tombstone). ``if_match``: the
+        version the caller read (:class:`VersionConflict` otherwise). ``keys``: the unique
+        keys the resource holds from now on (None keeps the current ones). Returns the new
+        version and whether it was created."""
+
+    @abc.abstractmethod
+    def delete(self, type_: str, id_: str, *, if_match: int | None = None) -> Version | None:
+        """Write a tombstone version and release the resource's unique keys. Returns the
+        tombstone, or None when there was nothing current to delete."""
+
+    @abc.abstractmethod
+    def lock(self, key: str) -> None:
+        """Serialise this unit of work against every other one that locks the same key
+        (used by conditional create/update/delete so that search-then-write is race-free)."""
+
+
+class Store(abc.ABC):
+    """A storage engine. Thread-safe: one instance serves all requests of a process."""
+
+    name: str = "abstract"
+    supports_transactions: bool = True
+
+    def __init__(self, indexer: Indexer) -> None:
+        self.indexer = indexer
+
+    @abc.abstractmethod
+    def unit_of_work(self) -> AbstractContextManager[UnitOfWork]:
+        """A context manager: commits on normal exit, rolls back on an exception."""
+
+    @abc.abstractmethod
+    def read(self, type_: str, id_: str) -> Version | None:
+        """The current version (a tombstone if deleted), or None if it never existed."""
+
+    @abc.abstractmethod
+    def vread(self, type_: str, id_: str, version: int) -> Version | None:
+        """One version, or None."""
+
+    @abc.abstractmethod
+    def read_many(self, refs: list[tuple[str, str]]) -> list[Version]:
+        """The current, non-deleted versions of the given (type, id) pairs that exist."""
+
+    @abc.abstractmethod
+    def history(
+        self,
+        type_: str | None = None,
+        id_: str | None = None,
+        *,
+        since_ms: int | None = None,
+        count: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[Version], int]:
+        """Versions newest first (of one resource, one type, or everything), and the total."""
+
+    @abc.abstractmethod
+    def search(self, query: SearchQuery) -> SearchResult:
+        """Search current, non-deleted resources."""
+
+    def close(self) -> None:  # noqa: B027 - engines without resources need not override
+        """Release connections."""
+
+    def drop_all(self) -> None:
+        """Delete every resource and version (tests and demo resets only)."""
+        raise NotImplementedError
+
+
+def iter_chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
