@@ -184,6 +184,35 @@ class Store(abc.ABC):
     def search(self, query: SearchQuery) -> SearchResult:
         """Search current, non-deleted resources."""
 
+    # -- server records that are not FHIR resources ------------------------------------------
+    # OAuth clients, authorisation codes, refresh tokens, replay caches (jti), outbox entries.
+    # Namespaced key -> JSON object, with an optional expiry (epoch ms; expired = absent).
+
+    def kv_put(
+        self,
+        ns: str,
+        key: str,
+        value: dict[str, Any],
+        *,
+        expires_ms: int | None = None,
+        only_if_absent: bool = False,
+    ) -> bool:
+        """Store ``value``. With ``only_if_absent`` the write is atomic insert-if-absent
+        (used for replay detection) and returns False when a live entry already exists."""
+        raise NotImplementedError
+
+    def kv_get(self, ns: str, key: str) -> dict[str, Any] | None:
+        """The live value, or None (absent or expired)."""
+        raise NotImplementedError
+
+    def kv_delete(self, ns: str, key: str) -> bool:
+        """Remove an entry; True when one was there."""
+        raise NotImplementedError
+
+    def kv_list(self, ns: str, *, limit: int = 1000) -> list[tuple[str, dict[str, Any]]]:
+        """Live entries of a namespace, ordered by key."""
+        raise NotImplementedError
+
     def close(self) -> None:  # noqa: B027 - engines without resources need not override
         """Release connections."""
 
