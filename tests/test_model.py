@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -479,12 +478,5 @@ def test_ensure_valid_raises_400_with_all_issues() -> None:
     assert caught.value.to_outcome()["resourceType"] == "OperationOutcome"
 
 
-def test_definitions_are_compiled_once_and_validation_is_fast() -> None:
+def test_definitions_are_compiled_once() -> None:
     assert model._schema() is model._schema()
-    data = load("careplan")
-    validate(data)
-    rounds = 50
-    start = time.perf_counter()
-    for _ in range(rounds):
-        validate(data)
-    assert (time.perf_counter() - start) / rounds < 0.010
