@@ -1,0 +1,605 @@
+"""The MongoDB search compiler: index documents and query filters, as pure functions.
+
+Nothing here talks to a database; :mod:`server.store.mongo` runs what this module builds.
+
+One ``resources`` document holds the current version of one resource::
+
+    {_id: "Type/id", type, id, version, lu, lum, deleted, method, keys, json,
+     ix: {tok: [{p, s, c, x, i}],     token: param, system, code, text, identifier flag
+          ref: [{p, t, id, u, v}],    reference: param, target type, id, url, version
+          dt:  [{p, lo, hi}],         date range, epoch ms, both ends inclusive
+          str: [{p, n, e}],           string: normalised, exact
+          uri: [{p, v}],
+          num: [{p, v}],              v is Decimal128
+          qty: [{p, v, s, c, u}],     quantity: value, system, code, unit
+          has: [param, ...]}}         params with at least one value (for ``:missing``)
+
+Every clause becomes ``$elemMatch`` on one of these arrays, so that the parameter code and
+the value match in the same element, and leads with the fields of a declared index
+(:data:`RESOURCE_INDEXES`). The semantics are those of the embedded engine (see
+:mod:`server.store.sql_query`), which shares the engine test-suite: a resource matches a value
+when ANY of its values matches it, so ``ne`` is "some value not equal", while ``:not`` is
+"no value equal to any of the query values" (resources without a value included).
+
+* Dates are ranges ``[lo, hi]`` against the query range ``[qlo, qhi]``: eq ``lo >= qlo and
+  hi <= qhi``; ne ``lo < qlo or hi > qhi``; gt ``hi > qhi``; lt ``lo < qlo``; ge gt or eq;
+  le lt or eq; sa ``lo > qhi``; eb ``hi < qlo``; ap overlaps ``[qlo - d, qhi + d]`` where
+  ``d`` is 10 % of the distance between now and the query range (0 inside it), at least a
+  day. ``_lastUpdated`` is the point ``lum``, compared by the same rules.
+* Numbers and quantities (Decimal128): eq ``lo <= v < hi`` (the query's implicit precision
+  range), ne ``v < lo or v >= hi``; gt/lt/ge/le against the exact query value; sa ``v >= hi``,
+  eb ``v < lo``; ap within 10 % of the query value. A quantity's system must match when given;
+  its code matches the code - or, without a system, the code or the unit.
+* Tokens (never the identifier tokens of a reference parameter): system ``None`` any, ``""``
+  none; code ``None`` any code. ``:text`` starts-with on the normalised text, which arrives
+  normalised in ``TokenQuery.code``. References: type and id (type ``None``: any type), or
+  the url as written; the version too when given. ``:identifier``: the identifier tokens.
+* Strings: default starts-with on the normalised form, ``:exact`` equality with the text as
+  written, ``:contains`` anywhere in the normalised form. User input only ever reaches a
+  regular expression escaped (:func:`regex_literal`), and an anchored literal prefix is
+  served from the index.
+* uri: equality, ``:below`` prefix, ``:above`` (the stored value is a prefix of the query
+  value, matched as ``$in`` the query's prefixes so that the index serves it).
+* Chains and ``_has`` need the ids of other resources: the compiler builds an aggregation that
+  yields them and asks ``resolve`` to run it (inner-most first), then uses ``$in``.
+* Order: each sort key (the smallest value ascending, the largest descending; dates by start
+  ascending and end descending; without a value last either way), then the id. Without sort
+  keys: last update, then id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from bson.decimal128 import Decimal128, create_decimal128_context
+
+from ..fhir.outcome import FhirError
+from ..fhir.search.ast import (
+    Chain,
+    Clause,
+    Condition,
+    DateQuery,
+    Has,
+    IndexValues,
+    MissingQuery,
+    NumberQuery,
+    QuantityQuery,
+    ReferenceQuery,
+    SearchParam,
+    SearchQuery,
+    SortKey,
+    StringQuery,
+    TokenQuery,
+    UriQuery,
+)
+
+Filter = dict[str, Any]
+Pipeline = list[dict[str, Any]]
+Resolve = Callable[[Pipeline], list[str]]
+"""Runs an id pipeline (see :func:`id_pipeline`) and returns the ``id`` of each result."""
+
+MS_PER_DAY = 86_400_000
+NOTHING: Filter = {"_id": {"$in": []}}
+"""A filter no document matches."""
+
+ROW_FIELDS = {"_id": "id", "_lastUpdated": "lum"}
+"""Search parameters answered from the resource document itself, and their field."""
+
+DEFAULT_SORT = [("lum", 1), ("id", 1)]
+
+RESOURCE_INDEXES: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = (
+    ("tok_code", (("type", 1), ("ix.tok.p", 1), ("ix.tok.c", 1), ("ix.tok.s", 1),
+                  ("ix.tok.i", 1))),
+    ("tok_text", (("type", 1), ("ix.tok.p", 1), ("ix.tok.x", 1))),
+    ("ref_id", (("type", 1), ("ix.ref.p", 1), ("ix.ref.id", 1), ("ix.ref.t", 1))),
+    ("ref_url", (("type", 1), ("ix.ref.p", 1), ("ix.ref.u", 1))),
+    ("dt_range", (("type", 1), ("ix.dt.p", 1), ("ix.dt.lo", 1), ("ix.dt.hi", 1))),
+    ("dt_end", (("type", 1), ("ix.dt.p", 1), ("ix.dt.hi", 1))),
+    ("str_norm", (("type", 1), ("ix.str.p", 1), ("ix.str.n", 1))),
+    ("str_exact", (("type", 1), ("ix.str.p", 1), ("ix.str.e", 1))),
+    ("uri_value", (("type", 1), ("ix.uri.p", 1), ("ix.uri.v", 1))),
+    ("num_value", (("type", 1), ("ix.num.p", 1), ("ix.num.v", 1))),
+    ("qty_value", (("type", 1), ("ix.qty.p", 1), ("ix.qty.v", 1))),
+    ("has_param", (("type", 1), ("ix.has", 1))),
+    ("type_id", (("type", 1), ("id", 1))),
+    ("type_lum", (("type", 1), ("lum", 1), ("id", 1))),
+)
+"""Indexes of the ``resources`` collection: (name, keys). Every filter this module emits
+leads with the fields of one of them (``_id`` lookups use the built-in ``_id`` index), and
+``type_lum`` / ``type_id`` serve the default order and the ``_lastUpdated``/``_id`` sorts."""
+
+# Modifiers each parameter type supports (besides ``missing``, which every type has).
+_MODIFIERS: dict[str, tuple[str | None, ...]] = {
+    "token": (None, "not", "text"),
+    "reference": (None, "identifier"),
+    "date": (None,),
+    "string": (None, "exact", "contains"),
+    "uri": (None, "below", "above"),
+    "number": (None,),
+    "quantity": (None,),
+}
+
+# param type -> (ix array, field sorted ascending (by its minimum), descending (by its maximum))
+_SORT_FIELDS = {
+    "token": ("tok", "c", "c"),
+    "reference": ("ref", "id", "id"),
+    "date": ("dt", "lo", "hi"),
+    "string": ("str", "n", "n"),
+    "uri": ("uri", "v", "v"),
+    "number": ("num", "v", "v"),
+    "quantity": ("qty", "v", "v"),
+}
+
+_DECIMAL128 = create_decimal128_context()  # rounds to 34 digits instead of failing
+
+
+# ---------------------------------------------------------------------------------------------
+# Write side: the ``ix`` sub-document
+# ---------------------------------------------------------------------------------------------
+
+
+def to_decimal128(value: Decimal) -> Decimal128:
+    """A search value as BSON decimal (rounded to 34 significant digits if longer; the
+    resource JSON keeps the exact value)."""
+    rounded = _DECIMAL128.create_decimal(value)
+    if rounded.is_infinite() and value.is_finite():
+        raise FhirError.of(400, f"The number {value} is too large to be searched", code="value")
+    return Decimal128(rounded)
+
+
+def _unique(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: set[tuple[str, ...]] = set()
+    out = []
+    for item in items:
+        marker = tuple(str(v) for v in item.values())
+        if marker not in seen:
+            seen.add(marker)
+            out.append(item)
+    return out
+
+
+def index_document(values: IndexValues) -> dict[str, Any]:
+    """The ``ix`` sub-document of a resource version (empty arrays are left out)."""
+    arrays: dict[str, list[dict[str, Any]]] = {
+        "tok": [{"p": t.param, "s": t.system, "c": t.code, "x": t.text, "i": t.identifier}
+                for t in values.tokens],
+        "ref": [{"p": r.param, "t": r.target_type, "id": r.target_id, "u": r.url,
+                 "v": r.version} for r in values.references],
+        "dt": [{"p": d.param, "lo": d.lo, "hi": d.hi} for d in values.dates],
+        "str": [{"p": s.param, "n": s.norm, "e": s.exact} for s in values.strings],
+        "uri": [{"p": u.param, "v": u.value} for u in values.uris],
+        "num": [{"p": n.param, "v": to_decimal128(n.value)} for n in values.numbers],
+        "qty": [{"p": q.param, "v": to_decimal128(q.value), "s": q.system, "c": q.code,
+                 "u": q.unit} for q in values.quantities],
+    }
+    out: dict[str, Any] = {name: _unique(items) for name, items in arrays.items() if items}
+    has = sorted(values.params())
+    if has:
+        out["has"] = has
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Read side
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompiledQuery:
+    """A search ready to run: ``find(filter).sort(sort).skip(skip).limit(limit)`` - or, when
+    sorting by a search parameter, ``aggregate(pipeline)`` (which already pages). ``filter``
+    alone gives the total (``count_documents``)."""
+
+    filter: Filter
+    sort: list[tuple[str, int]]
+    skip: int
+    limit: int
+    pipeline: Pipeline | None = None
+
+
+def compile_query(query: SearchQuery, resolve: Resolve, now_ms: int) -> CompiledQuery:
+    """Compile a search. ``resolve`` runs the id pipelines that chains and ``_has`` need;
+    ``now_ms`` (epoch milliseconds) anchors ``ap`` on dates."""
+    if query.type is None:
+        raise FhirError.of(400, "Searching across all resource types is not supported; "
+                                "search one resource type", code="not-supported")
+    parts = [compile_condition(c, query.type, resolve, now_ms) for c in query.conditions]
+    if query.ids is not None:
+        parts.append(ids_filter(query.type, sorted(query.ids)))
+    filter_ = match_filter(query.type, parts)
+    keys = _unique_keys(query.sort)
+    if not keys:
+        return CompiledQuery(filter_, list(DEFAULT_SORT), query.offset, query.count)
+    if all(k.param.code in ROW_FIELDS for k in keys):
+        sort = [(ROW_FIELDS[k.param.code], -1 if k.descending else 1) for k in keys]
+        if "id" not in dict(sort):
+            sort.append(("id", 1))
+        return CompiledQuery(filter_, sort, query.offset, query.count)
+    pipeline = sort_pipeline(filter_, keys, query.offset, query.count)
+    return CompiledQuery(filter_, [], query.offset, query.count, pipeline)
+
+
+def match_filter(type_: str, parts: Sequence[Filter]) -> Filter:
+    """Current, non-deleted resources of ``type_`` matching every part."""
+    out: Filter = {"type": type_, "deleted": False}
+    if parts:
+        out["$and"] = list(parts)
+    return out
+
+
+def ids_filter(type_: str, ids: Iterable[str], *, negate: bool = False) -> Filter:
+    """Resources of ``type_`` with (negated: without) one of these ids (the ``_id`` index)."""
+    return {"_id": {"$nin" if negate else "$in": [f"{type_}/{i}" for i in ids]}}
+
+
+def compile_condition(cond: Condition, type_: str, resolve: Resolve, now_ms: int) -> Filter:
+    """One AND-ed condition of a search of ``type_``."""
+    if isinstance(cond, Clause):
+        return compile_clause(cond, type_, now_ms)
+    if isinstance(cond, Chain):
+        inner = match_filter(cond.target_type,
+                             [compile_clause(cond.inner, cond.target_type, now_ms)])
+        ids = resolve(id_pipeline(inner))
+        return _elem("ref", {"p": cond.param.code, "id": {"$in": ids}, "t": cond.target_type})
+    if isinstance(cond, Has):
+        inner = match_filter(cond.other_type,
+                             [compile_condition(cond.inner, cond.other_type, resolve, now_ms)])
+        return ids_filter(type_, resolve(referenced_ids_pipeline(inner, cond.ref_param.code,
+                                                                 type_)))
+    raise TypeError(f"not a search condition: {cond!r}")
+
+
+def id_pipeline(filter_: Filter) -> Pipeline:
+    """The ids of the resources matching ``filter_``."""
+    return [{"$match": filter_}, {"$project": {"_id": 0, "id": 1}}]
+
+
+def referenced_ids_pipeline(filter_: Filter, ref_param: str, target_type: str) -> Pipeline:
+    """The distinct ids of the ``target_type`` resources that the resources matching
+    ``filter_`` reference through ``ref_param``."""
+    return [
+        {"$match": filter_},
+        {"$unwind": "$ix.ref"},
+        {"$match": {"ix.ref.p": ref_param, "ix.ref.t": target_type}},
+        {"$group": {"_id": "$ix.ref.id"}},
+        {"$project": {"_id": 0, "id": "$_id"}},
+    ]
+
+
+# -- clauses ----------------------------------------------------------------------------------
+
+
+def _unsupported(param: SearchParam, modifier: str | None) -> FhirError:
+    what = f"{param.code}:{modifier}" if modifier else param.code
+    return FhirError.of(400, f"The search parameter '{what}' ({param.type}) is not supported",
+                        code="not-supported", expression=param.code)
+
+
+def _values(clause: Clause, kind: type[Any]) -> list[Any]:
+    """The clause's values, which must all be ``kind``."""
+    if not all(isinstance(v, kind) for v in clause.values):
+        raise _unsupported(clause.param, clause.modifier)
+    return list(clause.values)
+
+
+def _elem(array: str, cond: Filter) -> Filter:
+    return {f"ix.{array}": {"$elemMatch": cond}}
+
+
+def _any(filters: Sequence[Filter]) -> Filter:
+    """OR of filters: one is itself, none matches nothing."""
+    if not filters:
+        return NOTHING
+    return filters[0] if len(filters) == 1 else {"$or": list(filters)}
+
+
+def compile_clause(clause: Clause, type_: str, now_ms: int) -> Filter:
+    """One ``param[:modifier]=v1,v2`` clause of a search of ``type_`` (values OR-ed)."""
+    code = clause.param.code
+    if code in ROW_FIELDS:
+        return _row_clause(clause, type_, now_ms)
+    if clause.param.type not in _MODIFIERS:
+        raise _unsupported(clause.param, clause.modifier)
+    if clause.modifier == "missing":
+        return _any([{"ix.has": {"$ne": code}} if v.missing else {"ix.has": code}
+                     for v in _values(clause, MissingQuery)])
+    if clause.modifier not in _MODIFIERS[clause.param.type]:
+        raise _unsupported(clause.param, clause.modifier)
+    return _COMPILERS[clause.param.type](clause, now_ms)
+
+
+def _row_clause(clause: Clause, type_: str, now_ms: int) -> Filter:
+    """``_id`` and ``_lastUpdated``, answered from the document itself."""
+    if clause.modifier == "missing":  # always present
+        return _any([NOTHING if v.missing else {} for v in _values(clause, MissingQuery)])
+    if clause.param.code == "_lastUpdated":
+        if clause.modifier is not None:
+            raise _unsupported(clause.param, clause.modifier)
+        return _any([last_updated_condition(v, now_ms) for v in _values(clause, DateQuery)])
+    if clause.modifier not in (None, "not"):
+        raise _unsupported(clause.param, clause.modifier)
+    values = _values(clause, TokenQuery)
+    if any(v.code is None for v in values):
+        raise _unsupported(clause.param, clause.modifier)
+    return ids_filter(type_, [v.code for v in values], negate=clause.modifier == "not")
+
+
+def token_condition(code: str, value: TokenQuery, *, identifier: bool = False) -> Filter:
+    """The element condition of one token value (``identifier``: a reference parameter's
+    identifier tokens, for ``:identifier``)."""
+    cond: Filter = {"p": code}
+    if value.code is not None:
+        cond["c"] = value.code
+    if value.system is not None:
+        cond["s"] = value.system
+    cond["i"] = identifier
+    return cond
+
+
+def _token(clause: Clause, _now: int) -> Filter:
+    code = clause.param.code
+    values = _values(clause, TokenQuery)
+    if clause.modifier == "text":
+        return _any([_elem("tok", {"p": code, "x": starts_with(v.code or ""), "i": False})
+                     for v in values])
+    elems = [_elem("tok", token_condition(code, v)) for v in values]
+    if clause.modifier == "not":
+        return {"$nor": elems} if elems else {}
+    return _any(elems)
+
+
+def reference_conditions(code: str, value: ReferenceQuery) -> list[Filter]:
+    """Element conditions, any of which matches one reference value: by target (type and/or
+    id) or by the url as written; each with the version when the query names one."""
+    ways: list[Filter] = []
+    if value.target_id is not None or value.target_type is not None:
+        target: Filter = {"p": code}
+        if value.target_id is not None:
+            target["id"] = value.target_id
+        if value.target_type is not None:
+            target["t"] = value.target_type
+        ways.append(target)
+    if value.url:
+        ways.append({"p": code, "u": value.url})
+    if not ways:
+        ways.append({"p": code})
+    if value.version:
+        ways = [{**way, "v": value.version} for way in ways]
+    return ways
+
+
+def _reference(clause: Clause, _now: int) -> Filter:
+    code = clause.param.code
+    if clause.modifier == "identifier":
+        return _any([_elem("tok", token_condition(code, v, identifier=True))
+                     for v in _values(clause, TokenQuery)])
+    return _any([_elem("ref", way) for v in _values(clause, ReferenceQuery)
+                 for way in reference_conditions(code, v)])
+
+
+# -- dates ------------------------------------------------------------------------------------
+
+
+def approx_margin(value: DateQuery, now_ms: int) -> int:
+    """``ap`` on dates: 10 % of the distance between now and the query range (0 when now
+    lies inside it), at least one day."""
+    if now_ms < value.lo:
+        distance = value.lo - now_ms
+    elif now_ms > value.hi:
+        distance = now_ms - value.hi
+    else:
+        distance = 0
+    return max(MS_PER_DAY, distance // 10)
+
+
+def date_conditions(value: DateQuery, now_ms: int) -> list[Filter]:
+    """Conditions on one stored range ``{lo, hi}``, any of which makes it match."""
+    qlo, qhi = value.lo, value.hi
+    # `lo <= qhi` follows from `hi <= qhi`; it bounds the index range on `lo`.
+    eq = {"lo": {"$gte": qlo, "$lte": qhi}, "hi": {"$lte": qhi}}
+    if value.prefix == "ap":
+        margin = approx_margin(value, now_ms)
+        return [{"lo": {"$lte": qhi + margin}, "hi": {"$gte": qlo - margin}}]
+    table: dict[str, list[Filter]] = {
+        "eq": [eq],
+        "ne": [{"lo": {"$lt": qlo}}, {"hi": {"$gt": qhi}}],
+        "gt": [{"hi": {"$gt": qhi}}],
+        "lt": [{"lo": {"$lt": qlo}}],
+        "ge": [{"hi": {"$gt": qhi}}, eq],
+        "le": [{"lo": {"$lt": qlo}}, eq],
+        "sa": [{"lo": {"$gt": qhi}}],
+        "eb": [{"hi": {"$lt": qlo}}],
+    }
+    return table[value.prefix]
+
+
+def _date(clause: Clause, now_ms: int) -> Filter:
+    code = clause.param.code
+    return _any([_elem("dt", {"p": code, **cond}) for v in _values(clause, DateQuery)
+                 for cond in date_conditions(v, now_ms)])
+
+
+def last_updated_condition(value: DateQuery, now_ms: int) -> Filter:
+    """``_lastUpdated``: the date rules with ``lo = hi = lum``, simplified to one field."""
+    qlo, qhi = value.lo, value.hi
+    if value.prefix == "ap":
+        margin = approx_margin(value, now_ms)
+        return {"lum": {"$gte": qlo - margin, "$lte": qhi + margin}}
+    table: dict[str, Filter] = {
+        "eq": {"lum": {"$gte": qlo, "$lte": qhi}},
+        "ne": {"$or": [{"lum": {"$lt": qlo}}, {"lum": {"$gt": qhi}}]},
+        "gt": {"lum": {"$gt": qhi}},
+        "lt": {"lum": {"$lt": qlo}},
+        "ge": {"lum": {"$gte": qlo}},
+        "le": {"lum": {"$lte": qhi}},
+        "sa": {"lum": {"$gt": qhi}},
+        "eb": {"lum": {"$lt": qlo}},
+    }
+    return table[value.prefix]
+
+
+# -- strings and uris -------------------------------------------------------------------------
+
+
+def regex_literal(text: str) -> str:
+    """``text`` as a regular expression that matches exactly it: every ASCII character that
+    is not a letter or digit is escaped (a backslash before such a character is always
+    literal in PCRE, and MongoDB still serves an escaped ``^prefix`` from the index)."""
+    out = []
+    for ch in text:
+        if ch == "\x00":
+            out.append(r"\x00")
+        elif ch.isascii() and not ch.isalnum():
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def starts_with(text: str) -> Filter:
+    return {"$regex": "^" + regex_literal(text)}
+
+
+def _string(clause: Clause, _now: int) -> Filter:
+    code = clause.param.code
+    texts = [v.value for v in _values(clause, StringQuery)]
+    if clause.modifier == "exact":
+        conds = [{"p": code, "e": t} for t in texts]
+    elif clause.modifier == "contains":
+        conds = [{"p": code, "n": {"$regex": regex_literal(t)}} for t in texts]
+    else:
+        conds = [{"p": code, "n": starts_with(t)} for t in texts]
+    return _any([_elem("str", c) for c in conds])
+
+
+def uri_prefixes(value: str) -> list[str]:
+    """Every non-empty prefix of ``value``, longest last (for ``:above``)."""
+    return [value[:n] for n in range(1, len(value) + 1)]
+
+
+def _uri(clause: Clause, _now: int) -> Filter:
+    code = clause.param.code
+    uris = [v.value for v in _values(clause, UriQuery)]
+    if clause.modifier == "below":
+        conds = [{"p": code, "v": starts_with(u)} for u in uris]
+    elif clause.modifier == "above":
+        conds = [{"p": code, "v": {"$in": uri_prefixes(u)}} for u in uris if u]
+    else:
+        conds = [{"p": code, "v": u} for u in uris]
+    return _any([_elem("uri", c) for c in conds])
+
+
+# -- numbers and quantities -------------------------------------------------------------------
+
+
+def number_conditions(value: NumberQuery | QuantityQuery) -> list[Filter]:
+    """Conditions on a stored decimal ``v``, any of which makes it match."""
+    exact, lo, hi = (to_decimal128(d) for d in (value.value, value.lo, value.hi))
+    if value.prefix == "ap":
+        margin = abs(value.value) / 10
+        return [{"$gte": to_decimal128(value.value - margin),
+                 "$lte": to_decimal128(value.value + margin)}]
+    table: dict[str, list[Filter]] = {
+        "eq": [{"$gte": lo, "$lt": hi}],
+        "ne": [{"$lt": lo}, {"$gte": hi}],
+        "gt": [{"$gt": exact}],
+        "lt": [{"$lt": exact}],
+        "ge": [{"$gte": exact}],
+        "le": [{"$lte": exact}],
+        "sa": [{"$gte": hi}],
+        "eb": [{"$lt": lo}],
+    }
+    return table[value.prefix]
+
+
+def unit_conditions(value: QuantityQuery) -> list[Filter]:
+    """Conditions on a stored quantity's system, code and unit, any of which matches."""
+    if value.system is None:
+        return [{}] if value.code is None else [{"c": value.code}, {"u": value.code}]
+    return [{"s": value.system} if value.code is None else {"s": value.system,
+                                                            "c": value.code}]
+
+
+def _number(clause: Clause, _now: int) -> Filter:
+    code = clause.param.code
+    return _any([_elem("num", {"p": code, "v": cond}) for v in _values(clause, NumberQuery)
+                 for cond in number_conditions(v)])
+
+
+def _quantity(clause: Clause, _now: int) -> Filter:
+    code = clause.param.code
+    return _any([_elem("qty", {"p": code, "v": cond, **unit})
+                 for v in _values(clause, QuantityQuery)
+                 for cond in number_conditions(v) for unit in unit_conditions(v)])
+
+
+_COMPILERS: dict[str, Callable[[Clause, int], Filter]] = {
+    "token": _token,
+    "reference": _reference,
+    "date": _date,
+    "string": _string,
+    "uri": _uri,
+    "number": _number,
+    "quantity": _quantity,
+}
+
+
+# -- sorting ----------------------------------------------------------------------------------
+
+
+def _unique_keys(keys: Sequence[SortKey]) -> list[SortKey]:
+    """The sort keys without repeats of a parameter (the first one wins)."""
+    seen: set[str] = set()
+    out = []
+    for key in keys:
+        if key.param.code not in seen:
+            seen.add(key.param.code)
+            out.append(key)
+    return out
+
+
+def sort_value(key: SortKey) -> dict[str, Any]:
+    """The sort value of one document for ``key``: the lowest of the parameter's values when
+    ascending, the highest when descending; null when it has none."""
+    spec = _SORT_FIELDS.get(key.param.type)
+    if spec is None:
+        raise FhirError.of(400, f"Sorting by '{key.param.code}' ({key.param.type}) is not "
+                                "supported", code="not-supported", expression="_sort")
+    array, low_field, high_field = spec
+    own: Any = {"$eq": ["$$v.p", key.param.code]}
+    if array == "tok":
+        own = {"$and": [own, {"$eq": ["$$v.i", False]}]}
+    values = {"$filter": {"input": {"$ifNull": [f"$ix.{array}", []]}, "as": "v", "cond": own}}
+    field = high_field if key.descending else low_field
+    return {"$max" if key.descending else "$min": {"$map": {"input": values, "as": "v",
+                                                            "in": f"$$v.{field}"}}}
+
+
+def sort_pipeline(filter_: Filter, keys: Sequence[SortKey], skip: int, limit: int) -> Pipeline:
+    """Matches sorted by the keys (documents without a value last, whatever the direction),
+    then by id; paged with ``skip``/``limit``; projected to ``json``."""
+    values: dict[str, Any] = {}
+    flags: dict[str, Any] = {}
+    order: dict[str, int] = {}
+    for n, key in enumerate(keys):
+        direction = -1 if key.descending else 1
+        row_field = ROW_FIELDS.get(key.param.code)
+        if row_field is not None:
+            order[row_field] = direction
+            continue
+        values[f"_s{n}"] = sort_value(key)
+        flags[f"_m{n}"] = {"$cond": [{"$eq": [{"$ifNull": [f"$_s{n}", None]}, None]}, 1, 0]}
+        order[f"_m{n}"] = 1
+        order[f"_s{n}"] = direction
+    order.setdefault("id", 1)
+    pipeline: Pipeline = [{"$match": filter_}, {"$addFields": values},
+                          {"$addFields": flags}, {"$sort": order}]
+    if skip:
+        pipeline.append({"$skip": skip})
+    if limit:
+        pipeline.append({"$limit": limit})
+    pipeline.append({"$project": {"json": 1}})
+    return pipeline
