@@ -1,0 +1,617 @@
+"""The embedded storage engine: one SQLite file, stdlib :mod:`sqlite3`, no server to run.
+
+Layout (schema version in ``PRAGMA user_version``):
+
+* ``resource`` - the current version of every resource (tombstones included), the JSON as
+  stored, and the server-owned fields beside it;
+* ``history`` - every version, tombstones included, in commit order (``seq``);
+* ``idx_token``, ``idx_reference``, ``idx_date``, ``idx_string``, ``idx_uri``, ``idx_number``,
+  ``idx_quantity`` - the index values of the current, non-deleted versions, filled at write
+  time from the indexer and keyed by resource ``pk``, resource ``type`` and parameter code;
+* ``unique_key`` - the unique keys current resources hold.
+
+Concurrency: the file is in WAL mode, so readers never block the writer nor each other. Each
+thread uses its own connection (``isolation_level=None``: transactions are explicit). A unit
+of work starts with ``BEGIN IMMEDIATE``, which takes the database's single write lock at once,
+so units of work are serialised across all threads and processes that share the file, and a
+search followed by a write inside one unit of work cannot race another writer. That is why
+:meth:`UnitOfWork.lock` has nothing to do here. A writer waits up to :data:`BUSY_TIMEOUT_S`
+seconds for the lock, then gets a 503 (retry) instead.
+
+Durability: ``synchronous=NORMAL`` (the default) makes every committed transaction survive a
+crash or ``kill -9`` of the process (the WAL is written before ``COMMIT`` returns); only an
+operating-system crash or power loss may lose the last transactions. Pass
+``synchronous="FULL"`` to fsync the WAL on every commit and survive those too.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..fhir import jsonio
+from ..fhir.outcome import FhirError, conflict
+from ..fhir.search.ast import IndexValues, SearchQuery, SearchResult
+from .port import (
+    Indexer,
+    Store,
+    UniqueConflict,
+    UnitOfWork,
+    Version,
+    VersionConflict,
+    iter_chunks,
+    now_instant,
+    stamp,
+)
+from .sql_query import compile_search
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 60.0
+READ_MANY_CHUNK = 400
+
+_SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE resource (
+        pk INTEGER PRIMARY KEY,
+        type TEXT NOT NULL,
+        id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        last_updated TEXT NOT NULL,
+        last_updated_ms INTEGER NOT NULL,
+        deleted INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        json TEXT,
+        UNIQUE (type, id))""",
+    "CREATE INDEX resource_updated ON resource (type, deleted, last_updated_ms, id)",
+    """CREATE TABLE history (
+        seq INTEGER PRIMARY KEY,
+        type TEXT NOT NULL,
+        id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        last_updated TEXT NOT NULL,
+        last_updated_ms INTEGER NOT NULL,
+        deleted INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        json TEXT,
+        UNIQUE (type, id, version))""",
+    "CREATE INDEX history_type_time ON history (type, last_updated_ms)",
+    "CREATE INDEX history_time ON history (last_updated_ms)",
+    """CREATE TABLE idx_token (pk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+        system TEXT NOT NULL, code TEXT NOT NULL, text TEXT NOT NULL)""",
+    "CREATE INDEX idx_token_code ON idx_token (type, param, code, system)",
+    "CREATE INDEX idx_token_system ON idx_token (type, param, system)",
+    "CREATE INDEX idx_token_text ON idx_token (type, param, text)",
+    "CREATE INDEX idx_token_pk ON idx_token (pk, param)",
+    """CREATE TABLE idx_reference (pk INTEGER NOT NULL, type TEXT NOT NULL,
+        param TEXT NOT NULL, target_type TEXT NOT NULL, target_id TEXT NOT NULL,
+        url TEXT NOT NULL, version TEXT NOT NULL)""",
+    "CREATE INDEX idx_reference_target ON idx_reference (type, param, target_id, target_type)",
+    "CREATE INDEX idx_reference_url ON idx_reference (type, param, url)",
+    "CREATE INDEX idx_reference_pk ON idx_reference (pk, param)",
+    """CREATE TABLE idx_date (pk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+        lo INTEGER NOT NULL, hi INTEGER NOT NULL)""",
+    "CREATE INDEX idx_date_lo ON idx_date (type, param, lo)",
+    "CREATE INDEX idx_date_hi ON idx_date (type, param, hi)",
+    "CREATE INDEX idx_date_pk ON idx_date (pk, param)",
+    """CREATE TABLE idx_string (pk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+        norm TEXT NOT NULL, exact TEXT NOT NULL)""",
+    "CREATE INDEX idx_string_norm ON idx_string (type, param, norm)",
+    "CREATE INDEX idx_string_exact ON idx_string (type, param, exact)",
+    "CREATE INDEX idx_string_pk ON idx_string (pk, param)",
+    """CREATE TABLE idx_uri (pk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+        value TEXT NOT NULL)""",
+    "CREATE INDEX idx_uri_value ON idx_uri (type, param, value)",
+    "CREATE INDEX idx_uri_pk ON idx_uri (pk, param)",
+    """CREATE TABLE idx_number (pk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+        value REAL NOT NULL)""",
+    "CREATE INDEX idx_number_value ON idx_number (type, param, value)",
+    "CREATE INDEX idx_number_pk ON idx_number (pk, param)",
+    """CREATE TABLE idx_quantity (pk INTEGER NOT NULL, type TEXT NOT NULL,
+        param TEXT NOT NULL, value REAL NOT NULL, system TEXT NOT NULL, code TEXT NOT NULL,
+        unit TEXT NOT NULL)""",
+    "CREATE INDEX idx_quantity_value ON idx_quantity (type, param, value)",
+    "CREATE INDEX idx_quantity_pk ON idx_quantity (pk, param)",
+    """CREATE TABLE unique_key (key TEXT PRIMARY KEY, owner_type TEXT NOT NULL,
+        owner_id TEXT NOT NULL) WITHOUT ROWID""",
+    "CREATE INDEX unique_key_owner ON unique_key (owner_type, owner_id)",
+    """CREATE TABLE kv (ns TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+        expires_ms INTEGER, PRIMARY KEY (ns, key)) WITHOUT ROWID""",
+    "CREATE INDEX kv_expiry ON kv (expires_ms) WHERE expires_ms IS NOT NULL",
+)
+
+_INDEX_TABLES = ("idx_token", "idx_reference", "idx_date", "idx_string", "idx_uri",
+                 "idx_number", "idx_quantity")
+
+_VERSION_COLUMNS = "type, id, version, last_updated, deleted, method, json"
+_R_VERSION_COLUMNS = ", ".join(f"r.{c}" for c in _VERSION_COLUMNS.split(", "))
+
+
+def _index_rows(values: IndexValues) -> dict[str, list[tuple[Any, ...]]]:
+    """The rows (without pk and type) each index table gets for ``values``; duplicates
+    are dropped."""
+    rows = {
+        "idx_token": [(v.param, v.system, v.code, v.text) for v in values.tokens],
+        "idx_reference": [(v.param, v.target_type, v.target_id, v.url, v.version)
+                          for v in values.references],
+        "idx_date": [(v.param, v.lo, v.hi) for v in values.dates],
+        "idx_string": [(v.param, v.norm, v.exact) for v in values.strings],
+        "idx_uri": [(v.param, v.value) for v in values.uris],
+        "idx_number": [(v.param, float(v.value)) for v in values.numbers],
+        "idx_quantity": [(v.param, float(v.value), v.system, v.code, v.unit)
+                         for v in values.quantities],
+    }
+    return {table: list(dict.fromkeys(r)) for table, r in rows.items() if r}
+
+
+def _version(row: tuple[Any, ...]) -> Version:
+    type_, id_, version, last_updated, deleted, method, text = row
+    resource = None if text is None else jsonio.loads(text)
+    return Version(type_, id_, version, last_updated, bool(deleted), resource, method)
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that remembers the process that opened it (never use one across fork)."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class _Current:
+    pk: int
+    version: int
+    deleted: bool
+
+
+class _Reader:
+    """Reads on one connection (inside or outside a transaction)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Several reads from one consistent state (joins a transaction already open)."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("COMMIT")
+
+    def read(self, type_: str, id_: str) -> Version | None:
+        row = self.conn.execute(
+            f"SELECT {_VERSION_COLUMNS} FROM resource WHERE type = ? AND id = ?",
+            (type_, id_)).fetchone()
+        return None if row is None else _version(row)
+
+    def vread(self, type_: str, id_: str, version: int) -> Version | None:
+        row = self.conn.execute(
+            f"SELECT {_VERSION_COLUMNS} FROM history WHERE type = ? AND id = ? AND version = ?",
+            (type_, id_, version)).fetchone()
+        return None if row is None else _version(row)
+
+    def read_many(self, refs: list[tuple[str, str]]) -> list[Version]:
+        wanted = list(dict.fromkeys(refs))
+        found: dict[tuple[str, str], Version] = {}
+        with self.snapshot():
+            for chunk in iter_chunks(wanted, READ_MANY_CHUNK):
+                pairs = ", ".join("(?, ?)" for _ in chunk)
+                params = [part for ref in chunk for part in ref]
+                rows = self.conn.execute(
+                    f"SELECT {_R_VERSION_COLUMNS} FROM (VALUES {pairs}) AS v JOIN resource AS r "
+                    "ON r.type = v.column1 AND r.id = v.column2 WHERE r.deleted = 0", params)
+                for row in rows:
+                    found[(row[0], row[1])] = _version(row)
+        return [found[ref] for ref in wanted if ref in found]
+
+    def history(self, type_: str | None, id_: str | None, since_ms: int | None, count: int,
+                offset: int) -> tuple[list[Version], int]:
+        if id_ is not None and type_ is None:
+            raise ValueError("the history of one resource needs its type")
+        where: list[str] = []
+        params: list[Any] = []
+        for test, value in (("type = ?", type_), ("id = ?", id_),
+                            ("last_updated_ms >= ?", since_ms)):
+            if value is not None:
+                where.append(test)
+                params.append(value)
+        condition = " AND ".join(where) or "1"
+        # Newest first; ``seq`` (the rowid, which every index ends with) orders versions
+        # written in the same millisecond.
+        order = "version DESC" if id_ is not None else "last_updated_ms DESC, seq DESC"
+        with self.snapshot():
+            total = self.conn.execute(
+                f"SELECT count(*) FROM history WHERE {condition}", params).fetchone()[0]
+            rows = self.conn.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM history WHERE {condition} "
+                f"ORDER BY {order} LIMIT ? OFFSET ?", [*params, count, offset]).fetchall()
+        return [_version(row) for row in rows], total
+
+    def search(self, query: SearchQuery) -> SearchResult:
+        compiled = compile_search(query, now_instant()[1])
+        with self.snapshot():
+            total = None
+            if compiled.count is not None:
+                total = self.conn.execute(compiled.count, compiled.params).fetchone()[0]
+            rows = (self.conn.execute(compiled.select, compiled.params).fetchall()
+                    if query.count > 0 else [])
+        return SearchResult([jsonio.loads(text) for (text,) in rows], total)
+
+
+class _EmbeddedUnitOfWork(UnitOfWork):
+    """Reads and writes inside one SQLite transaction. Each write runs in a savepoint, so a
+    write that fails (a conflict) leaves nothing behind even when the caller goes on."""
+
+    def __init__(self, conn: sqlite3.Connection, indexer: Indexer) -> None:
+        self._reader = _Reader(conn)
+        self._conn = conn
+        self._indexer = indexer
+        self._open = True
+
+    def close(self) -> None:
+        self._open = False
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise RuntimeError("this unit of work has ended")
+
+    @contextmanager
+    def _step(self) -> Iterator[None]:
+        self._check_open()
+        self._conn.execute("SAVEPOINT step")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK TO step")
+            self._conn.execute("RELEASE step")
+            raise
+        self._conn.execute("RELEASE step")
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def read(self, type_: str, id_: str) -> Version | None:
+        self._check_open()
+        return self._reader.read(type_, id_)
+
+    def search(self, query: SearchQuery) -> SearchResult:
+        self._check_open()
+        return self._reader.search(query)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def create(self, type_: str, resource: dict[str, Any], *, id_: str | None = None,
+               keys: tuple[str, ...] = (), method: str = "POST") -> Version:
+        with self._step():
+            if id_ is None:
+                id_ = str(uuid.uuid4())
+            elif self._current(type_, id_) is not None:
+                raise conflict(f"{type_}/{id_} already exists; update it instead")
+            self._claim_keys(type_, id_, keys, replace=False)
+            return self._write(type_, id_, 1, resource, method, pk=None)
+
+    def update(self, type_: str, id_: str, resource: dict[str, Any], *,
+               if_match: int | None = None, keys: tuple[str, ...] | None = None,
+               method: str = "PUT") -> tuple[Version, bool]:
+        with self._step():
+            current = self._current(type_, id_)
+            live = None if current is None or current.deleted else current.version
+            if if_match is not None and if_match != live:
+                raise VersionConflict(type_, id_, if_match, live)
+            if keys is not None:
+                self._claim_keys(type_, id_, keys, replace=True)
+            if current is None:
+                return self._write(type_, id_, 1, resource, method, pk=None), True
+            version = self._write(type_, id_, current.version + 1, resource, method,
+                                  pk=current.pk)
+            return version, live is None
+
+    def delete(self, type_: str, id_: str, *, if_match: int | None = None) -> Version | None:
+        with self._step():
+            current = self._current(type_, id_)
+            live = None if current is None or current.deleted else current.version
+            if if_match is not None and if_match != live:
+                raise VersionConflict(type_, id_, if_match, live)
+            if live is None or current is None:
+                return None
+            instant, ms = now_instant()
+            tombstone = Version(type_, id_, live + 1, instant, True, None, "DELETE")
+            self._conn.execute(
+                "UPDATE resource SET version = ?, last_updated = ?, last_updated_ms = ?, "
+                "deleted = 1, method = 'DELETE', json = NULL WHERE pk = ?",
+                (tombstone.version, instant, ms, current.pk))
+            self._clear_index(current.pk)
+            self._conn.execute("DELETE FROM unique_key WHERE owner_type = ? AND owner_id = ?",
+                               (type_, id_))
+            self._add_history(tombstone, ms, None)
+            return tombstone
+
+    def lock(self, key: str) -> None:
+        """Nothing to do: the unit of work already holds the database's write lock
+        (``BEGIN IMMEDIATE``), which serialises it against every other one."""
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _current(self, type_: str, id_: str) -> _Current | None:
+        row = self._conn.execute(
+            "SELECT pk, version, deleted FROM resource WHERE type = ? AND id = ?",
+            (type_, id_)).fetchone()
+        return None if row is None else _Current(row[0], row[1], bool(row[2]))
+
+    def _claim_keys(self, type_: str, id_: str, keys: tuple[str, ...], *,
+                    replace: bool) -> None:
+        wanted = list(dict.fromkeys(keys))
+        if wanted:
+            marks = ", ".join("?" for _ in wanted)
+            held = self._conn.execute(
+                f"SELECT key, owner_type, owner_id FROM unique_key WHERE key IN ({marks})",
+                wanted).fetchall()
+            for key, owner_type, owner_id in held:
+                if (owner_type, owner_id) != (type_, id_):
+                    raise UniqueConflict(key, owner_type, owner_id)
+        if replace:
+            self._conn.execute(
+                "DELETE FROM unique_key WHERE owner_type = ? AND owner_id = ? "
+                "AND key NOT IN (SELECT value FROM json_each(?))",
+                (type_, id_, jsonio.dumps(wanted)))
+        self._conn.executemany(
+            "INSERT OR IGNORE INTO unique_key (key, owner_type, owner_id) VALUES (?, ?, ?)",
+            [(key, type_, id_) for key in wanted])
+
+    def _write(self, type_: str, id_: str, number: int, resource: dict[str, Any],
+               method: str, *, pk: int | None) -> Version:
+        instant, ms = now_instant()
+        stored = stamp(resource, type_, id_, number, instant)
+        index = _index_rows(self._indexer(stored))
+        text = jsonio.dumps(stored)
+        if pk is None:
+            pk = self._conn.execute(
+                "INSERT INTO resource (type, id, version, last_updated, last_updated_ms, "
+                "deleted, method, json) VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
+                (type_, id_, number, instant, ms, method, text)).lastrowid
+        else:
+            self._conn.execute(
+                "UPDATE resource SET version = ?, last_updated = ?, last_updated_ms = ?, "
+                "deleted = 0, method = ?, json = ? WHERE pk = ?",
+                (number, instant, ms, method, text, pk))
+            self._clear_index(pk)
+        for table, rows in index.items():
+            marks = ", ".join("?" for _ in range(len(rows[0]) + 2))
+            self._conn.executemany(f"INSERT INTO {table} VALUES ({marks})",
+                                   [(pk, type_, *row) for row in rows])
+        version = Version(type_, id_, number, instant, False, stored, method)
+        self._add_history(version, ms, text)
+        return version
+
+    def _clear_index(self, pk: int) -> None:
+        for table in _INDEX_TABLES:
+            self._conn.execute(f"DELETE FROM {table} WHERE pk = ?", (pk,))
+
+    def _add_history(self, version: Version, ms: int, text: str | None) -> None:
+        self._conn.execute(
+            "INSERT INTO history (type, id, version, last_updated, last_updated_ms, deleted, "
+            "method, json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (version.type, version.id, version.version, version.last_updated, ms,
+             int(version.deleted), version.method, text))
+
+
+def _begin_immediate(conn: sqlite3.Connection) -> None:
+    """Take the write lock, waiting up to :data:`BUSY_TIMEOUT_S` for other writers."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise
+        raise FhirError.of(503, "The database is busy with other writes; retry the request",
+                           code="transient", headers={"Retry-After": "1"}) from exc
+
+
+class EmbeddedStore(Store):
+    """The embedded engine on the SQLite file at ``path`` (its folder is created)."""
+
+    name = "embedded"
+    supports_transactions = True
+
+    def __init__(self, indexer: Indexer, path: str | Path, *,
+                 synchronous: str = "NORMAL") -> None:
+        super().__init__(indexer)
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError("synchronous must be NORMAL or FULL")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._synchronous = synchronous
+        self._local = threading.local()
+        self._generation = 0
+        self._kv_writes = 0
+        self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._connections_lock = threading.Lock()
+        self._create_schema()
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _connection(self) -> _Connection:
+        """This thread's connection (a new one after fork or :meth:`close`)."""
+        local = self._local
+        conn: _Connection | None = getattr(local, "conn", None)
+        if conn is None or conn.pid != os.getpid() or local.generation != self._generation:
+            conn = self._connect()
+            local.conn, local.generation, local.depth = conn, self._generation, 0
+        return conn
+
+    def _connect(self) -> _Connection:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False, factory=_Connection)
+        conn.pid = os.getpid()
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        with self._connections_lock:
+            self._connections.add(conn)
+        return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL (a lasting property of the file). Processes that open a new
+        file together may see ``database is locked`` here without SQLite's busy wait, so
+        this retries for as long as a writer would wait."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+                continue
+            if mode.lower() != "wal":
+                raise RuntimeError(f"{self.path}: the file system does not support SQLite's "
+                                   f"WAL mode (journal_mode is {mode})")
+            return
+
+    def _create_schema(self) -> None:
+        conn = self._connection()
+        self._enable_wal(conn)
+        _begin_immediate(conn)
+        try:
+            found = conn.execute("PRAGMA user_version").fetchone()[0]
+            if found == 0:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif found != SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path} has schema version {found}; this server "
+                                   f"knows version {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        """Close every connection this process opened (at shutdown, when no request is
+        running); later calls open new ones."""
+        with self._connections_lock:
+            conns = [c for c in self._connections if c.pid == os.getpid()]
+            self._connections = weakref.WeakSet()
+            self._generation += 1
+        for conn in conns:
+            conn.close()
+
+    # -- the port ------------------------------------------------------------------------------
+
+    def unit_of_work(self) -> AbstractContextManager[UnitOfWork]:
+        return self._unit_of_work()
+
+    @contextmanager
+    def _unit_of_work(self) -> Iterator[UnitOfWork]:
+        """Top level: ``BEGIN IMMEDIATE`` ... ``COMMIT``. Nested in another unit of work of the
+        same thread: a savepoint of the outer one (atomic on its own, durable with it)."""
+        conn = self._connection()
+        local = self._local
+        nested = local.depth > 0
+        if nested:
+            conn.execute("SAVEPOINT unit")
+        else:
+            _begin_immediate(conn)
+        local.depth += 1
+        uow = _EmbeddedUnitOfWork(conn, self.indexer)
+        try:
+            yield uow
+        except BaseException:
+            uow.close()
+            local.depth -= 1
+            if nested:
+                conn.execute("ROLLBACK TO unit")
+                conn.execute("RELEASE unit")
+            else:
+                conn.execute("ROLLBACK")
+            raise
+        uow.close()
+        local.depth -= 1
+        if nested:
+            conn.execute("RELEASE unit")
+            return
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _reader(self) -> _Reader:
+        return _Reader(self._connection())
+
+    def read(self, type_: str, id_: str) -> Version | None:
+        return self._reader().read(type_, id_)
+
+    def vread(self, type_: str, id_: str, version: int) -> Version | None:
+        return self._reader().vread(type_, id_, version)
+
+    def read_many(self, refs: list[tuple[str, str]]) -> list[Version]:
+        return self._reader().read_many(refs)
+
+    def history(self, type_: str | None = None, id_: str | None = None, *,
+                since_ms: int | None = None, count: int = 20,
+                offset: int = 0) -> tuple[list[Version], int]:
+        return self._reader().history(type_, id_, since_ms, count, offset)
+
+    def search(self, query: SearchQuery) -> SearchResult:
+        return self._reader().search(query)
+
+    def explain(self, query: SearchQuery) -> list[str]:
+        """SQLite's plan for the search ``query`` (``EXPLAIN QUERY PLAN`` details)."""
+        compiled = compile_search(query, now_instant()[1])
+        rows = self._connection().execute("EXPLAIN QUERY PLAN " + compiled.select,
+                                          compiled.params).fetchall()
+        return [row[3] for row in rows]
+
+    # -- server records (key-value) --------------------------------------------------------
+
+    def kv_put(self, ns: str, key: str, value: dict[str, Any], *,
+               expires_ms: int | None = None, only_if_absent: bool = False) -> bool:
+        conn = self._connection()
+        text = jsonio.dumps(value)
+        self._kv_writes += 1
+        if self._kv_writes % 1000 == 0:  # expired entries (replay caches) do not pile up
+            conn.execute("DELETE FROM kv WHERE expires_ms <= ?", (now_instant()[1],))
+        if not only_if_absent:
+            conn.execute("INSERT OR REPLACE INTO kv (ns, key, value, expires_ms) "
+                         "VALUES (?, ?, ?, ?)", (ns, key, text, expires_ms))
+            return True
+        # One statement, so atomic: insert, or take over an expired entry; a live one stays.
+        cur = conn.execute(
+            "INSERT INTO kv (ns, key, value, expires_ms) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, "
+            "expires_ms = excluded.expires_ms "
+            "WHERE kv.expires_ms IS NOT NULL AND kv.expires_ms <= ?",
+            (ns, key, text, expires_ms, now_instant()[1]))
+        return cur.rowcount == 1
+
+    def kv_get(self, ns: str, key: str) -> dict[str, Any] | None:
+        row = self._connection().execute(
+            "SELECT value FROM kv WHERE ns = ? AND key = ? "
+            "AND (expires_ms IS NULL OR expires_ms > ?)", (ns, key, now_instant()[1])).fetchone()
+        return None if row is None else jsonio.loads(row[0])
+
+    def kv_delete(self, ns: str, key: str) -> bool:
+        cur = self._connection().execute(
+            "DELETE FROM kv WHERE ns = ? AND key = ? AND (expires_ms IS NULL OR expires_ms > ?)",
+            (ns, key, now_instant()[1]))
+        return cur.rowcount == 1
+
+    def kv_list(self, ns: str, *, limit: int = 1000) -> list[tuple[str, dict[str, Any]]]:
+        rows = self._connection().execute(
+            "SELECT key, value FROM kv WHERE ns = ? AND (expires_ms IS NULL OR expires_ms > ?) "
+            "ORDER BY key LIMIT ?", (ns, now_instant()[1], max(limit, 0))).fetchall()
+        return [(key, jsonio.loads(value)) for key, value in rows]
+
+    def drop_all(self) -> None:
+        with self.unit_of_work():
+            conn = self._connection()
+            for table in ("resource", "history", "unique_key", "kv", *_INDEX_TABLES):
+                conn.execute(f"DELETE FROM {table}")

@@ -1,0 +1,474 @@
+"""Compile a search (:class:`~server.fhir.search.ast.SearchQuery`) into one SQLite statement.
+
+The embedded engine keeps the current version of every resource in the ``resource`` table and
+the index values extracted at write time in one table per value kind (``idx_token``,
+``idx_reference``, ...; see :data:`INDEX_TABLES`), keyed by the resource ``pk``, the resource
+``type`` and the parameter code. Index rows exist only for current, non-deleted resources.
+
+A search becomes ONE ``SELECT`` over ``resource AS r`` (plus the same ``WHERE`` in a
+``COUNT(*)`` when a total is asked for); nothing is filtered in Python afterwards. Positive
+conditions are ``r.pk IN (SELECT pk FROM idx_... WHERE type = ? AND param = ? AND ...)`` so
+that SQLite can drive the search from the index tables; negative ones (``:not``,
+``:missing=true``) are ``NOT EXISTS`` probes on the ``(pk, param)`` index.
+
+Semantics (FHIR R4 search; a resource matches a clause when ANY of its values matches ANY of
+the clause's values, and matches the search when it matches every condition):
+
+* token: ``system`` None matches any system, ``""`` only values without a system, otherwise
+  that system; ``code`` None matches any code (``system|``). ``:not`` matches resources with
+  no value equal to any of the query values (including resources without a value).
+  ``:text`` is starts-with on the normalised display/text; the query value arrives normalised
+  in ``TokenQuery.code``.
+* reference: ``Type/id`` matches type and id; an id with ``target_type`` None matches any
+  type; ``url`` matches the literal reference as written; ``version`` (when given) must
+  match too. ``:identifier`` matches :class:`TokenQuery` values against the tokens indexed
+  with ``identifier=True`` for that reference parameter. Those tokens are stored under the
+  reference parameter's code, which no token parameter shares, so the token table needs no
+  flag to tell them apart.
+* :class:`~server.fhir.search.ast.Chain`: the reference points at a resource of the target
+  type that matches the inner clause. :class:`~server.fhir.search.ast.Has`: a resource of
+  the other type that matches the inner condition (which may be a chain or another ``_has``)
+  points at this resource through the reference parameter.
+* date: stored ranges ``[lo, hi]`` against the query range ``[qlo, qhi]`` (milliseconds,
+  both ends inclusive): ``eq`` lo >= qlo and hi <= qhi; ``ne`` not eq; ``gt`` hi > qhi;
+  ``lt`` lo < qlo; ``ge`` gt or eq; ``le`` lt or eq; ``sa`` lo > qhi; ``eb`` hi < qlo;
+  ``ap`` the range overlaps [qlo - d, qhi + d] where d is 10 % of the distance from now to
+  the query range (0 when now lies inside it), and at least one day.
+* string: default starts-with on the normalised value (an index range
+  ``norm >= v AND norm < v || U+10FFFF``), ``:exact`` equality with the value as written,
+  ``:contains`` substring of the normalised value.
+* uri: equality; ``:below`` the stored value starts with the query value; ``:above`` the query
+  value starts with the stored value.
+* number and quantity (values compared as floats): ``eq`` lo <= value < hi (the implicit
+  precision range of the query), ``ne`` not eq, ``gt``/``lt``/``ge``/``le`` against the query
+  value, ``sa`` value >= hi, ``eb`` value < lo, ``ap`` within 10 % of the query value.
+  A quantity's ``system`` (when given) must match, and its ``code`` must match the code; with
+  no system the code may also match the unit as written.
+* ``:missing=true`` matches resources without a value for the parameter, ``false`` those
+  with one.
+* ``_id`` (token codes) and ``_lastUpdated`` (date, the stored range being the single
+  millisecond of the last update) are answered from the resource row.
+* ``ids`` restricts the result to those ids.
+
+Order: each sort key in turn (token by code, string by normalised value, date by the range
+start ascending / end descending, reference by target id, number and quantity by value, uri
+by value, ``_id``, ``_lastUpdated``); a multi-valued parameter sorts by its smallest value
+ascending and its largest descending; resources without a value come last either way; the
+resource id breaks ties. Without sort keys: last update, then id. ``count``/``offset`` page
+the ordered result.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from ..fhir import jsonio
+from ..fhir.outcome import FhirError
+from ..fhir.search.ast import (
+    Chain,
+    Clause,
+    Condition,
+    DateQuery,
+    Has,
+    NumberQuery,
+    QuantityQuery,
+    QueryValue,
+    ReferenceQuery,
+    SearchParam,
+    SearchQuery,
+    SortKey,
+    StringQuery,
+    TokenQuery,
+    UriQuery,
+)
+
+INDEX_TABLES: dict[str, str] = {
+    "token": "idx_token",
+    "reference": "idx_reference",
+    "date": "idx_date",
+    "string": "idx_string",
+    "uri": "idx_uri",
+    "number": "idx_number",
+    "quantity": "idx_quantity",
+}
+"""Parameter type -> index table."""
+
+DAY_MS = 24 * 60 * 60 * 1000
+MAX_CHAR = "\U0010ffff"  # sorts after every other character (UTF-8 and code point order agree)
+
+# The modifiers each parameter type supports (besides ``missing``, which every type has).
+_MODIFIERS: dict[str, tuple[str | None, ...]] = {
+    "token": (None, "not", "text"),
+    "reference": (None, "identifier"),
+    "date": (None,),
+    "string": (None, "exact", "contains"),
+    "uri": (None, "below", "above"),
+    "number": (None,),
+    "quantity": (None,),
+}
+
+# Column a sort key orders by: (ascending, descending).
+_SORT_COLUMNS: dict[str, tuple[str, str]] = {
+    "token": ("code", "code"),
+    "reference": ("target_id", "target_id"),
+    "date": ("lo", "hi"),
+    "string": ("norm", "norm"),
+    "uri": ("value", "value"),
+    "number": ("value", "value"),
+    "quantity": ("value", "value"),
+}
+
+
+@dataclass(frozen=True)
+class CompiledSearch:
+    """``select`` returns the ``json`` of the requested page; ``count`` (when a total was
+    asked for) the number of matches. Both take ``params`` (named parameters)."""
+
+    select: str
+    count: str | None
+    params: dict[str, Any]
+
+
+def compile_search(query: SearchQuery, now_ms: int) -> CompiledSearch:
+    """Compile ``query``; ``now_ms`` (epoch milliseconds) anchors the ``ap`` prefix."""
+    if query.type is None:
+        raise FhirError.of(400, "Searching across all resource types is not supported; "
+                                "search one resource type", code="not-supported")
+    compiler = _Compiler(now_ms)
+    where = compiler.matches(query.type, "r", query.conditions, query.ids)
+    order = compiler.order_by(query.sort)
+    params = compiler.params
+    params["limit"] = query.count
+    params["offset"] = query.offset
+    select = (f"SELECT r.json FROM resource AS r WHERE {where} ORDER BY {order} "
+              "LIMIT :limit OFFSET :offset")
+    count = f"SELECT count(*) FROM resource AS r WHERE {where}" if query.total else None
+    return CompiledSearch(select, count, params)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A compiled condition: a predicate on the resource row, or (``pks``) a ``SELECT`` of
+    the ``pk`` of the matching resources."""
+
+    sql: str
+    pks: bool = False
+
+
+def _any(predicates: list[str]) -> str:
+    if not predicates:
+        return "0"
+    return predicates[0] if len(predicates) == 1 else "(" + " OR ".join(predicates) + ")"
+
+
+def _all(predicates: list[str]) -> str:
+    if not predicates:
+        return "1"
+    return " AND ".join(predicates)
+
+
+def _not_supported(param: SearchParam, modifier: str | None) -> FhirError:
+    what = f"{param.code}:{modifier}" if modifier else param.code
+    return FhirError.of(400, f"The search parameter '{what}' ({param.type}) is not supported",
+                        code="not-supported", expression=param.code)
+
+
+class _Compiler:
+    """Builds SQL text and its named parameters."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.params: dict[str, Any] = {}
+        self._now_ms = now_ms
+        self._aliases = itertools.count()
+
+    def bind(self, value: Any) -> str:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return ":" + name
+
+    def _alias(self) -> str:
+        return f"t{next(self._aliases)}"
+
+    # -- conditions ----------------------------------------------------------------------------
+
+    def matches(self, type_: str, r: str, conditions: list[Condition],
+                ids: frozenset[str] | None = None) -> str:
+        """``r`` (a ``resource`` alias) is a current ``type_`` resource matching every
+        condition (and, when ``ids`` is given, having one of those ids).
+
+        Conditions that select index rows (:class:`_Part` ``pks``) are written as
+        ``r.pk IN (...)`` and let SQLite drive the search from the index tables. When there is
+        one, ``r.type`` is written ``+r.type`` so that SQLite does not prefer walking every
+        resource of the type in update order (which the default sort would reward)."""
+        parts = [self._condition(type_, r, c) for c in conditions]
+        if ids is not None:
+            listed = self.bind(jsonio.dumps(sorted(ids)))
+            parts.append(self._ids(type_, f"SELECT value FROM json_each({listed})"))
+        drivers = [f"{r}.pk IN ({p.sql})" for p in parts if p.pks]
+        kind = f"+{r}.type" if drivers else f"{r}.type"
+        where = [f"{kind} = {self.bind(type_)}", f"{r}.deleted = 0", *drivers]
+        return _all(where + [p.sql for p in parts if not p.pks])
+
+    def _condition(self, type_: str, r: str, cond: Condition) -> _Part:
+        if isinstance(cond, Chain):
+            return self._chain(type_, cond)
+        if isinstance(cond, Has):
+            return self._has(type_, cond)
+        return self._clause(type_, r, cond)
+
+    def _ids(self, type_: str, ids_sql: str) -> _Part:
+        """The resources of ``type_`` whose id is among the values of ``ids_sql``."""
+        t = self._alias()
+        return _Part(f"SELECT {t}.pk FROM resource AS {t} WHERE {t}.type = {self.bind(type_)} "
+                     f"AND {t}.id IN ({ids_sql})", pks=True)
+
+    def _chain(self, type_: str, chain: Chain) -> _Part:
+        x, t = self._alias(), self._alias()
+        inner = self.matches(chain.target_type, t, [chain.inner])
+        return _Part(f"SELECT {x}.pk FROM idx_reference AS {x} "
+                     f"WHERE {x}.type = {self.bind(type_)} "
+                     f"AND {x}.param = {self.bind(chain.param.code)} "
+                     f"AND {x}.target_id IN (SELECT {t}.id FROM resource AS {t} WHERE {inner}) "
+                     f"AND {x}.target_type = {self.bind(chain.target_type)}", pks=True)
+
+    def _has(self, type_: str, has: Has) -> _Part:
+        # Driven from the matching resources of the other type: their references (found by
+        # ``pk``; ``+x.type`` keeps SQLite on that index) name the resources we want.
+        x, o = self._alias(), self._alias()
+        inner = self.matches(has.other_type, o, [has.inner])
+        return self._ids(type_, (
+            f"SELECT {x}.target_id FROM idx_reference AS {x} "
+            f"WHERE {x}.pk IN (SELECT {o}.pk FROM resource AS {o} WHERE {inner}) "
+            f"AND {x}.param = {self.bind(has.ref_param.code)} "
+            f"AND +{x}.type = {self.bind(has.other_type)} "
+            f"AND +{x}.target_type = {self.bind(type_)}"))
+
+    def _clause(self, type_: str, r: str, clause: Clause) -> _Part:
+        code = clause.param.code
+        if code == "_id":
+            return self._id_clause(type_, r, clause)
+        if code == "_lastUpdated":
+            return _Part(self._last_updated_clause(r, clause))
+        table = INDEX_TABLES.get(clause.param.type)
+        if table is None:
+            raise _not_supported(clause.param, clause.modifier)
+        if clause.modifier == "missing":
+            return _Part(_any([self._has_value(table, r, clause.param, present=not v.missing)
+                               for v in clause.values]))
+        if clause.modifier not in _MODIFIERS[clause.param.type]:
+            raise _not_supported(clause.param, clause.modifier)
+        if clause.modifier == "identifier":
+            table = "idx_token"
+        param = self.bind(code)
+        if clause.modifier == "not":
+            x = self._alias()
+            preds = [self._value(x, clause, v) for v in clause.values]
+            return _Part(f"NOT EXISTS (SELECT 1 FROM {table} AS {x} WHERE {x}.pk = {r}.pk "
+                         f"AND {x}.param = {param} AND {_any(preds)})")
+        type_param = self.bind(type_)
+        selects = []
+        for value in clause.values:
+            x = self._alias()
+            selects.append(f"SELECT {x}.pk FROM {table} AS {x} WHERE {x}.type = {type_param} "
+                           f"AND {x}.param = {param} AND {self._value(x, clause, value)}")
+        return _Part(" UNION ALL ".join(selects), pks=True)
+
+    def _has_value(self, table: str, r: str, param: SearchParam, *, present: bool) -> str:
+        x = self._alias()
+        probe = (f"EXISTS (SELECT 1 FROM {table} AS {x} WHERE {x}.pk = {r}.pk "
+                 f"AND {x}.param = {self.bind(param.code)})")
+        return probe if present else "NOT " + probe
+
+    def _id_clause(self, type_: str, r: str, clause: Clause) -> _Part:
+        if clause.modifier == "missing":  # every resource has an id
+            return _Part(_any(["0" if v.missing else "1" for v in clause.values]))
+        if clause.modifier not in (None, "not"):
+            raise _not_supported(clause.param, clause.modifier)
+        ids = []
+        for value in clause.values:
+            if not isinstance(value, TokenQuery) or value.code is None:
+                raise _not_supported(clause.param, clause.modifier)
+            ids.append(self.bind(value.code))
+        if clause.modifier == "not":
+            return _Part(f"{r}.id NOT IN ({', '.join(ids)})")
+        return self._ids(type_, ", ".join(ids))
+
+    def _last_updated_clause(self, r: str, clause: Clause) -> str:
+        if clause.modifier == "missing":  # every resource has been updated
+            return _any(["0" if v.missing else "1" for v in clause.values])
+        if clause.modifier is not None:
+            raise _not_supported(clause.param, clause.modifier)
+        preds = []
+        for value in clause.values:
+            if not isinstance(value, DateQuery):
+                raise _not_supported(clause.param, clause.modifier)
+            preds.append(self._instant(f"{r}.last_updated_ms", value))
+        return _any(preds)
+
+    # -- values --------------------------------------------------------------------------------
+
+    def _value(self, x: str, clause: Clause, value: QueryValue) -> str:
+        """A predicate on one index row ``x`` for one query value."""
+        kind = clause.param.type
+        modifier = clause.modifier
+        if isinstance(value, TokenQuery) and (kind == "token" or modifier == "identifier"):
+            return self._token(x, value, text=modifier == "text")
+        if isinstance(value, ReferenceQuery) and kind == "reference":
+            return self._reference(x, value)
+        if isinstance(value, DateQuery) and kind == "date":
+            return self._date(f"{x}.lo", f"{x}.hi", value)
+        if isinstance(value, StringQuery) and kind == "string":
+            return self._string(x, value, modifier)
+        if isinstance(value, UriQuery) and kind == "uri":
+            return self._uri(x, value, modifier)
+        if isinstance(value, QuantityQuery) and kind == "quantity":
+            return self._quantity(x, value)
+        if isinstance(value, NumberQuery) and kind == "number":
+            return self._number(f"{x}.value", value)
+        raise _not_supported(clause.param, modifier)
+
+    def _token(self, x: str, q: TokenQuery, *, text: bool) -> str:
+        if text:
+            return self._prefix(f"{x}.text", q.code or "")
+        parts = []
+        if q.code is not None:
+            parts.append(f"{x}.code = {self.bind(q.code)}")
+        if q.system is not None:
+            parts.append(f"{x}.system = {self.bind(q.system)}")
+        return _all(parts)
+
+    def _reference(self, x: str, q: ReferenceQuery) -> str:
+        ways = []
+        if q.target_id is not None or q.target_type is not None:
+            target = []
+            if q.target_id is not None:
+                target.append(f"{x}.target_id = {self.bind(q.target_id)}")
+            if q.target_type is not None:
+                target.append(f"{x}.target_type = {self.bind(q.target_type)}")
+            ways.append("(" + _all(target) + ")")
+        if q.url:
+            ways.append(f"{x}.url = {self.bind(q.url)}")
+        pred = _any(ways) if ways else "1"
+        if q.version:
+            pred = f"{pred} AND {x}.version = {self.bind(q.version)}"
+        return pred
+
+    def _date(self, lo: str, hi: str, q: DateQuery) -> str:
+        if q.prefix == "ap":
+            d = self._approximation_ms(q)
+            return f"({lo} <= {self.bind(q.hi + d)} AND {hi} >= {self.bind(q.lo - d)})"
+        qlo, qhi = self.bind(q.lo), self.bind(q.hi)
+        # ``lo <= qhi`` is implied by ``hi <= qhi``; it bounds the index range on ``lo``.
+        eq = f"({lo} >= {qlo} AND {lo} <= {qhi} AND {hi} <= {qhi})"
+        preds = {
+            "eq": eq,
+            "ne": f"({lo} < {qlo} OR {hi} > {qhi})",
+            "gt": f"{hi} > {qhi}",
+            "lt": f"{lo} < {qlo}",
+            "ge": f"({hi} > {qhi} OR {eq})",
+            "le": f"({lo} < {qlo} OR {eq})",
+            "sa": f"{lo} > {qhi}",
+            "eb": f"{hi} < {qlo}",
+        }
+        return preds[q.prefix]
+
+    def _instant(self, column: str, q: DateQuery) -> str:
+        """:meth:`_date` for a stored single instant (``lo = hi``), simplified to plain
+        comparisons on one column so that an index range serves every prefix."""
+        if q.prefix == "ap":
+            d = self._approximation_ms(q)
+            return f"({column} >= {self.bind(q.lo - d)} AND {column} <= {self.bind(q.hi + d)})"
+        qlo, qhi = self.bind(q.lo), self.bind(q.hi)
+        preds = {
+            "eq": f"({column} >= {qlo} AND {column} <= {qhi})",
+            "ne": f"({column} < {qlo} OR {column} > {qhi})",
+            "gt": f"{column} > {qhi}",
+            "lt": f"{column} < {qlo}",
+            "ge": f"{column} >= {qlo}",
+            "le": f"{column} <= {qhi}",
+            "sa": f"{column} > {qhi}",
+            "eb": f"{column} < {qlo}",
+        }
+        return preds[q.prefix]
+
+    def _approximation_ms(self, q: DateQuery) -> int:
+        if self._now_ms < q.lo:
+            distance = q.lo - self._now_ms
+        elif self._now_ms > q.hi:
+            distance = self._now_ms - q.hi
+        else:
+            distance = 0
+        return max(DAY_MS, distance // 10)
+
+    def _prefix(self, column: str, prefix: str) -> str:
+        return f"{column} >= {self.bind(prefix)} AND {column} < {self.bind(prefix + MAX_CHAR)}"
+
+    def _string(self, x: str, q: StringQuery, modifier: str | None) -> str:
+        if modifier == "exact":
+            return f"{x}.exact = {self.bind(q.value)}"
+        if modifier == "contains":
+            return f"instr({x}.norm, {self.bind(q.value)}) > 0"
+        return self._prefix(f"{x}.norm", q.value)
+
+    def _uri(self, x: str, q: UriQuery, modifier: str | None) -> str:
+        if modifier == "below":
+            return self._prefix(f"{x}.value", q.value)
+        if modifier == "above":
+            prefixes = [self.bind(q.value[:n]) for n in range(1, len(q.value) + 1)]
+            return f"{x}.value IN ({', '.join(prefixes)})" if prefixes else "0"
+        return f"{x}.value = {self.bind(q.value)}"
+
+    def _number(self, column: str, q: NumberQuery | QuantityQuery) -> str:
+        if q.prefix == "ap":
+            margin = abs(q.value) / 10
+            return (f"{column} >= {self.bind(float(q.value - margin))} "
+                    f"AND {column} <= {self.bind(float(q.value + margin))}")
+        value, lo, hi = self.bind(float(q.value)), self.bind(float(q.lo)), self.bind(float(q.hi))
+        preds = {
+            "eq": f"{column} >= {lo} AND {column} < {hi}",
+            "ne": f"({column} < {lo} OR {column} >= {hi})",
+            "gt": f"{column} > {value}",
+            "lt": f"{column} < {value}",
+            "ge": f"{column} >= {value}",
+            "le": f"{column} <= {value}",
+            "sa": f"{column} >= {hi}",
+            "eb": f"{column} < {lo}",
+        }
+        return preds[q.prefix]
+
+    def _quantity(self, x: str, q: QuantityQuery) -> str:
+        parts = [self._number(f"{x}.value", q)]
+        if q.system is not None:
+            parts.append(f"{x}.system = {self.bind(q.system)}")
+        if q.code is not None:
+            code = self.bind(q.code)
+            parts.append(f"{x}.code = {code}" if q.system is not None
+                         else f"({x}.code = {code} OR {x}.unit = {code})")
+        return "(" + _all(parts) + ")"
+
+    # -- order ---------------------------------------------------------------------------------
+
+    def order_by(self, keys: list[SortKey]) -> str:
+        if not keys:
+            return "r.last_updated_ms, r.id"
+        parts = [f"{self._sort_expr(k)} {'DESC' if k.descending else 'ASC'} NULLS LAST"
+                 for k in keys]
+        return ", ".join(parts + ["r.id"])
+
+    def _sort_expr(self, key: SortKey) -> str:
+        code = key.param.code
+        if code == "_id":
+            return "r.id"
+        if code == "_lastUpdated":
+            return "r.last_updated_ms"
+        table = INDEX_TABLES.get(key.param.type)
+        if table is None:
+            raise FhirError.of(400, f"Sorting by '{code}' ({key.param.type}) is not supported",
+                               code="not-supported", expression="_sort")
+        ascending, descending = _SORT_COLUMNS[key.param.type]
+        column, aggregate = (descending, "max") if key.descending else (ascending, "min")
+        s = self._alias()
+        return (f"(SELECT {aggregate}({s}.{column}) FROM {table} AS {s} "
+                f"WHERE {s}.pk = r.pk AND {s}.param = {self.bind(code)})")

@@ -1,0 +1,386 @@
+"""The embedded engine only: index use, WAL, durability, crashes and several processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from store_kit import ID, LAST_UPDATED, PARAMS, date_range, embedded_store
+
+from server.config import Config
+from server.fhir.outcome import FhirError
+from server.fhir.search.ast import (
+    Chain,
+    Clause,
+    Condition,
+    DateQuery,
+    Has,
+    MissingQuery,
+    NumberQuery,
+    QuantityQuery,
+    ReferenceQuery,
+    SearchQuery,
+    SortKey,
+    StringQuery,
+    TokenQuery,
+    UriQuery,
+)
+from server.store import open_store
+from server.store.embedded import SCHEMA_VERSION, EmbeddedStore
+from server.store.port import UniqueConflict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "nested" / "folder" / "planbro.db"
+
+
+@pytest.fixture
+def embedded(db: Path) -> Iterator[EmbeddedStore]:
+    store = embedded_store(db)
+    yield store
+    store.close()
+
+
+def _put(store: EmbeddedStore, type_: str, id_: str, **body: object) -> None:
+    with store.unit_of_work() as uow:
+        uow.update(type_, id_, {"resourceType": type_, **body})
+
+
+# -- index use -------------------------------------------------------------------------------
+
+_DAY = date_range("2024-01-02")
+_ONE = Decimal(1)
+
+
+def _clause(key: str, *values: object, mod: str | None = None) -> Clause:
+    param = {"_id": ID, "_lastUpdated": LAST_UPDATED}.get(key) or PARAMS[key]
+    return Clause(param, mod, values)  # type: ignore[arg-type]
+
+
+_INDEXED: dict[str, list[Condition]] = {
+    "token": [_clause("Patient.identifier", TokenQuery("urn:x", "1"))],
+    "token code": [_clause("Patient.identifier", TokenQuery(None, "1"), TokenQuery("", "2"))],
+    "token system": [_clause("Patient.identifier", TokenQuery("urn:x", None))],
+    "token text": [_clause("Patient.language", TokenQuery(None, "norsk"), mod="text")],
+    "reference": [_clause("Patient.general-practitioner", ReferenceQuery("Practitioner", "d"))],
+    "reference id": [_clause("Patient.general-practitioner", ReferenceQuery(None, "d"))],
+    "reference url": [_clause("Patient.general-practitioner",
+                              ReferenceQuery(None, None, url="https://x/Practitioner/1"))],
+    "reference identifier": [_clause("Task.for", TokenQuery("urn:x", "1"), mod="identifier")],
+    **{f"date {p}": [_clause("Patient.birthdate", DateQuery(p, *_DAY))]  # type: ignore[arg-type]
+       for p in ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")},
+    "string": [_clause("Patient.name", StringQuery("ola"))],
+    "string exact": [_clause("Patient.name", StringQuery("Ola"), mod="exact")],
+    "string contains": [_clause("Patient.name", StringQuery("la"), mod="contains")],
+    "uri": [_clause("Subscription.url", UriQuery("https://a/b"))],
+    "uri below": [_clause("Subscription.url", UriQuery("https://a/b"), mod="below")],
+    "uri above": [_clause("Subscription.url", UriQuery("https://a/b"), mod="above")],
+    "number": [_clause("Patient.birth-order", NumberQuery("gt", _ONE, _ONE, _ONE))],
+    "quantity": [_clause("Goal.target-quantity",
+                         QuantityQuery("eq", _ONE, _ONE / 2, _ONE * 3 / 2, None, "kg"))],
+    "_id": [_clause("_id", TokenQuery(None, "a"), TokenQuery(None, "b"))],
+    "_lastUpdated": [_clause("_lastUpdated", DateQuery("ge", *_DAY))],
+    "chain": [Chain(PARAMS["Task.for"], "Patient",
+                    _clause("Patient.name", StringQuery("ola")))],
+    "has": [Has("Task", PARAMS["Task.for"], _clause("Task.status", TokenQuery(None, "ready")))],
+    "not": [_clause("Patient.gender", TokenQuery(None, "male"), mod="not")],
+    "missing": [_clause("Patient.birthdate", MissingQuery(True), mod="missing")],
+    "two clauses": [_clause("Patient.gender", TokenQuery(None, "male")),
+                    _clause("Patient.birthdate", DateQuery("lt", *_DAY))],
+}
+_TYPE_OF = {"reference identifier": "Task", "chain": "Task", "uri": "Subscription",
+            "uri below": "Subscription", "uri above": "Subscription", "quantity": "Goal"}
+_NOT_DRIVEN = {"not", "missing", "_lastUpdated"}  # nothing to drive from but the type
+
+
+@pytest.mark.parametrize("name", sorted(_INDEXED))
+def test_searches_use_indexes(embedded: EmbeddedStore, name: str) -> None:
+    for n in range(10):
+        _put(embedded, "Patient", f"p{n}", name=[{"family": f"Ola{n}"}], gender="male")
+        _put(embedded, "Task", f"t{n}", status="ready", **{"for": {"reference": f"Patient/p{n}"}})
+    query = SearchQuery(_TYPE_OF.get(name, "Patient"), _INDEXED[name],
+                        sort=[SortKey(PARAMS["Patient.birthdate"])] if name == "string" else [],
+                        ids=frozenset({"p1", "p2"}) if name == "token" else None)
+    plan = embedded.explain(query)
+    scans = [line for line in plan if line.startswith("SCAN")
+             and "VIRTUAL TABLE" not in line and "CONSTANT ROW" not in line]
+    assert not scans, plan
+    driver = plan[0]
+    if name in _NOT_DRIVEN:
+        assert driver.startswith("SEARCH r USING INDEX resource_updated (type=? AND deleted=?")
+    else:
+        assert driver == "SEARCH r USING INTEGER PRIMARY KEY (rowid=?)", plan
+    for line in plan:
+        if line.startswith("SEARCH t"):
+            assert "(type=? AND param=?" in line or "(pk=? AND param=?)" in line \
+                or "(type=? AND id=?)" in line or "INTEGER PRIMARY KEY" in line, plan
+
+
+def test_history_and_read_many_use_indexes(embedded: EmbeddedStore) -> None:
+    conn = sqlite3.connect(embedded.path)
+    plans = {
+        "history one": "SELECT * FROM history WHERE type = ? AND id = ? ORDER BY version DESC",
+        "history type": "SELECT * FROM history WHERE type = ? AND last_updated_ms >= ? "
+                        "ORDER BY last_updated_ms DESC, seq DESC LIMIT 5",
+        "read many": "SELECT r.* FROM (VALUES (?, ?), (?, ?)) AS v JOIN resource AS r "
+                     "ON r.type = v.column1 AND r.id = v.column2 WHERE r.deleted = 0",
+    }
+    for sql in plans.values():
+        lines = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql,
+                                                [1] * sql.count("?"))]
+        assert not [line for line in lines if line.startswith("SCAN")
+                    and "CONSTANT ROW" not in line and line != "SCAN v"], lines
+        assert "USE TEMP B-TREE" not in " ".join(lines), lines
+    conn.close()
+
+
+# -- the file --------------------------------------------------------------------------------
+
+
+def test_file_settings(embedded: EmbeddedStore, db: Path) -> None:
+    assert db.is_file()
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+    own = embedded._connection()
+    assert own.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert own.execute("PRAGMA busy_timeout").fetchone()[0] >= 30000
+
+
+def test_unknown_schema_version_is_refused(db: Path) -> None:
+    embedded_store(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version = 999")
+    conn.close()
+    with pytest.raises(RuntimeError, match="schema version 999"):
+        embedded_store(db)
+
+
+def test_data_survives_reopening(db: Path) -> None:
+    first = embedded_store(db)
+    _put(first, "Patient", "p1", gender="female")
+    first.close()
+    second = embedded_store(db)
+    assert second.read("Patient", "p1").resource["gender"] == "female"
+    assert [r["id"] for r in second.search(SearchQuery("Patient", [
+        _clause("Patient.gender", TokenQuery(None, "female"))])).resources] == ["p1"]
+    _put(second, "Patient", "p2")  # connections are reopened after close()
+    second.close()
+    assert embedded_store(db).read("Patient", "p2").version == 1
+
+
+def test_open_store_picks_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = open_store(Config(data_dir=tmp_path / "data"), lambda r: None)  # type: ignore
+    assert isinstance(store, EmbeddedStore)
+    assert store.path == tmp_path / "data" / "planbro.db"
+    store.close()
+
+    import server.store.mongo as mongo
+
+    seen: dict[str, object] = {}
+
+    class FakeMongoStore:
+        def __init__(self, indexer: object, *, uri: str, db_name: str) -> None:
+            seen.update(uri=uri, db_name=db_name)
+
+    monkeypatch.setattr(mongo, "MongoStore", FakeMongoStore)
+    config = Config(mongodb_uri="mongodb://db:27017/?replicaSet=rs0", mongodb_db="plans")
+    assert isinstance(open_store(config, lambda r: None), FakeMongoStore)  # type: ignore
+    assert seen == {"uri": "mongodb://db:27017/?replicaSet=rs0", "db_name": "plans"}
+
+
+# -- units of work ---------------------------------------------------------------------------
+
+
+def test_a_failed_write_leaves_nothing_when_the_unit_of_work_goes_on(
+        embedded: EmbeddedStore) -> None:
+    with embedded.unit_of_work() as uow:
+        uow.create("Task", {"resourceType": "Task", "status": "ready"}, id_="a", keys=("k",))
+        with pytest.raises(UniqueConflict):
+            uow.create("Task", {"resourceType": "Task", "status": "draft"}, id_="b",
+                       keys=("k2", "k"))
+        uow.create("Task", {"resourceType": "Task"}, id_="c", keys=("k2",))
+    assert embedded.read("Task", "b") is None
+    assert embedded.history("Task")[1] == 2
+    draft = _clause("Task.status", TokenQuery(None, "draft"))
+    assert embedded.search(SearchQuery("Task", [draft])).resources == []
+
+
+def test_create_with_a_taken_id_is_a_conflict(embedded: EmbeddedStore) -> None:
+    _put(embedded, "Patient", "p1")
+    with pytest.raises(FhirError) as taken, embedded.unit_of_work() as uow:
+        uow.create("Patient", {"resourceType": "Patient"}, id_="p1")
+    assert taken.value.status == 409
+    assert embedded.read("Patient", "p1").version == 1
+
+
+def test_nested_units_of_work(embedded: EmbeddedStore) -> None:
+    with embedded.unit_of_work() as outer:
+        outer.create("Patient", {"resourceType": "Patient"}, id_="outer")
+        with pytest.raises(ValueError), embedded.unit_of_work() as inner:
+            inner.create("Patient", {"resourceType": "Patient"}, id_="inner-failed")
+            raise ValueError
+        with embedded.unit_of_work() as inner:
+            inner.create("Patient", {"resourceType": "Patient"}, id_="inner")
+        assert outer.read("Patient", "inner") is not None
+    assert embedded.read("Patient", "outer") is not None
+    assert embedded.read("Patient", "inner") is not None
+    assert embedded.read("Patient", "inner-failed") is None
+    with pytest.raises(ValueError), embedded.unit_of_work():
+        with embedded.unit_of_work() as inner:
+            inner.create("Patient", {"resourceType": "Patient"}, id_="undone")
+        raise ValueError
+    assert embedded.read("Patient", "undone") is None
+    with pytest.raises(RuntimeError, match="ended"):
+        inner.read("Patient", "outer")
+
+
+def test_readers_are_not_blocked_by_a_writer(embedded: EmbeddedStore) -> None:
+    written, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with embedded.unit_of_work() as uow:
+            uow.create("Patient", {"resourceType": "Patient"}, id_="slow")
+            written.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert written.wait(10)
+    started = time.monotonic()
+    assert embedded.read("Patient", "slow") is None  # not committed yet, and no waiting
+    assert time.monotonic() - started < 1
+    release.set()
+    thread.join(10)
+    assert embedded.read("Patient", "slow").version == 1
+
+
+def test_large_id_restrictions(embedded: EmbeddedStore) -> None:
+    with embedded.unit_of_work() as uow:
+        for n in range(50):
+            uow.update("Patient", f"p{n}", {"resourceType": "Patient"})
+    ids = frozenset({f"p{n}" for n in range(0, 50, 2)} | {f"x{n}" for n in range(40000)})
+    result = embedded.search(SearchQuery("Patient", ids=ids, count=100, total=True))
+    assert result.total == 25
+
+
+def test_unsupported_searches_are_refused(embedded: EmbeddedStore) -> None:
+    with pytest.raises(FhirError) as system:
+        embedded.search(SearchQuery(None))  # type: ignore[arg-type]
+    assert system.value.status == 400
+    with pytest.raises(FhirError) as modifier:
+        embedded.search(SearchQuery("Patient", [
+            _clause("Patient.birthdate", DateQuery("eq", *_DAY), mod="exact")]))
+    assert modifier.value.status == 400
+
+
+# -- crashes and several processes -----------------------------------------------------------
+
+_WRITER = """
+import sys
+from server.fhir.search.ast import IndexValues
+from server.store.embedded import EmbeddedStore
+store = EmbeddedStore(lambda resource: IndexValues(), sys.argv[1])
+n = 0
+while True:
+    with store.unit_of_work() as uow:
+        version = uow.create("Patient", {"resourceType": "Patient", "multipleBirthInteger": n})
+    print(version.id, flush=True)
+    n += 1
+"""
+
+
+def _python(script: str, *args: str, **kwargs: object) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", script, *args], cwd=REPO, env=env,
+                            text=True, **kwargs)  # type: ignore[call-overload]
+
+
+def test_acknowledged_writes_survive_kill_9(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    child = _python(_WRITER, str(db), stdout=subprocess.PIPE)
+    acknowledged = []
+    try:
+        assert child.stdout is not None
+        while len(acknowledged) < 300:
+            line = child.stdout.readline()
+            assert line, "the writer stopped early"
+            acknowledged.append(line.strip())
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    assert child.returncode == -signal.SIGKILL
+    store = embedded_store(db)
+    found = store.read_many([("Patient", id_) for id_ in acknowledged])
+    assert len(found) == len(acknowledged)
+    assert store._connection().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    store.close()
+
+
+_COUNTER = """
+import sys, time
+from server.fhir.search.ast import IndexValues
+from server.store.embedded import EmbeddedStore
+path, start_at, rounds = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+time.sleep(max(0.0, start_at - time.time()))
+store = EmbeddedStore(lambda resource: IndexValues(), path)
+for n in range(rounds):
+    with store.unit_of_work() as uow:
+        uow.create("Patient", {"resourceType": "Patient"})
+    with store.unit_of_work() as uow:
+        current = uow.read("Patient", "counter")
+        count = current.resource["multipleBirthInteger"] if current else 0
+        uow.update("Patient", "counter", {"resourceType": "Patient",
+                                          "multipleBirthInteger": count + 1},
+                   if_match=current.version if current else None)
+print("done", flush=True)
+"""
+
+
+def test_two_processes_write_the_same_file(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    rounds, start_at = 60, time.time() + 1.0  # both open the new file at the same moment
+    children = [_python(_COUNTER, str(db), str(start_at), str(rounds),
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outputs = [child.communicate(timeout=60) for child in children]
+    for child, (out, err) in zip(children, outputs, strict=True):
+        assert child.returncode == 0, err
+        assert out.strip() == "done" and "locked" not in err
+    store = embedded_store(db)
+    counter = store.read("Patient", "counter")
+    assert counter.resource["multipleBirthInteger"] == 2 * rounds  # no lost update
+    assert counter.version == 2 * rounds
+    assert store.search(SearchQuery("Patient", count=0, total=True)).total == 2 * rounds + 1
+    store.close()
+
+
+def test_a_writer_that_waits_too_long_gets_503(db: Path, monkeypatch: pytest.MonkeyPatch
+                                               ) -> None:
+    import server.store.embedded as engine
+
+    monkeypatch.setattr(engine, "BUSY_TIMEOUT_S", 0.2)
+    store = embedded_store(db)
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(FhirError) as busy, store.unit_of_work():
+            pass
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert busy.value.status == 503 and busy.value.headers == {"Retry-After": "1"}
+    _put(store, "Patient", "after")  # the lock is free again
+    store.close()
