@@ -1,0 +1,313 @@
+"""The ``/fhir`` blueprint: HTTP in, :class:`~server.fhir.service.FhirService` calls, HTTP out.
+
+Nothing FHIR-specific is decided here beyond the wire: content negotiation (JSON only: XML is
+406), media types of request bodies (415), the body size limit (413), the ``Prefer``,
+``If-Match``, ``If-None-Exist`` and ``If-None-Match`` headers, and rendering results and
+errors as ``application/fhir+json``. Every request passes :func:`_begin` first, which builds
+the :class:`RequestContext`; the authenticated principal is taken from ``g.principal``, where
+an authentication layer running before this blueprint puts it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qsl
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter
+
+from ..fhir import bundle, jsonio
+from ..fhir.outcome import FhirError, issue, outcome
+from ..fhir.patch import JSON_PATCH_MEDIA_TYPE
+from ..fhir.service import PREFER_RETURN, FhirService, RequestContext, Result, parse_etag
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("fhir", __name__, url_prefix="/fhir")
+
+
+class ResourceTypeConverter(BaseConverter):
+    """A path segment that looks like a resource type (``Patient``), so that lower-case
+    segments (``metadata``, ``_history``, ``_search``) never route as types."""
+
+    regex = r"[A-Z][A-Za-z]{0,63}"
+
+
+bp.record_once(lambda state: state.app.url_map.converters.setdefault(
+    "rtype", ResourceTypeConverter))
+
+FHIR_JSON = "application/fhir+json"
+CONTENT_TYPE = f"{FHIR_JSON}; charset=utf-8"
+RESOURCE_MEDIA_TYPES = (FHIR_JSON, "application/json", "application/json+fhir")
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+_JSON_FORMATS = ("json", "application/json", "application/fhir+json", "application/json+fhir",
+                 "text/json")
+_SKIPPED_PARAMS = ("_format", "_pretty")
+_ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found",
+                405: "not-supported", 406: "not-supported", 409: "conflict", 410: "deleted",
+                412: "conflict", 413: "too-costly", 415: "not-supported", 422: "processing",
+                429: "throttled"}
+
+
+def service() -> FhirService:
+    return current_app.extensions["planbro"].service
+
+
+def ctx() -> RequestContext:
+    context: RequestContext = g.fhir_context
+    return context
+
+
+# -- every request -----------------------------------------------------------------------------
+
+
+@bp.before_request
+def _begin() -> None:
+    """Negotiation and size checks, then the request context (with the principal)."""
+    _check_format()
+    if (request.content_length or 0) > _max_body():
+        raise _too_large()
+    prefer = _prefer()
+    g.fhir_context = RequestContext(
+        base_url=_base_url(),
+        principal=g.get("principal"),
+        prefer_return=prefer.get("return", "representation"),
+        lenient=prefer.get("handling") == "lenient",
+    )
+
+
+def _base_url() -> str:
+    configured = current_app.extensions["planbro"].config.base_url
+    return (configured or request.url_root + "fhir").rstrip("/")
+
+
+def _check_format() -> None:
+    requested = request.args.get("_format")
+    if requested is not None:
+        media = requested.split(";", 1)[0].strip().replace(" ", "+").lower()
+        if media not in _JSON_FORMATS:
+            raise FhirError.of(406, f"_format={requested} is not supported; this server "
+                               "speaks application/fhir+json only", code="not-supported")
+        return
+    accept = request.accept_mimetypes
+    if accept and accept.best_match([FHIR_JSON, "application/json"]) is None:
+        raise FhirError.of(406, f"Cannot answer in {request.headers.get('Accept')}; this "
+                           "server speaks application/fhir+json only", code="not-supported")
+
+
+def _prefer() -> dict[str, str]:
+    """``Prefer: return=..., handling=...`` (unknown preferences are ignored)."""
+    out: dict[str, str] = {}
+    for header in request.headers.getlist("Prefer"):
+        for part in header.split(","):
+            name, _, value = part.strip().partition("=")
+            value = value.strip().strip('"')
+            if name == "return" and value in PREFER_RETURN:
+                out["return"] = value
+            elif name == "handling" and value in ("lenient", "strict"):
+                out["handling"] = value
+    return out
+
+
+# -- request parts -----------------------------------------------------------------------------
+
+
+def _params() -> list[tuple[str, str]]:
+    return [(k, v) for k, v in request.args.items(multi=True) if k not in _SKIPPED_PARAMS]
+
+
+def _max_body() -> int:
+    limit: int = current_app.extensions["planbro"].config.max_body_bytes
+    return limit
+
+
+def _too_large() -> FhirError:
+    return FhirError.of(413, f"The request body is larger than {_max_body()} bytes",
+                        code="too-costly")
+
+
+def _read_body() -> bytes:
+    """The request body. The stream yields at most one byte more than the limit (the app's
+    MAX_CONTENT_LENGTH), so a streamed (chunked) body that is too large shows here."""
+    data = request.get_data(cache=False)
+    if len(data) > _max_body():
+        raise _too_large()
+    return data
+
+
+def _require_media_type(allowed: tuple[str, ...], hint: str = "") -> None:
+    if request.mimetype not in allowed:
+        given = request.mimetype or "no Content-Type"
+        raise FhirError.of(415, f"Unsupported media type '{given}'; send "
+                           f"{' or '.join(allowed)}{hint}", code="not-supported")
+
+
+def _resource_body() -> dict[str, Any]:
+    _require_media_type(RESOURCE_MEDIA_TYPES)
+    return jsonio.loads_resource(_read_body())
+
+
+def _patch_body() -> Any:
+    _require_media_type((JSON_PATCH_MEDIA_TYPE,),
+                        " (FHIRPath Patch is not supported)" if request.mimetype in
+                        RESOURCE_MEDIA_TYPES else "")
+    data = _read_body()
+    if not data.strip():
+        raise FhirError.of(400, "The request has no body; a JSON Patch was expected",
+                           code="required")
+    return jsonio.loads(data)
+
+
+def _if_match() -> int | None:
+    value = request.headers.get("If-Match")
+    return None if value is None else parse_etag(value)
+
+
+def _if_none_match() -> int | None:
+    value = request.headers.get("If-None-Match")
+    return None if value is None else parse_etag(value, "If-None-Match")
+
+
+def _if_none_exist() -> list[tuple[str, str]] | None:
+    value = request.headers.get("If-None-Exist")
+    if value is None:
+        return None
+    return parse_qsl(value.split("?", 1)[-1], keep_blank_values=True)
+
+
+def _respond(result: Result) -> Response:
+    if result.body is None:
+        return Response(status=result.status, headers=result.headers)
+    return Response(jsonio.dumps(result.body), status=result.status, headers=result.headers,
+                    content_type=CONTENT_TYPE)
+
+
+# -- routes ------------------------------------------------------------------------------------
+
+
+@bp.get("/metadata")
+def capabilities() -> Response:
+    return _respond(service().capabilities(ctx()))
+
+
+@bp.post("", strict_slashes=False)
+def batch_or_transaction() -> Response:
+    return _respond(bundle.process(service(), ctx(), _resource_body()))
+
+
+@bp.get("/_history")
+def system_history() -> Response:
+    return _respond(service().history(ctx(), _params()))
+
+
+@bp.route("/<rtype:rtype>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+def type_level(rtype: str) -> Response:
+    svc, params = service(), _params()
+    svc.check_type(rtype)
+    if request.method == "GET":
+        return _respond(svc.search(ctx(), rtype, params))
+    if request.method == "POST":
+        return _respond(svc.create(ctx(), rtype, _resource_body(),
+                                   if_none_exist=_if_none_exist()))
+    if request.method == "PUT":
+        return _respond(svc.conditional_update(ctx(), rtype, params, _resource_body(),
+                                               if_match=_if_match()))
+    if request.method == "PATCH":
+        return _respond(svc.conditional_patch(ctx(), rtype, params, _patch_body(),
+                                              if_match=_if_match()))
+    return _respond(svc.conditional_delete(ctx(), rtype, params, if_match=_if_match()))
+
+
+@bp.post("/<rtype:rtype>/_search")
+def search_post(rtype: str) -> Response:
+    service().check_type(rtype)
+    _require_media_type((FORM_MEDIA_TYPE,))
+    try:
+        text = _read_body().decode()
+    except UnicodeDecodeError as exc:
+        raise FhirError.of(400, "The form is not UTF-8", code="structure") from exc
+    form = [(k, v) for k, v in parse_qsl(text, keep_blank_values=True)
+            if k not in _SKIPPED_PARAMS]
+    return _respond(service().search(ctx(), rtype, _params() + form))
+
+
+@bp.get("/<rtype:rtype>/_history")
+def type_history(rtype: str) -> Response:
+    return _respond(service().history(ctx(), _params(), rtype))
+
+
+@bp.post("/<rtype:rtype>/$validate")
+def validate_type(rtype: str) -> Response:
+    service().check_type(rtype)
+    return _respond(service().validate(ctx(), rtype, _resource_body()))
+
+
+@bp.route("/<rtype:rtype>/<rid>", methods=["GET", "PUT", "PATCH", "DELETE"])
+def instance(rtype: str, rid: str) -> Response:
+    svc = service()
+    svc.check_type(rtype)
+    svc.check_id(rid)
+    if request.method == "GET":
+        return _respond(svc.read(ctx(), rtype, rid, if_none_match=_if_none_match()))
+    if request.method == "PUT":
+        return _respond(svc.update(ctx(), rtype, rid, _resource_body(), if_match=_if_match()))
+    if request.method == "PATCH":
+        return _respond(svc.patch(ctx(), rtype, rid, _patch_body(), if_match=_if_match()))
+    return _respond(svc.delete(ctx(), rtype, rid, if_match=_if_match()))
+
+
+@bp.post("/<rtype:rtype>/<rid>/$validate")
+def validate_instance(rtype: str, rid: str) -> Response:
+    service().check_type(rtype)
+    return _respond(service().validate(ctx(), rtype, _resource_body(), rid))
+
+
+@bp.get("/<rtype:rtype>/<rid>/_history")
+def instance_history(rtype: str, rid: str) -> Response:
+    return _respond(service().history(ctx(), _params(), rtype, rid))
+
+
+@bp.get("/<rtype:rtype>/<rid>/_history/<vid>")
+def vread(rtype: str, rid: str, vid: str) -> Response:
+    return _respond(service().vread(ctx(), rtype, rid, vid))
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Every error leaves the application as an OperationOutcome."""
+    app.register_error_handler(FhirError, _fhir_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
+
+
+def _outcome_response(status: int, body: dict[str, Any],
+                      headers: dict[str, str] | None = None) -> Response:
+    return Response(jsonio.dumps(body), status=status, headers=headers or {},
+                    content_type=CONTENT_TYPE)
+
+
+def _fhir_error(exc: FhirError) -> Response:
+    return _outcome_response(exc.status, exc.to_outcome(), exc.headers)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+    text = exc.description or exc.name
+    if status == 404:
+        text = f"There is nothing at {request.path}"
+    elif status == 405:
+        text = f"{request.method} is not supported on {request.path}"
+    body = outcome([issue(text, code=_ISSUE_CODES.get(status, "exception"))])
+    return _outcome_response(status, body, headers)
+
+
+def _unexpected(exc: Exception) -> Response:
+    log.exception("Unhandled error in %s %s", request.method, request.path, exc_info=exc)
+    body = outcome([issue("An internal error occurred; it has been logged",
+                          code="exception", severity="fatal")])
+    return _outcome_response(500, body)

@@ -1,0 +1,47 @@
+"""The application factory: wiring only.
+
+``gunicorn 'server.app:create_app()'`` serves it with settings from the environment.
+"""
+
+from __future__ import annotations
+
+import atexit
+from dataclasses import dataclass
+
+from flask import Flask
+
+from .api import fhir as fhir_api
+from .config import Config
+from .fhir.search.registry import Registry
+from .fhir.service import FhirService
+from .store import open_store
+from .store.port import Store
+
+
+@dataclass(frozen=True)
+class Planbro:
+    """What one application instance runs on; ``app.extensions["planbro"]``."""
+
+    config: Config
+    store: Store
+    registry: Registry
+    service: FhirService
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """A Flask app serving FHIR at ``/fhir`` (``Config.from_env()`` when no config given)."""
+    config = config or Config.from_env()
+    config.validate()
+    registry = Registry.load_default()
+    store = open_store(config, registry.extract)
+    atexit.register(store.close)
+
+    app = Flask(__name__)
+    # One byte more than allowed: a streamed body that is too large is then detectable
+    # (server.api.fhir refuses anything over config.max_body_bytes with 413).
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes + 1
+    app.extensions["planbro"] = Planbro(config, store, registry,
+                                        FhirService(store, registry, config))
+    app.register_blueprint(fhir_api.bp)
+    fhir_api.register_error_handlers(app)
+    return app

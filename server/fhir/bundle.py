@@ -1,0 +1,636 @@
+"""batch and transaction Bundles POSTed to the base URL (R4 http.html#transaction).
+
+A **batch** processes each entry on its own (its own unit of work) in entry order; a failing
+entry gets its status and OperationOutcome in the response and the others go on.
+
+A **transaction** runs in ONE unit of work: all or nothing. Any failing entry fails the whole
+transaction with that entry's status and issues, each issue naming the entry
+(``Bundle.entry[3].resource.subject``). Processing order is the spec's: DELETE, then POST,
+then PUT/PATCH, then GET/HEAD; identities written by more than one DELETE/PUT/PATCH entry are
+refused. Before anything is stored, ``fullUrl`` placeholders (``urn:uuid:``, ``urn:oid:``, and
+absolute URLs of entries) get the ids the server assigns, and every ``Reference.reference`` in
+every resource (recursively: extensions, contained resources) is rewritten to them.
+Conditional references (``Patient?identifier=sys|val``) resolve to their single match (none:
+400, several: 412). A conditional create (``ifNoneExist``) sees the resources that earlier
+entries of the transaction created; a POST that refers to a conditional create's fullUrl is
+processed after it, so the reference gets the id the condition resolved to.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qsl
+
+from ..store.port import UnitOfWork
+from . import jsonio
+from .outcome import FhirError, Issue
+from .patch import JSON_PATCH_MEDIA_TYPE
+from .search.normalize import ID_RE, TYPE_RE
+from .service import (
+    FhirService,
+    Reader,
+    RequestContext,
+    Result,
+    Written,
+    new_id,
+    parse_etag,
+)
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+_CONDITIONS = {"ifNoneExist": ("POST",), "ifMatch": ("PUT", "PATCH", "DELETE"),
+               "ifNoneMatch": ("GET", "HEAD")}
+_PHASES = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+_URN_RE = re.compile(r"urn:uuid:[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"
+                     r"|urn:oid:[0-2](\.(0|[1-9][0-9]*))+")
+_CONDITIONAL_REF_RE = re.compile(r"(?P<type>[A-Z][A-Za-z]+)\?(?P<query>.+)")
+
+Resolve = Callable[[str, str], str | None]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an entry's ``request.url`` addresses."""
+
+    type: str | None = None
+    id: str | None = None
+    version: str | None = None
+    history: bool = False
+    metadata: bool = False
+    params: list[tuple[str, str]] | None = None  # None: no query string
+
+    @property
+    def conditional(self) -> bool:
+        return self.id is None and self.params is not None
+
+
+@dataclass
+class Entry:
+    index: int
+    method: str
+    url: str
+    target: Target
+    full_url: str | None = None
+    resource: dict[str, Any] | None = None
+    patch: Any = None
+    if_none_exist: list[tuple[str, str]] | None = None
+    if_match: int | None = None
+    if_none_match: int | None = None
+
+    @property
+    def path(self) -> str:
+        return f"Bundle.entry[{self.index}]"
+
+
+def process(service: FhirService, ctx: RequestContext, bundle: Any) -> Result:
+    """Process a batch or transaction Bundle; the answer is a *-response Bundle."""
+    kind, raw_entries = _check_bundle(bundle)
+    if kind == "batch":
+        entries = _batch(service, ctx, raw_entries)
+    else:
+        entries = _Transaction(service, ctx, raw_entries).run()
+    return Result(200, {"resourceType": "Bundle", "id": new_id(), "type": f"{kind}-response",
+                        "entry": entries})
+
+
+# -- parsing -----------------------------------------------------------------------------------
+
+
+def _check_bundle(bundle: Any) -> tuple[str, list[Any]]:
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise FhirError.of(400, "Only a Bundle of type batch or transaction may be posted to "
+                           "the base URL", code="invalid", expression="Bundle")
+    kind = bundle.get("type")
+    if kind not in ("batch", "transaction"):
+        raise FhirError.of(400, f"Bundle.type must be batch or transaction, not {kind!r}",
+                           code="invalid", expression="Bundle.type")
+    entries = bundle.get("entry", [])
+    if not isinstance(entries, list):
+        raise FhirError.of(400, "Bundle.entry must be an array", code="structure",
+                           expression="Bundle.entry")
+    return kind, entries
+
+
+def parse_entry(index: int, raw: Any, base_url: str) -> Entry:
+    """Check one Bundle entry and take its request apart."""
+    where = f"Bundle.entry[{index}]"
+    if not isinstance(raw, dict) or not isinstance(raw.get("request"), dict):
+        raise _bad(f"{where} needs a request", f"{where}.request", "required")
+    request = raw["request"]
+    method, url = request.get("method"), request.get("url")
+    if method not in METHODS:
+        raise _bad(f"{where}: request.method must be one of {', '.join(METHODS)}",
+                   f"{where}.request.method")
+    if not isinstance(url, str) or not url:
+        raise _bad(f"{where}: request.url is required", f"{where}.request.url", "required")
+    target = parse_url(url, base_url, f"{where}.request.url")
+    entry = Entry(index, method, url, target, full_url=_full_url(raw, where),
+                  resource=_entry_resource(raw, where))
+    _check_method(entry)
+    if method == "PATCH":
+        entry.patch = _patch_document(entry)
+    for name, methods in _CONDITIONS.items():
+        if request.get(name) is not None and method not in methods:
+            raise _bad(f"{where}: request.{name} does not apply to {method}",
+                       f"{where}.request.{name}", "not-supported")
+    entry.if_none_exist = _query_param(request, "ifNoneExist", where)
+    entry.if_match = _etag_param(request, "ifMatch", where)
+    entry.if_none_match = _etag_param(request, "ifNoneMatch", where)
+    return entry
+
+
+def _etag_param(request: dict[str, Any], name: str, where: str) -> int | None:
+    value = request.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _bad(f"{where}.request.{name} must be a string", f"{where}.request.{name}")
+    return parse_etag(value, f"{where}.request.{name}")
+
+
+def parse_url(url: str, base_url: str, where: str) -> Target:
+    """``Type``, ``Type?q``, ``Type/id``, ``Type/id/_history[/v]``, ``Type/_history``,
+    ``_history``, ``metadata`` - relative, or absolute under this server's base URL."""
+    if "://" in url:
+        if not url.startswith(base_url + "/"):
+            raise _bad(f"{url!r} is not a URL of this server", where)
+        url = url[len(base_url) + 1:]
+    path, _, query = url.partition("?")
+    params = parse_qsl(query, keep_blank_values=True) if "?" in url else None
+    parts = [p for p in path.split("/") if p]
+    if parts == ["metadata"]:
+        return Target(metadata=True)
+    if parts == ["_history"]:
+        return Target(history=True, params=params)
+    if not parts or not TYPE_RE.fullmatch(parts[0]):
+        raise _bad(f"{url!r} is not a resource URL", where)
+    type_, rest = parts[0], parts[1:]
+    if not rest:
+        return Target(type=type_, params=params)
+    if rest == ["_history"]:
+        return Target(type=type_, history=True, params=params)
+    if not ID_RE.fullmatch(rest[0]):
+        raise _bad(f"{url!r}: {rest[0]!r} is not a valid id", where)
+    if len(rest) == 1:
+        return Target(type=type_, id=rest[0], params=params)
+    if rest[1:] == ["_history"]:
+        return Target(type=type_, id=rest[0], history=True, params=params)
+    if len(rest) == 3 and rest[1] == "_history":
+        return Target(type=type_, id=rest[0], version=rest[2])
+    raise _bad(f"{url!r} is not a supported request URL", where)
+
+
+def _full_url(raw: dict[str, Any], where: str) -> str | None:
+    full_url = raw.get("fullUrl")
+    if full_url is None:
+        return None
+    if not isinstance(full_url, str) or not (
+            _URN_RE.fullmatch(full_url) or re.match(r"https?://\S+$", full_url)):
+        raise _bad(f"{where}.fullUrl must be an absolute URL, urn:uuid: or urn:oid:",
+                   f"{where}.fullUrl")
+    return full_url
+
+
+def _entry_resource(raw: dict[str, Any], where: str) -> dict[str, Any] | None:
+    resource = raw.get("resource")
+    if resource is None:
+        return None
+    if not isinstance(resource, dict):
+        raise _bad(f"{where}.resource must be a resource", f"{where}.resource", "structure")
+    if resource.get("resourceType") == "Bundle" and resource.get("type") in (
+            "batch", "transaction"):
+        raise _bad(f"{where}: a {resource['type']} Bundle cannot be nested in another",
+                   f"{where}.resource", "not-supported")
+    return resource
+
+
+def _check_method(entry: Entry) -> None:
+    """Is ``request.method`` meaningful for ``request.url`` and the entry's content?"""
+    t, where = entry.target, f"{entry.path}.request.url"
+    writes_type = t.type is not None and t.version is None and not t.history
+    if entry.method == "POST":
+        ok = writes_type and t.id is None and t.params is None
+    elif entry.method in ("PUT", "PATCH", "DELETE"):
+        ok = writes_type and (t.id is not None) != (t.params is not None)
+    else:
+        ok = True
+    if not ok:
+        raise _bad(f"{entry.path}: {entry.method} {entry.url} is not a supported request", where)
+    if entry.method in ("POST", "PUT"):
+        if entry.resource is None:
+            raise _bad(f"{entry.path}: {entry.method} needs a resource",
+                       f"{entry.path}.resource", "required")
+        if entry.resource.get("resourceType") != t.type:
+            raise _bad(f"{entry.path}: the resource is not a {t.type}",
+                       f"{entry.path}.resource.resourceType")
+
+
+def _patch_document(entry: Entry) -> Any:
+    """A PATCH entry carries its JSON Patch as a Binary (contentType json-patch+json)."""
+    binary, where = entry.resource, f"{entry.path}.resource"
+    if not binary or binary.get("resourceType") != "Binary":
+        kind = binary.get("resourceType") if binary else None
+        hint = " (FHIRPath Patch is not supported)" if kind == "Parameters" else ""
+        raise _bad(f"{entry.path}: a PATCH entry needs a Binary JSON Patch{hint}", where,
+                   "not-supported" if hint else "required")
+    if str(binary.get("contentType", "")).split(";")[0].strip() != JSON_PATCH_MEDIA_TYPE:
+        raise _bad(f"{entry.path}: the Binary's contentType must be {JSON_PATCH_MEDIA_TYPE}",
+                   f"{where}.contentType", "not-supported")
+    try:
+        data = base64.b64decode(str(binary.get("data", "")), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _bad(f"{entry.path}: Binary.data is not base64", f"{where}.data") from exc
+    return jsonio.loads(data)
+
+
+def _query_param(request: dict[str, Any], name: str, where: str
+                 ) -> list[tuple[str, str]] | None:
+    value = request.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip("?"):
+        raise _bad(f"{where}.request.{name} must be a search query", f"{where}.request.{name}")
+    return parse_qsl(value.split("?", 1)[-1], keep_blank_values=True)
+
+
+# -- batch -------------------------------------------------------------------------------------
+
+
+def _batch(service: FhirService, ctx: RequestContext, raw_entries: list[Any]) -> list[dict]:
+    out: list[dict[str, Any]] = []
+    for index, raw in enumerate(raw_entries):
+        entry: Entry | None = None
+        try:
+            entry = parse_entry(index, raw, ctx.base_url)
+            out.append(_batch_entry(service, ctx, entry))
+        except FhirError as exc:
+            error = at_entry(exc, index, entry)
+            out.append({"response": {"status": _status(error.status),
+                                     "outcome": error.to_outcome()}})
+    return out
+
+
+def _batch_entry(service: FhirService, ctx: RequestContext, entry: Entry) -> dict[str, Any]:
+    if entry.method in ("GET", "HEAD"):
+        return read_response(entry, read(service, ctx, entry, service.store))
+    with service.store.unit_of_work() as uow:
+        written = write(service, ctx, uow, entry)
+    return write_response(service, ctx, written)
+
+
+# -- transaction -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Transaction:
+    service: FhirService
+    ctx: RequestContext
+    raw_entries: list[Any]
+    # fullUrl -> "Type/id" the entry's resource has (or will have) on this server.
+    ids: dict[str, str] = field(default_factory=dict)
+    # fullUrls of conditional creates not processed yet: their ids are not known.
+    unresolved: set[str] = field(default_factory=set)
+    # Placeholder ids of conditional creates not processed yet -> where a stored resource
+    # already refers to one (a reference cycle).
+    tentative: dict[str, str] = field(default_factory=dict)
+    responses: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def run(self) -> list[dict[str, Any]]:
+        entries = [parse_entry(i, raw, self.ctx.base_url)
+                   for i, raw in enumerate(self.raw_entries)]
+        self._check_full_urls(entries)
+        with self.service.store.unit_of_work() as uow:
+            self._assign_ids(entries)
+            for entry in _in_phase(entries, 0):
+                self._guard(entry, lambda e: self._delete(uow, e))
+            self._resolve_targets(uow, entries)
+            self._posts(uow, _in_phase(entries, 1))
+            for entry in _in_phase(entries, 2):
+                self._guard(entry, lambda e: self._put_or_patch(uow, e))
+            for entry in _in_phase(entries, 3):
+                self._guard(entry, lambda e: self._get(uow, e))
+        return [self.responses[i] for i in range(len(entries))]
+
+    def _guard(self, entry: Entry, step: Callable[[Entry], None]) -> None:
+        try:
+            step(entry)
+        except FhirError as exc:
+            raise at_entry(exc, entry.index, entry) from exc
+
+    @staticmethod
+    def _check_full_urls(entries: list[Entry]) -> None:
+        seen: dict[str, int] = {}
+        for entry in entries:
+            if entry.full_url is None:
+                continue
+            if entry.full_url in seen:
+                raise _bad(f"{entry.path}.fullUrl repeats Bundle.entry[{seen[entry.full_url]}]"
+                           f".fullUrl ({entry.full_url})", f"{entry.path}.fullUrl",
+                           "duplicate")
+            seen[entry.full_url] = entry.index
+
+    def _assign_ids(self, entries: list[Entry]) -> None:
+        """Ids for POSTs and entries with literal ids, known before anything is stored."""
+        for entry in entries:
+            t = entry.target
+            if entry.method == "POST":
+                entry.target = Target(type=t.type, id=new_id())
+                if entry.full_url:
+                    self.ids[entry.full_url] = f"{t.type}/{entry.target.id}"
+                    if entry.if_none_exist is not None:
+                        self.unresolved.add(entry.full_url)
+            elif entry.full_url and t.id and entry.method in ("PUT", "PATCH"):
+                self.ids[entry.full_url] = f"{t.type}/{t.id}"
+
+    def _delete(self, uow: UnitOfWork, entry: Entry) -> None:
+        t = entry.target
+        assert t.type is not None
+        if t.conditional:
+            written = self.service.conditional_delete_in(uow, self.ctx, t.type, t.params or [],
+                                                         if_match=entry.if_match)
+        else:
+            assert t.id is not None
+            written = self.service.delete_in(uow, self.ctx, t.type, t.id,
+                                              if_match=entry.if_match)
+        if written.version is not None:
+            entry.target = Target(type=t.type, id=written.version.id)
+        self.responses[entry.index] = write_response(self.service, self.ctx, written)
+
+    def _resolve_targets(self, uow: UnitOfWork, entries: list[Entry]) -> None:
+        """Resolve conditional PUT/PATCH targets to ids; refuse an identity that more than
+        one DELETE/PUT/PATCH entry writes."""
+        written: dict[tuple[str, str], int] = {}
+        for entry in entries:
+            if entry.method not in ("DELETE", "PUT", "PATCH"):
+                continue
+            if entry.target.conditional and entry.method != "DELETE":
+                self._guard(entry, lambda e: self._resolve_conditional(uow, e))
+            t = entry.target
+            if t.type is None or t.id is None:  # a conditional delete that matched nothing
+                continue
+            key = (t.type, t.id)
+            if key in written:
+                raise _bad(f"{entry.path} and Bundle.entry[{written[key]}] both write "
+                           f"{t.type}/{t.id}", f"{entry.path}.request.url", "duplicate")
+            written[key] = entry.index
+
+    def _resolve_conditional(self, uow: UnitOfWork, entry: Entry) -> None:
+        t = entry.target
+        assert t.type is not None and t.params is not None
+        if entry.method == "PATCH":
+            target = self.service.single_match(uow, self.ctx, t.type, t.params, "patch")
+        else:
+            assert entry.resource is not None
+            found = self.service.conditional_target(uow, self.ctx, t.type, t.params,
+                                                    entry.resource.get("id"))
+            if found is None and entry.if_match is not None:
+                raise FhirError.of(412, "ifMatch was given but no resource matches",
+                                   code="conflict")
+            target = found or new_id()
+            entry.resource = {**entry.resource, "id": target}
+        entry.target = Target(type=t.type, id=target)
+        if entry.full_url:
+            self.ids[entry.full_url] = f"{t.type}/{target}"
+
+    def _posts(self, uow: UnitOfWork, posts: list[Entry]) -> None:
+        """Create in entry order, except that a POST referring to a conditional create not
+        yet processed waits for it (unless they refer to each other)."""
+        pending = list(posts)
+        while pending:
+            ready = next((e for e in pending if not self._waits(e)), pending[0])
+            pending.remove(ready)
+            self._guard(ready, lambda e: self._post(uow, e))
+
+    def _waits(self, entry: Entry) -> bool:
+        refs = _references(entry.resource or {})
+        return any(ref in self.unresolved and ref != entry.full_url for ref in refs)
+
+    def _post(self, uow: UnitOfWork, entry: Entry) -> None:
+        t = entry.target
+        assert t.type is not None and entry.resource is not None
+        resource = self._rewrite(uow, entry)
+        written = self.service.create_in(uow, self.ctx, t.type, resource,
+                                         if_none_exist=entry.if_none_exist, id_=t.id)
+        assert written.version is not None
+        if entry.full_url:
+            self.unresolved.discard(entry.full_url)
+            if written.matched:
+                self._check_not_used(entry)
+            self.ids[entry.full_url] = f"{t.type}/{written.version.id}"
+        self.responses[entry.index] = write_response(self.service, self.ctx, written)
+
+    def _check_not_used(self, entry: Entry) -> None:
+        """A conditional create matched an existing resource, but a resource stored before
+        (a reference cycle) already refers to the id it would have had."""
+        placeholder = self.ids[entry.full_url or ""]
+        if placeholder in self.tentative:
+            raise _bad(f"{entry.path}: references to {entry.full_url} form a cycle through a "
+                       "conditional create that matched an existing resource; they cannot be "
+                       "resolved", self.tentative[placeholder], "processing")
+
+    def _put_or_patch(self, uow: UnitOfWork, entry: Entry) -> None:
+        t = entry.target
+        assert t.type is not None and t.id is not None
+        if entry.method == "PATCH":
+            written = self.service.patch_in(uow, self.ctx, t.type, t.id, entry.patch,
+                                            if_match=entry.if_match)
+        else:
+            written = self.service.update_in(uow, self.ctx, t.type, t.id,
+                                             self._rewrite(uow, entry), if_match=entry.if_match)
+        self.responses[entry.index] = write_response(self.service, self.ctx, written)
+
+    def _get(self, uow: UnitOfWork, entry: Entry) -> None:
+        self.responses[entry.index] = read_response(
+            entry, read(self.service, self.ctx, entry, uow))
+
+    def _rewrite(self, uow: UnitOfWork, entry: Entry) -> dict[str, Any]:
+        """The entry's resource with placeholders and conditional references resolved."""
+
+        def resolve(ref: str, where: str) -> str | None:
+            if ref in self.ids:
+                if ref in self.unresolved:
+                    self.tentative.setdefault(self.ids[ref], where)
+                return self.ids[ref]
+            if _URN_RE.fullmatch(ref):
+                raise _bad(f"{ref} is not the fullUrl of any entry", where, "not-found")
+            m = _CONDITIONAL_REF_RE.fullmatch(ref)
+            if m is None:
+                return None
+            return self._conditional_reference(uow, m["type"], m["query"], where)
+
+        assert entry.resource is not None
+        return rewrite_references(entry.resource, f"{entry.path}.resource", resolve)
+
+    def _conditional_reference(self, uow: UnitOfWork, type_: str, query: str,
+                               where: str) -> str:
+        params = parse_qsl(query, keep_blank_values=True)
+        matches = self.service.conditional_matches(uow, self.ctx, type_, params)
+        if len(matches) != 1:
+            status = 412 if matches else 400
+            found = "several resources match" if matches else "no resource matches"
+            raise _bad(f"Conditional reference {type_}?{query}: {found}", where,
+                       "multiple-matches" if matches else "not-found", status=status)
+        return f"{type_}/{matches[0]['id']}"
+
+
+def _in_phase(entries: list[Entry], phase: int) -> list[Entry]:
+    return [e for e in entries if _PHASES[e.method] == phase]
+
+
+# -- one entry ---------------------------------------------------------------------------------
+
+
+def read(service: FhirService, ctx: RequestContext, entry: Entry, reader: Reader) -> Result:
+    """A GET/HEAD entry: read, vread, search, history or the CapabilityStatement."""
+    t = entry.target
+    if t.metadata:
+        return service.capabilities(ctx)
+    if t.history:
+        return service.history(ctx, t.params or [], t.type, t.id)
+    if t.type is None:
+        raise _bad(f"{entry.path}: system-level search is not supported",
+                   f"{entry.path}.request.url", "not-supported")
+    if t.version is not None:
+        assert t.id is not None
+        return service.vread(ctx, t.type, t.id, t.version)
+    if t.id is not None:
+        return service.read(ctx, t.type, t.id, if_none_match=entry.if_none_match,
+                            reader=reader)
+    return service.search(ctx, t.type, t.params or [], reader=reader)
+
+
+def write(service: FhirService, ctx: RequestContext, uow: UnitOfWork, entry: Entry) -> Written:
+    """A write entry of a batch (no references between entries)."""
+    t = entry.target
+    assert t.type is not None
+    if entry.method == "POST":
+        return service.create_in(uow, ctx, t.type, entry.resource,
+                                 if_none_exist=entry.if_none_exist)
+    if entry.method == "PUT":
+        if t.conditional:
+            return service.conditional_update_in(uow, ctx, t.type, t.params or [],
+                                                 entry.resource, if_match=entry.if_match)
+        assert t.id is not None
+        return service.update_in(uow, ctx, t.type, t.id, entry.resource,
+                                 if_match=entry.if_match)
+    if entry.method == "PATCH":
+        target = (service.single_match(uow, ctx, t.type, t.params or [], "patch")
+                  if t.conditional else t.id)
+        assert target is not None
+        return service.patch_in(uow, ctx, t.type, target, entry.patch,
+                                if_match=entry.if_match)
+    if t.conditional:
+        return service.conditional_delete_in(uow, ctx, t.type, t.params or [],
+                                             if_match=entry.if_match)
+    assert t.id is not None
+    return service.delete_in(uow, ctx, t.type, t.id, if_match=entry.if_match)
+
+
+def write_response(service: FhirService, ctx: RequestContext,
+                   written: Written) -> dict[str, Any]:
+    result = service.write_result(ctx, written)
+    response: dict[str, Any] = {"status": _status(result.status)}
+    version = written.version
+    if version is not None:
+        if not version.deleted:
+            response["location"] = f"{version.type}/{version.id}/_history/{version.version}"
+        response["etag"] = version.etag
+        response["lastModified"] = version.last_updated
+    out: dict[str, Any] = {}
+    if result.body is not None and result.body.get("resourceType") == "OperationOutcome":
+        response["outcome"] = result.body
+    elif result.body is not None:
+        out["fullUrl"] = f"{ctx.base_url}/{result.body['resourceType']}/{result.body['id']}"
+        out["resource"] = result.body
+    out["response"] = response
+    return out
+
+
+def read_response(entry: Entry, result: Result) -> dict[str, Any]:
+    response: dict[str, Any] = {"status": _status(result.status)}
+    if "ETag" in result.headers:
+        response["etag"] = result.headers["ETag"]
+    body = result.body
+    if body is not None and isinstance(body.get("meta"), dict) and body.get("id"):
+        last_updated = body["meta"].get("lastUpdated")
+        if last_updated and body.get("resourceType") != "Bundle":
+            response["lastModified"] = last_updated
+    out: dict[str, Any] = {}
+    if body is not None and entry.method == "GET":
+        out["resource"] = body
+    out["response"] = response
+    return out
+
+
+# -- references --------------------------------------------------------------------------------
+
+
+def rewrite_references(resource: dict[str, Any], path: str, resolve: Resolve) -> dict[str, Any]:
+    """A copy of ``resource`` in which every ``Reference.reference`` (at any depth) for which
+    ``resolve(reference, element_path)`` returns a string is replaced by it."""
+    return _rewrite(resource, path, resolve)
+
+
+def _rewrite(node: Any, path: str, resolve: Resolve) -> Any:
+    if isinstance(node, list):
+        return [_rewrite(item, f"{path}[{i}]", resolve) for i, item in enumerate(node)]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _rewrite(value, f"{path}.{key}", resolve) for key, value in node.items()}
+    ref = node.get("reference")
+    if isinstance(ref, str):
+        replaced = resolve(ref, path)
+        if replaced is not None:
+            out["reference"] = replaced
+    return out
+
+
+def _references(resource: Any) -> list[str]:
+    found: list[str] = []
+
+    def collect(ref: str, _where: str) -> None:
+        found.append(ref)
+
+    _rewrite(resource, "", collect)
+    return found
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def at_entry(exc: FhirError, index: int, entry: Entry | None = None) -> FhirError:
+    """``exc`` with every issue naming the entry: resource paths become
+    ``Bundle.entry[i].resource...``; issues without a Bundle path get ``Bundle.entry[i]``."""
+    where = f"Bundle.entry[{index}]"
+    type_ = (entry.resource or {}).get("resourceType") if entry else None
+    prefix = f"{where}: " if entry is None else f"{where} ({entry.method} {entry.url}): "
+    issues = []
+    for item in exc.issues:
+        expression = tuple(_entry_expression(e, where, type_) for e in item.expression)
+        if not any(e.startswith(where) for e in expression):
+            expression = (where, *expression)
+        diagnostics = (item.diagnostics if item.diagnostics.startswith(where)
+                       else prefix + item.diagnostics)
+        issues.append(Issue(item.severity, item.code, diagnostics, expression))
+    return FhirError(exc.status, issues, dict(exc.headers))
+
+
+def _entry_expression(expression: str, where: str, type_: str | None) -> str:
+    if type_ and (expression == type_ or expression.startswith(f"{type_}.")
+                  or expression.startswith(f"{type_}[")):
+        return f"{where}.resource{expression[len(type_):]}"
+    return expression
+
+
+def _bad(diagnostics: str, expression: str, code: str = "invalid", *,
+         status: int = 400) -> FhirError:
+    return FhirError.of(status, diagnostics, code=code, expression=expression)
+
+
+def _status(code: int) -> str:
+    return f"{code} {HTTPStatus(code).phrase}"

@@ -1,0 +1,866 @@
+"""The FHIR RESTful interactions (R4 http.html) over the storage port, without HTTP.
+
+:class:`FhirService` implements every interaction the server offers and returns a plain
+:class:`Result` (status, body, headers); the Flask layer only translates HTTP to calls and
+results back to HTTP. Every interaction takes a :class:`RequestContext` first: the base URL for
+links, the caller's ``Prefer`` choices and the authenticated principal (None until an
+authentication layer attaches one).
+
+Extension points for the layers above FHIR mechanics:
+
+* ``before_write`` - hooks called inside the unit of work with a :class:`WriteContext` just
+  before a resource version is stored (create, update, patch, delete). A hook may raise
+  :class:`FhirError` to refuse the write, adjust ``resource`` in place, or set ``keys`` (the
+  unique keys the resource holds, enforced by the store).
+* ``after_write`` - hooks called inside the same unit of work with the stored version
+  (audit records and notification outboxes commit or roll back with the write).
+* ``validators`` - profile validation: called with a resource and the profiles asked for
+  (empty: the ones the resource claims in ``meta.profile``); their issues are reported by
+  ``$validate`` and refuse writes with 422 when any is an error.
+
+Decisions where R4 leaves a choice: deleting a resource that is already deleted or never
+existed is a successful no-op (204, no new version); a conditional delete with no match is the
+same; a JSON Patch that cannot be applied is 422; a conditional patch with no match is 404.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import functools
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlencode
+
+from ..config import Config
+from ..store.port import Store, UnitOfWork, Version, VersionConflict, iter_chunks
+from . import capability, model
+from .outcome import FhirError, Issue, issue, not_found, outcome
+from .patch import apply_json_patch
+from .search.ast import Clause, ReferenceQuery, SearchQuery, SearchResult
+from .search.normalize import ID_RE, date_range
+from .search.parse import Include, ParsedSearch, parse_search
+from .search.registry import Registry
+from .types import STORED_TYPES
+
+SUBSETTED = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "SUBSETTED",
+    "display": "subsetted",
+}
+MAX_INCLUDE_DEPTH = 3  # rounds of _include:iterate / _revinclude:iterate
+MAX_INCLUDED = 1000  # resources added to one page by _include / _revinclude
+PREFER_RETURN = ("minimal", "representation", "OperationOutcome")
+_SUMMARY_MODES = ("true", "text", "data", "count", "false")
+_PAGING_PARAMS = ("_count", "_offset")
+
+# The interactions this service implements, read by the CapabilityStatement.
+TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance",
+                     "history-type", "create", "search-type")
+SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
+OPERATIONS = (("validate", "http://hl7.org/fhir/OperationDefinition/Resource-validate"),)
+
+
+class Reader(Protocol):
+    """What reads need: the store itself, or a unit of work (which sees its own writes)."""
+
+    def read(self, type_: str, id_: str) -> Version | None: ...
+
+    def search(self, query: SearchQuery) -> SearchResult: ...
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Who asks, and how they want answers."""
+
+    base_url: str
+    principal: Any = None  # set by the authentication layer
+    prefer_return: str = "representation"  # minimal | representation | OperationOutcome
+    lenient: bool = False  # Prefer: handling=lenient (search ignores unknown parameters)
+
+
+@dataclass
+class Result:
+    """One interaction's answer: HTTP status, FHIR JSON body (or None) and headers."""
+
+    status: int
+    body: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class WriteContext:
+    """A write about to happen, as seen by ``before_write`` / ``after_write`` hooks.
+
+    ``previous`` is the current version being replaced or deleted (None for a create, and
+    when the resource was deleted before). ``resource`` is None for a delete."""
+
+    ctx: RequestContext
+    uow: UnitOfWork
+    interaction: str  # create | update | patch | delete
+    type: str
+    id: str
+    resource: dict[str, Any] | None
+    previous: Version | None
+    keys: tuple[str, ...] | None = None
+
+
+WriteHook = Callable[[WriteContext], None]
+AfterWriteHook = Callable[[WriteContext, Version], None]
+Validator = Callable[[dict[str, Any], tuple[str, ...]], list[Issue]]
+
+
+@dataclass(frozen=True)
+class Written:
+    """The outcome of one write inside a unit of work.
+
+    ``version`` is the stored version (for a conditional create that matched: the existing
+    one, with ``matched`` set; None when a delete found nothing to delete). ``status``: 201,
+    200 or 204."""
+
+    type: str
+    version: Version | None
+    status: int
+    matched: bool = False
+
+
+def new_id() -> str:
+    """A server-assigned logical id."""
+    return str(uuid.uuid4())
+
+
+def http_date(instant: str) -> str:
+    """A FHIR instant as an HTTP date (for Last-Modified)."""
+    parsed = datetime.fromisoformat(instant.replace("Z", "+00:00"))
+    return email.utils.format_datetime(parsed.astimezone(UTC), usegmt=True)
+
+
+def version_headers(version: Version) -> dict[str, str]:
+    return {"ETag": version.etag, "Last-Modified": http_date(version.last_updated)}
+
+
+_ETAG_RE = re.compile(r'(?:W/)?"(\d{1,18})"|(\d{1,18})')
+
+
+def parse_etag(value: str, header: str = "If-Match") -> int:
+    """The version in an ETag value: ``W/"3"``, ``"3"`` or ``3``; anything else is 400."""
+    m = _ETAG_RE.fullmatch(value.strip())
+    if m is None:
+        raise FhirError.of(400, f"{header} must be a version ETag like W/\"3\", not {value!r}",
+                           code="value", expression=header)
+    return int(m[1] or m[2])
+
+
+def information(text: str) -> dict[str, Any]:
+    """An OperationOutcome with one information issue."""
+    return outcome([issue(text, code="informational", severity="information")])
+
+
+class FhirService:
+    """Every FHIR interaction of the server, on one store and one search registry."""
+
+    def __init__(self, store: Store, registry: Registry, config: Config) -> None:
+        self.store = store
+        self.registry = registry
+        self.config = config
+        self.before_write: list[WriteHook] = []
+        self.after_write: list[AfterWriteHook] = []
+        self.validators: list[Validator] = []
+
+    # -- checks ------------------------------------------------------------------------------
+
+    @staticmethod
+    def check_type(type_: str) -> None:
+        if type_ not in STORED_TYPES:
+            raise FhirError.of(404, f"Resource type '{type_}' is not supported by this server",
+                               code="not-supported")
+
+    @staticmethod
+    def check_id(id_: str) -> None:
+        if not ID_RE.fullmatch(id_):
+            raise FhirError.of(400, f"'{id_}' is not a valid resource id "
+                               "(1-64 of A-Z a-z 0-9 - .)", code="value")
+
+    def _check_body(self, type_: str, resource: Any) -> dict[str, Any]:
+        if not isinstance(resource, dict):
+            raise FhirError.of(400, "A FHIR resource (JSON object) was expected",
+                               code="structure")
+        if resource.get("resourceType") != type_:
+            raise FhirError.of(400, f"The resource is a '{resource.get('resourceType')}', "
+                               f"not a '{type_}'", code="invalid",
+                               expression=f"{type_}.resourceType")
+        return resource
+
+    def _validation_issues(self, resource: dict[str, Any], type_: str, id_: str | None,
+                           mode: str, profiles: tuple[str, ...] = ()) -> tuple[list[Issue],
+                                                                                 list[Issue]]:
+        """(base FHIR issues, profile issues) of ``resource``."""
+        base = model.validate(resource, type_=type_, id_=id_, mode=mode)
+        profiled: list[Issue] = []
+        for validator in self.validators:
+            profiled.extend(validator(resource, profiles))
+        return base, profiled
+
+    def _ensure_valid(self, resource: dict[str, Any], type_: str, id_: str | None,
+                      mode: str) -> None:
+        base, profiled = self._validation_issues(resource, type_, id_, mode)
+        if _has_error(base):
+            raise FhirError(400, base)
+        if _has_error(profiled):
+            raise FhirError(422, profiled)
+
+    # -- reads and searches made for a caller (with the caller's context) -------------------
+
+    def _load(self, ctx: RequestContext, reader: Reader, type_: str, id_: str) -> Version:
+        """The current version of a resource; 404 if it never existed, 410 if deleted."""
+        self.check_type(type_)
+        self.check_id(id_)
+        current = reader.read(type_, id_)
+        if current is None:
+            raise not_found(type_, id_)
+        if current.deleted:
+            raise FhirError.of(410, f"{type_}/{id_} was deleted (version {current.version})",
+                               code="deleted", headers=version_headers(current))
+        return current
+
+    def _execute(self, ctx: RequestContext, reader: Reader, query: SearchQuery) -> SearchResult:
+        return reader.search(query)
+
+    def _read_many(self, ctx: RequestContext, refs: list[tuple[str, str]]) -> list[dict]:
+        return [v.resource for v in self.store.read_many(refs) if v.resource is not None]
+
+    def _parse(self, ctx: RequestContext, type_: str, params: list[tuple[str, str]], *,
+               lenient: bool) -> ParsedSearch:
+        return parse_search(self.registry, type_, params, lenient=lenient,
+                            default_count=self.config.default_count,
+                            max_count=self.config.max_count)
+
+    # -- read --------------------------------------------------------------------------------
+
+    def read(self, ctx: RequestContext, type_: str, id_: str, *,
+             if_none_match: int | None = None, reader: Reader | None = None) -> Result:
+        current = self._load(ctx, reader or self.store, type_, id_)
+        headers = version_headers(current)
+        if if_none_match is not None and if_none_match == current.version:
+            return Result(304, None, headers)
+        return Result(200, current.resource, headers)
+
+    def vread(self, ctx: RequestContext, type_: str, id_: str, version_id: str) -> Result:
+        self.check_type(type_)
+        self.check_id(id_)
+        if not version_id.isdigit():
+            raise FhirError.of(404, f"{type_}/{id_} has no version '{version_id}'",
+                               code="not-found")
+        found = self.store.vread(type_, id_, int(version_id))
+        if found is None:
+            raise FhirError.of(404, f"{type_}/{id_} has no version {version_id}",
+                               code="not-found")
+        if found.deleted:
+            raise FhirError.of(410, f"Version {version_id} of {type_}/{id_} is a deletion",
+                               code="deleted", headers=version_headers(found))
+        return Result(200, found.resource, version_headers(found))
+
+    # -- create ------------------------------------------------------------------------------
+
+    def create(self, ctx: RequestContext, type_: str, resource: Any, *,
+               if_none_exist: list[tuple[str, str]] | None = None) -> Result:
+        with self.store.unit_of_work() as uow:
+            written = self.create_in(uow, ctx, type_, resource, if_none_exist=if_none_exist)
+        return self.write_result(ctx, written)
+
+    def create_in(self, uow: UnitOfWork, ctx: RequestContext, type_: str, resource: Any, *,
+                  if_none_exist: list[tuple[str, str]] | None = None,
+                  id_: str | None = None) -> Written:
+        """Create (POST) inside ``uow``; the body's id is ignored. ``if_none_exist``: the
+        conditional-create criteria; ``id_``: an id chosen beforehand (transactions)."""
+        self.check_type(type_)
+        resource = dict(self._check_body(type_, resource))
+        resource.pop("id", None)
+        if if_none_exist is not None:
+            matches = self.conditional_matches(uow, ctx, type_, if_none_exist)
+            if len(matches) > 1:
+                raise _multiple_matches(type_, "create")
+            if matches:
+                existing = uow.read(type_, str(matches[0]["id"]))
+                return Written(type_, existing, 200, matched=True)
+        self._ensure_valid(resource, type_, None, "create")
+        resource["id"] = id_ or new_id()
+        wctx = self._before(ctx, uow, "create", type_, resource["id"], resource, None)
+        assert wctx.resource is not None
+        version = uow.create(type_, wctx.resource, id_=wctx.id, keys=wctx.keys or (),
+                             method="POST")
+        return self._after(wctx, version, 201)
+
+    # -- update ------------------------------------------------------------------------------
+
+    def update(self, ctx: RequestContext, type_: str, id_: str, resource: Any, *,
+               if_match: int | None = None) -> Result:
+        with self.store.unit_of_work() as uow:
+            written = self.update_in(uow, ctx, type_, id_, resource, if_match=if_match)
+        return self.write_result(ctx, written)
+
+    def update_in(self, uow: UnitOfWork, ctx: RequestContext, type_: str, id_: str,
+                  resource: Any, *, if_match: int | None = None) -> Written:
+        """Update (PUT) inside ``uow``; creates the resource when it does not exist."""
+        self.check_type(type_)
+        self.check_id(id_)
+        resource = self._check_body(type_, resource)
+        self._ensure_valid(resource, type_, id_, "update")  # the body id must equal id_
+        return self._store_update(uow, ctx, type_, id_, dict(resource), if_match, "update")
+
+    def _store_update(self, uow: UnitOfWork, ctx: RequestContext, type_: str, id_: str,
+                      resource: dict[str, Any], if_match: int | None,
+                      interaction: str) -> Written:
+        current = uow.read(type_, id_)
+        _check_if_match(type_, id_, if_match, current)
+        previous = None if current is None or current.deleted else current
+        wctx = self._before(ctx, uow, interaction, type_, id_, resource, previous)
+        assert wctx.resource is not None
+        version, created = uow.update(type_, id_, wctx.resource, if_match=if_match,
+                                      keys=wctx.keys,
+                                      method="PATCH" if interaction == "patch" else "PUT")
+        return self._after(wctx, version, 201 if created else 200)
+
+    def conditional_update(self, ctx: RequestContext, type_: str,
+                           params: list[tuple[str, str]], resource: Any, *,
+                           if_match: int | None = None) -> Result:
+        with self.store.unit_of_work() as uow:
+            written = self.conditional_update_in(uow, ctx, type_, params, resource,
+                                                 if_match=if_match)
+        return self.write_result(ctx, written)
+
+    def conditional_update_in(self, uow: UnitOfWork, ctx: RequestContext, type_: str,
+                              params: list[tuple[str, str]], resource: Any, *,
+                              if_match: int | None = None) -> Written:
+        """PUT ``Type?criteria``: no match creates (with the body's id if it has one), one
+        match updates it, several are 412."""
+        resource = self._check_body(type_, resource)
+        target = self.conditional_target(uow, ctx, type_, params, resource.get("id"))
+        if target is None:
+            if if_match is not None:
+                raise FhirError.of(412, "If-Match was given but no resource matches",
+                                   code="conflict")
+            return self.create_in(uow, ctx, type_, resource)
+        return self.update_in(uow, ctx, type_, target, {**resource, "id": target},
+                              if_match=if_match)
+
+    def conditional_target(self, uow: UnitOfWork, ctx: RequestContext, type_: str,
+                           params: list[tuple[str, str]], body_id: Any) -> str | None:
+        """The id a conditional update writes to: the single match, else the body's id,
+        else None (create with a new id)."""
+        matches = self.conditional_matches(uow, ctx, type_, params)
+        if len(matches) > 1:
+            raise _multiple_matches(type_, "update")
+        if not matches:
+            return str(body_id) if body_id is not None else None
+        match_id = str(matches[0]["id"])
+        if body_id is not None and body_id != match_id:
+            raise FhirError.of(400, f"The resource id ({body_id!r}) differs from the id of the "
+                               f"resource the criteria match ({match_id!r})", code="invalid",
+                               expression=f"{type_}.id")
+        return match_id
+
+    # -- patch -------------------------------------------------------------------------------
+
+    def patch(self, ctx: RequestContext, type_: str, id_: str, patch_doc: Any, *,
+              if_match: int | None = None) -> Result:
+        with self.store.unit_of_work() as uow:
+            written = self.patch_in(uow, ctx, type_, id_, patch_doc, if_match=if_match)
+        return self.write_result(ctx, written)
+
+    def patch_in(self, uow: UnitOfWork, ctx: RequestContext, type_: str, id_: str,
+                 patch_doc: Any, *, if_match: int | None = None) -> Written:
+        """Apply a JSON Patch to the current version; the result is validated like an
+        update and stored only if the resource is still at the version patched."""
+        current = self._load(ctx, uow, type_, id_)
+        _check_if_match(type_, id_, if_match, current)
+        assert current.resource is not None
+        patched = apply_json_patch(current.resource, patch_doc)
+        self._ensure_valid(patched, type_, id_, "update")
+        return self._store_update(uow, ctx, type_, id_, patched, current.version, "patch")
+
+    def conditional_patch(self, ctx: RequestContext, type_: str, params: list[tuple[str, str]],
+                          patch_doc: Any, *, if_match: int | None = None) -> Result:
+        with self.store.unit_of_work() as uow:
+            target = self.single_match(uow, ctx, type_, params, "patch")
+            written = self.patch_in(uow, ctx, type_, target, patch_doc, if_match=if_match)
+        return self.write_result(ctx, written)
+
+    def single_match(self, uow: UnitOfWork, ctx: RequestContext, type_: str,
+                     params: list[tuple[str, str]], interaction: str) -> str:
+        """The id of the one resource the criteria match (404 none, 412 several)."""
+        matches = self.conditional_matches(uow, ctx, type_, params)
+        if len(matches) > 1:
+            raise _multiple_matches(type_, interaction)
+        if not matches:
+            raise FhirError.of(404, f"No {type_} matches the criteria", code="not-found")
+        return str(matches[0]["id"])
+
+    # -- delete ------------------------------------------------------------------------------
+
+    def delete(self, ctx: RequestContext, type_: str, id_: str, *,
+               if_match: int | None = None) -> Result:
+        with self.store.unit_of_work() as uow:
+            written = self.delete_in(uow, ctx, type_, id_, if_match=if_match)
+        return self.write_result(ctx, written)
+
+    def delete_in(self, uow: UnitOfWork, ctx: RequestContext, type_: str, id_: str, *,
+                  if_match: int | None = None) -> Written:
+        self.check_type(type_)
+        self.check_id(id_)
+        current = uow.read(type_, id_)
+        _check_if_match(type_, id_, if_match, current)
+        if current is None or current.deleted:
+            return Written(type_, None, 204)
+        wctx = self._before(ctx, uow, "delete", type_, id_, None, current)
+        tombstone = uow.delete(type_, id_, if_match=if_match)
+        if tombstone is None:  # deleted concurrently; the outcome is the same
+            return Written(type_, None, 204)
+        return self._after(wctx, tombstone, 204)
+
+    def conditional_delete(self, ctx: RequestContext, type_: str,
+                           params: list[tuple[str, str]], *,
+                           if_match: int | None = None) -> Result:
+        with self.store.unit_of_work() as uow:
+            written = self.conditional_delete_in(uow, ctx, type_, params, if_match=if_match)
+        return self.write_result(ctx, written)
+
+    def conditional_delete_in(self, uow: UnitOfWork, ctx: RequestContext, type_: str,
+                              params: list[tuple[str, str]], *,
+                              if_match: int | None = None) -> Written:
+        """DELETE ``Type?criteria``: no match is a no-op, one is deleted, several are 412."""
+        matches = self.conditional_matches(uow, ctx, type_, params)
+        if len(matches) > 1:
+            raise _multiple_matches(type_, "delete")
+        if not matches:
+            if if_match is not None:
+                raise FhirError.of(412, "If-Match was given but no resource matches",
+                                   code="conflict")
+            return Written(type_, None, 204)
+        return self.delete_in(uow, ctx, type_, str(matches[0]["id"]), if_match=if_match)
+
+    # -- write plumbing ----------------------------------------------------------------------
+
+    def conditional_matches(self, uow: UnitOfWork, ctx: RequestContext, type_: str,
+                            params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """Up to two current resources matching conditional criteria, searched inside
+        ``uow`` after locking the normalised criteria, so that concurrent conditional writes
+        with the same criteria are serialised (search-then-write is race-free)."""
+        self.check_type(type_)
+        parsed = self._parse(ctx, type_, params, lenient=False)
+        if not parsed.query.conditions:
+            raise FhirError.of(400, f"Conditional {type_} interactions need search criteria",
+                               code="required")
+        criteria = sorted(p for p in parsed.self_params if p[0] not in _PAGING_PARAMS)
+        uow.lock(f"cond:{type_}?{urlencode(criteria)}")
+        query = dataclasses.replace(parsed.query, count=2, offset=0, total=False)
+        return self._execute(ctx, uow, query).resources
+
+    def _before(self, ctx: RequestContext, uow: UnitOfWork, interaction: str, type_: str,
+                id_: str, resource: dict[str, Any] | None,
+                previous: Version | None) -> WriteContext:
+        wctx = WriteContext(ctx, uow, interaction, type_, id_, resource, previous)
+        for hook in self.before_write:
+            hook(wctx)
+        return wctx
+
+    def _after(self, wctx: WriteContext, version: Version, status: int) -> Written:
+        for hook in self.after_write:
+            hook(wctx, version)
+        return Written(wctx.type, version, status)
+
+    def write_result(self, ctx: RequestContext, written: Written) -> Result:
+        """The HTTP answer to a write, shaped by ``Prefer: return=``."""
+        version = written.version
+        if version is None or version.deleted:
+            headers = version_headers(version) if version is not None else {}
+            if ctx.prefer_return == "OperationOutcome":
+                return Result(200, information(_deleted_text(written)), headers)
+            return Result(204, None, headers)
+        headers = version_headers(version)
+        url = f"{ctx.base_url}/{version.type}/{version.id}/_history/{version.version}"
+        headers["Location" if written.status == 201 else "Content-Location"] = url
+        if ctx.prefer_return == "minimal":
+            body = None
+        elif ctx.prefer_return == "OperationOutcome":
+            body = information(_written_text(written))
+        else:
+            body = version.resource
+        return Result(written.status, body, headers)
+
+    # -- search ------------------------------------------------------------------------------
+
+    def search(self, ctx: RequestContext, type_: str, params: list[tuple[str, str]], *,
+               reader: Reader | None = None) -> Result:
+        """Search one type; a ``searchset`` Bundle with paging links and includes."""
+        self.check_type(type_)
+        parsed = self._parse(ctx, type_, params, lenient=ctx.lenient)
+        if parsed.summary not in (None, *_SUMMARY_MODES):
+            raise FhirError.of(400, f"_summary={parsed.summary} is not supported",
+                               code="not-supported", expression="_summary")
+        return Result(200, self._searchset(ctx, type_, parsed, reader or self.store))
+
+    def _searchset(self, ctx: RequestContext, type_: str, parsed: ParsedSearch,
+                   reader: Reader) -> dict[str, Any]:
+        query = parsed.query
+        count_only = parsed.summary == "count"
+        if count_only:
+            query = dataclasses.replace(query, total=True, count=0)
+        # One row more than the page tells whether a next page exists.
+        page = dataclasses.replace(query, count=query.count + 1)
+        result = self._execute(ctx, reader, page)
+        matches = result.resources[:query.count]
+        has_next = 0 < query.count < len(result.resources)
+        total = result.total if query.total else None
+        if total is None and not has_next and (matches or query.offset == 0):
+            total = query.offset + len(matches)
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "id": new_id(),
+                                  "meta": {"lastUpdated": _now()}, "type": "searchset"}
+        if total is not None:
+            bundle["total"] = total
+        bundle["link"] = self._search_links(ctx, type_, parsed, query, has_next)
+        if count_only:
+            return bundle
+        entries = [self._entry(ctx, _subset(r, parsed), "match") for r in matches]
+        included = self._includes(ctx, parsed, matches)
+        entries.extend(self._entry(ctx, r, "include") for r in included)
+        if parsed.ignored:
+            entries.append({"resource": outcome([issue(
+                f"Ignored search parameter '{name}'", code="not-supported",
+                severity="warning", expression=name) for name in parsed.ignored]),
+                "search": {"mode": "outcome"}})
+        bundle["entry"] = entries
+        return bundle
+
+    def _search_links(self, ctx: RequestContext, type_: str, parsed: ParsedSearch,
+                      query: SearchQuery, has_next: bool) -> list[dict[str, str]]:
+        criteria = [p for p in parsed.self_params if p[0] not in _PAGING_PARAMS]
+
+        def url(offset: int) -> str:
+            paging = [("_count", str(query.count))]
+            if offset:
+                paging.append(("_offset", str(offset)))
+            return f"{ctx.base_url}/{type_}?{urlencode(criteria + paging)}"
+
+        links = [_link("self", url(query.offset)), _link("first", url(0))]
+        if query.offset > 0 and query.count > 0:
+            links.append(_link("previous", url(max(0, query.offset - query.count))))
+        if has_next:
+            links.append(_link("next", url(query.offset + query.count)))
+        return links
+
+    def _entry(self, ctx: RequestContext, resource: dict[str, Any], mode: str) -> dict:
+        return {"fullUrl": f"{ctx.base_url}/{resource['resourceType']}/{resource['id']}",
+                "resource": resource, "search": {"mode": mode}}
+
+    # -- _include / _revinclude --------------------------------------------------------------
+
+    def _includes(self, ctx: RequestContext, parsed: ParsedSearch,
+                  matches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Resources added by _include / _revinclude; ``:iterate`` ones are applied again to
+        what was added, up to :data:`MAX_INCLUDE_DEPTH` rounds and :data:`MAX_INCLUDED`."""
+        if not parsed.includes:
+            return []
+        seen = {(r["resourceType"], r["id"]) for r in matches}
+        included: list[dict[str, Any]] = []
+        frontier = matches
+        for depth in range(MAX_INCLUDE_DEPTH):
+            rules = [inc for inc in parsed.includes if depth == 0 or inc.iterate]
+            if not rules or not frontier:
+                break
+            added: list[dict[str, Any]] = []
+            for rule in rules:
+                room = MAX_INCLUDED - len(included) - len(added)
+                if room <= 0:
+                    break
+                found = (self._reverse_include(ctx, rule, frontier, room) if rule.reverse
+                         else self._forward_include(ctx, rule, frontier, seen))
+                for resource in found:
+                    key = (resource["resourceType"], resource["id"])
+                    if key not in seen and len(included) + len(added) < MAX_INCLUDED:
+                        seen.add(key)
+                        added.append(resource)
+            included.extend(added)
+            frontier = added
+        return included
+
+    def _forward_include(self, ctx: RequestContext, rule: Include, frontier: list[dict[str, Any]],
+                         seen: set[tuple[str, str]]) -> list[dict[str, Any]]:
+        wanted: list[tuple[str, str]] = []
+        for resource in frontier:
+            if resource["resourceType"] != rule.source_type:
+                continue
+            for ref in self.registry.references(resource, rule.param.code):
+                key = (ref.target_type, ref.target_id)
+                if (ref.target_type and ref.target_id and key not in seen
+                        and key not in wanted
+                        and (not rule.target_type or ref.target_type == rule.target_type)):
+                    wanted.append(key)
+        return self._read_many(ctx, [key for key in wanted if key[0] in STORED_TYPES])
+
+    def _reverse_include(self, ctx: RequestContext, rule: Include,
+                         frontier: list[dict[str, Any]], room: int) -> list[dict[str, Any]]:
+        param = rule.param
+        targets = [(r["resourceType"], str(r["id"])) for r in frontier
+                   if (not rule.target_type or r["resourceType"] == rule.target_type)
+                   and (not param.targets or r["resourceType"] in param.targets)]
+        found: list[dict[str, Any]] = []
+        for chunk in iter_chunks(targets, 100):
+            if len(found) >= room:
+                break
+            clause = Clause(param, None, tuple(ReferenceQuery(t, i) for t, i in chunk))
+            query = SearchQuery(type=rule.source_type, conditions=[clause],
+                                count=room - len(found))
+            found.extend(self._execute(ctx, self.store, query).resources)
+        return found
+
+    # -- history -----------------------------------------------------------------------------
+
+    def history(self, ctx: RequestContext, params: list[tuple[str, str]],
+                type_: str | None = None, id_: str | None = None) -> Result:
+        """History of one resource, one type, or the whole server, newest first."""
+        if type_ is not None:
+            self.check_type(type_)
+        if id_ is not None and type_ is not None:
+            self.check_id(id_)
+            if self.store.read(type_, id_) is None:
+                raise not_found(type_, id_)
+        since_ms, count, offset, kept = self._history_params(ctx, params)
+        versions, total = self.store.history(type_, id_, since_ms=since_ms, count=count,
+                                             offset=offset)
+        path = "/".join(p for p in (type_, id_) if p)
+        base = f"{ctx.base_url}/{path}/_history" if path else f"{ctx.base_url}/_history"
+
+        def url(at: int) -> str:
+            paging = [("_count", str(count))] + ([("_offset", str(at))] if at else [])
+            return f"{base}?{urlencode(kept + paging)}"
+
+        links = [_link("self", url(offset)), _link("first", url(0))]
+        if offset > 0 and count > 0:
+            links.append(_link("previous", url(max(0, offset - count))))
+        if count > 0 and offset + len(versions) < total:
+            links.append(_link("next", url(offset + count)))
+        return Result(200, {
+            "resourceType": "Bundle", "id": new_id(), "meta": {"lastUpdated": _now()},
+            "type": "history", "total": total, "link": links,
+            "entry": [self._history_entry(ctx, v) for v in versions],
+        })
+
+    def _history_params(self, ctx: RequestContext, params: list[tuple[str, str]]
+                        ) -> tuple[int | None, int, int, list[tuple[str, str]]]:
+        since_ms: int | None = None
+        count, offset = self.config.default_count, 0
+        kept: list[tuple[str, str]] = []
+        for name, value in params:
+            if name == "_since":
+                try:
+                    since_ms = date_range(value)[0]
+                except ValueError as exc:
+                    raise FhirError.of(400, f"_since: {exc}", code="value",
+                                       expression="_since") from exc
+                kept.append((name, value))
+            elif name == "_count":
+                count = min(_non_negative(name, value), self.config.max_count)
+            elif name == "_offset":
+                offset = _non_negative(name, value)
+            elif not ctx.lenient:
+                raise FhirError.of(400, f"Unknown history parameter '{name}'",
+                                   code="not-supported", expression=name)
+        return since_ms, count, offset, kept
+
+    def _history_entry(self, ctx: RequestContext, version: Version) -> dict[str, Any]:
+        url = f"{version.type}/{version.id}"
+        if version.deleted:
+            status = "204 No Content"
+        elif version.method == "POST" or version.version == 1:
+            status = "201 Created"
+        else:
+            status = "200 OK"
+        entry: dict[str, Any] = {"fullUrl": f"{ctx.base_url}/{url}"}
+        if version.resource is not None:
+            entry["resource"] = version.resource
+        entry["request"] = {"method": version.method,
+                            "url": version.type if version.method == "POST" else url}
+        entry["response"] = {"status": status, "etag": version.etag,
+                             "lastModified": version.last_updated}
+        return entry
+
+    # -- $validate ---------------------------------------------------------------------------
+
+    def validate(self, ctx: RequestContext, type_: str, body: Any,
+                 id_: str | None = None) -> Result:
+        """``$validate``: an OperationOutcome listing every issue; never stores anything."""
+        self.check_type(type_)
+        if id_ is not None:
+            self.check_id(id_)
+        resource, mode, profiles = _validation_request(type_, body, id_)
+        if mode == "delete":
+            if id_ is None:
+                raise FhirError.of(400, "mode=delete needs a resource id in the URL",
+                                   code="required")
+            self._load(ctx, self.store, type_, id_)
+            return Result(200, information("No problems found: the resource may be deleted"))
+        if resource is None:
+            raise FhirError.of(400, "No resource to validate", code="required")
+        self._check_body(type_, resource)
+        base, profiled = self._validation_issues(resource, type_, id_, mode, profiles)
+        issues = base + profiled
+        if profiles and not self.validators:
+            issues.append(issue(f"Profile validation is not available; not checked: "
+                                f"{', '.join(profiles)}", code="not-supported",
+                                severity="warning"))
+        if not issues:
+            return Result(200, information("No problems found"))
+        return Result(200, outcome(issues))
+
+    # -- capabilities ------------------------------------------------------------------------
+
+    def capabilities(self, ctx: RequestContext) -> Result:
+        return Result(200, capability.build(
+            self.registry, base_url=ctx.base_url, types=STORED_TYPES,
+            type_interactions=TYPE_INTERACTIONS, system_interactions=SYSTEM_INTERACTIONS,
+            operations=OPERATIONS))
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _link(relation: str, url: str) -> dict[str, str]:
+    return {"relation": relation, "url": url}
+
+
+def _has_error(issues: Iterable[Issue]) -> bool:
+    return any(i.severity in ("error", "fatal") for i in issues)
+
+
+def _non_negative(name: str, value: str) -> int:
+    if not value.isdigit():
+        raise FhirError.of(400, f"{name} must be a non-negative integer, not '{value}'",
+                           code="value", expression=name)
+    return int(value)
+
+
+def _multiple_matches(type_: str, interaction: str) -> FhirError:
+    return FhirError.of(412, f"Conditional {interaction}: several {type_} resources match the "
+                        "criteria; make them more selective", code="multiple-matches")
+
+
+def _check_if_match(type_: str, id_: str, if_match: int | None,
+                    current: Version | None) -> None:
+    if if_match is None:
+        return
+    if current is None or current.deleted or current.version != if_match:
+        raise VersionConflict(type_, id_, if_match,
+                              None if current is None or current.deleted else current.version)
+
+
+def _written_text(written: Written) -> str:
+    v = written.version
+    assert v is not None
+    verb = "Found existing" if written.matched else {201: "Created", 200: "Updated"}[
+        written.status]
+    return f"{verb} {v.type}/{v.id} (version {v.version})"
+
+
+def _deleted_text(written: Written) -> str:
+    v = written.version
+    if v is None:
+        return f"Nothing to delete: no such current {written.type}"
+    return f"Deleted {v.type}/{v.id} (version {v.version})"
+
+
+def _validation_request(type_: str, body: Any, id_: str | None
+                        ) -> tuple[dict[str, Any] | None, str, tuple[str, ...]]:
+    """(resource, mode, profiles) of a $validate body: the resource itself, or a Parameters
+    with ``resource``, ``mode`` and ``profile``."""
+    default_mode = "update" if id_ is not None else "create"
+    if not isinstance(body, dict):
+        raise FhirError.of(400, "A resource or Parameters was expected", code="structure")
+    if body.get("resourceType") != "Parameters" or type_ == "Parameters":
+        return body, default_mode, ()
+    resource: dict[str, Any] | None = None
+    mode = default_mode
+    profiles: list[str] = []
+    for param in body.get("parameter") or []:
+        name = param.get("name") if isinstance(param, dict) else None
+        if name == "resource":
+            resource = param.get("resource")
+        elif name == "mode":
+            mode = str(param.get("valueCode") or param.get("valueString") or "")
+        elif name == "profile":
+            profiles.append(str(param.get("valueUri") or param.get("valueCanonical") or ""))
+    if mode not in ("create", "update", "delete"):
+        raise FhirError.of(400, f"mode '{mode}' is not supported (create, update, delete)",
+                           code="not-supported", expression="Parameters.parameter")
+    return resource, mode, tuple(p for p in profiles if p)
+
+
+# -- _elements and _summary --------------------------------------------------------------------
+
+_ALWAYS = frozenset({"resourceType", "id", "meta"})
+
+
+def _subset(resource: dict[str, Any], parsed: ParsedSearch) -> dict[str, Any]:
+    """The resource reduced by _elements or _summary, tagged SUBSETTED when reduced."""
+    summary = parsed.summary
+    if parsed.elements is not None:
+        prefix = resource["resourceType"] + "."
+        keep = _ALWAYS | {e.removeprefix(prefix) for e in parsed.elements
+                          if "." not in e.removeprefix(prefix)}
+        out = {k: v for k, v in resource.items() if k.lstrip("_") in keep}
+    elif summary == "true":
+        elements = _summary_elements(resource["resourceType"])
+        out = {k: v for k, v in resource.items() if k.lstrip("_") in elements}
+    elif summary == "text":
+        required = _required_elements(resource["resourceType"])
+        out = {k: v for k, v in resource.items()
+               if k.lstrip("_") in required or k in _ALWAYS or k == "text"}
+    elif summary == "data":
+        out = {k: v for k, v in resource.items() if k != "text"}
+    else:
+        return resource
+    meta = dict(out.get("meta") or {})
+    meta["tag"] = [*meta.get("tag", []), SUBSETTED]
+    out["meta"] = meta
+    return out
+
+
+@functools.cache
+def _summary_elements(type_: str) -> frozenset[str]:
+    """Top-level elements of ``type_`` marked isSummary in R4 (from the R4B models)."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    fields = get_fhir_model_class(type_).model_fields.values()
+    names = {f.alias for f in fields
+             if isinstance(f.json_schema_extra, dict)
+             and f.json_schema_extra.get("summary_element_property")}
+    return frozenset(names) | _ALWAYS
+
+
+@functools.cache
+def _required_elements(type_: str) -> frozenset[str]:
+    """Top-level elements of ``type_`` with min >= 1 (choice types: every variant name)."""
+    path = Path(__file__).parent / "definitions" / "elements.json"
+    elements = json.loads(path.read_text())["types"].get(type_, {}).get("elements", {})
+    names: set[str] = set()
+    for key, definition in elements.items():
+        parts = key.split(".")
+        if len(parts) == 2 and definition.get("min", 0) >= 1:
+            name = parts[1]
+            if name.endswith("[x]"):
+                stem = name[:-3]
+                names.update(stem + t["code"][:1].upper() + t["code"][1:]
+                             for t in definition.get("types", []))
+            else:
+                names.add(name)
+    return frozenset(names)

@@ -1,0 +1,161 @@
+"""The FHIR API over real HTTP: a werkzeug server on a free local port, per test, on each
+storage engine (MongoDB only when MONGODB_URI is set)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+from werkzeug.serving import make_server
+
+from server.app import Planbro, create_app
+from server.config import Config
+
+FHIR_JSON = "application/fhir+json"
+FNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.1"
+MAX_BODY = 64 * 1024
+MONGO_SKIP_REASON = ("MONGODB_URI is not set: the API suite on MongoDB needs a real MongoDB "
+                     "server (docker compose up mongo)")
+
+_FNR_WEIGHTS_1 = (3, 7, 6, 1, 8, 9, 4, 5, 2)
+_FNR_WEIGHTS_2 = (5, 4, 3, 2, 7, 6, 5, 4, 3, 2)
+
+
+def _check_digit(digits: str, weights: tuple[int, ...]) -> int | None:
+    rest = 11 - sum(int(d) * w for d, w in zip(digits, weights, strict=True)) % 11
+    return 0 if rest == 11 else None if rest == 10 else rest
+
+
+def synthetic_fnr(seed: int) -> str:
+    """A synthetic Norwegian fødselsnummer (month + 80 marks test persons) that passes both
+    modulus-11 checks; different seeds give different numbers."""
+    n = seed
+    while True:
+        day, month, individual = 1 + n % 28, 1 + (n // 28) % 12, 500 + (n // 336) % 250
+        nine = f"{day:02d}{month + 80:02d}85{individual:03d}"
+        k1 = _check_digit(nine, _FNR_WEIGHTS_1)
+        k2 = None if k1 is None else _check_digit(nine + str(k1), _FNR_WEIGHTS_2)
+        if k1 is not None and k2 is not None:
+            return f"{nine}{k1}{k2}"
+        n += 7919  # skip numbers whose check digit would be 10
+
+
+def patient(seed: int = 0, family: str = "Nordmann", **extra: Any) -> dict[str, Any]:
+    return {"resourceType": "Patient",
+            "identifier": [{"system": FNR_SYSTEM, "value": synthetic_fnr(seed)}],
+            "name": [{"family": family, "given": ["Kari"]}], **extra}
+
+
+class Fhir:
+    """A tiny FHIR client for the tests: paths are relative to the base URL."""
+
+    def __init__(self, base: str, app: Flask) -> None:
+        self.base = base
+        self.app = app
+        self.http = requests.Session()
+
+    @property
+    def planbro(self) -> Planbro:
+        planbro: Planbro = self.app.extensions["planbro"]
+        return planbro
+
+    def url(self, path: str) -> str:
+        return path if path.startswith("http") else f"{self.base}/{path.lstrip('/')}"
+
+    def request(self, method: str, path: str, body: Any = None, *,
+                content_type: str = FHIR_JSON, **kwargs: Any) -> requests.Response:
+        headers = dict(kwargs.pop("headers", None) or {})
+        if body is not None:
+            headers.setdefault("Content-Type", content_type)
+            kwargs["json" if isinstance(body, dict | list) else "data"] = body
+        return self.http.request(method, self.url(path), headers=headers, timeout=30, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, body, **kwargs)
+
+    def put(self, path: str, body: Any = None, **kwargs: Any) -> requests.Response:
+        return self.request("PUT", path, body, **kwargs)
+
+    def patch(self, path: str, body: Any = None, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("content_type", "application/json-patch+json")
+        return self.request("PATCH", path, body, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("DELETE", path, **kwargs)
+
+    def create(self, resource: dict[str, Any]) -> dict[str, Any]:
+        response = self.post(resource["resourceType"], resource)
+        assert response.status_code == 201, response.text
+        created: dict[str, Any] = response.json()
+        return created
+
+    def search(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self.get(path, **kwargs)
+        assert response.status_code == 200, response.text
+        bundle: dict[str, Any] = response.json()
+        return bundle
+
+    def ids(self, path: str, mode: str = "match") -> list[str]:
+        return [e["resource"]["id"] for e in self.search(path).get("entry", [])
+                if e["search"]["mode"] == mode]
+
+    def versions(self) -> int:
+        """How many resource versions the server holds (every write adds one)."""
+        total: int = self.search("_history?_count=0")["total"]
+        return total
+
+
+@dataclass
+class _Engine:
+    config: Config
+    cleanup: Any = None
+
+
+def _engine(kind: str, tmp_path: Path) -> _Engine:
+    base = {"data_dir": tmp_path / "data", "max_body_bytes": MAX_BODY}
+    if kind == "embedded":
+        return _Engine(Config(**base))  # type: ignore[arg-type]
+    uri = os.environ.get("MONGODB_URI")
+    if not uri:
+        pytest.skip(MONGO_SKIP_REASON)
+    db_name = f"planbro_api_{uuid.uuid4().hex[:12]}"
+
+    def drop() -> None:
+        import pymongo
+
+        with pymongo.MongoClient(uri) as client:
+            client.drop_database(db_name)
+
+    return _Engine(Config(**base, mongodb_uri=uri, mongodb_db=db_name), drop)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["embedded", pytest.param("mongo", marks=pytest.mark.mongo)])
+def fhir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fhir]:
+    """A running server on each storage engine, and a client for it."""
+    engine = _engine(request.param, tmp_path)
+    app = create_app(engine.config)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    client = Fhir(f"http://127.0.0.1:{server.server_port}/fhir", app)
+    try:
+        yield client
+    finally:
+        client.http.close()
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+        client.planbro.store.close()
+        if engine.cleanup:
+            engine.cleanup()

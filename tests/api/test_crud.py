@@ -1,0 +1,158 @@
+"""read, vread, create, update, delete and history over HTTP, with their headers."""
+
+from __future__ import annotations
+
+import time
+from email.utils import parsedate_to_datetime
+
+from .conftest import FHIR_JSON, Fhir, patient
+
+
+def _outcome(response) -> dict:  # type: ignore[no-untyped-def]
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome", body
+    assert response.headers["Content-Type"].startswith(FHIR_JSON)
+    return body
+
+
+def test_create_assigns_id_and_version_headers(fhir: Fhir) -> None:
+    response = fhir.post("Patient", {**patient(1), "id": "client-chosen"})
+    assert response.status_code == 201
+    body = response.json()
+    assert body["id"] != "client-chosen"
+    assert body["meta"]["versionId"] == "1"
+    assert response.headers["ETag"] == 'W/"1"'
+    assert response.headers["Location"] == f"{fhir.base}/Patient/{body['id']}/_history/1"
+    assert response.headers["Content-Type"] == "application/fhir+json; charset=utf-8"
+    assert parsedate_to_datetime(response.headers["Last-Modified"]).year >= 2024
+    assert fhir.get("Patient/client-chosen").status_code == 404
+
+
+def test_read_and_vread(fhir: Fhir) -> None:
+    created = fhir.create(patient(2))
+    pid = created["id"]
+    read = fhir.get(f"Patient/{pid}")
+    assert read.status_code == 200
+    assert read.json() == created
+    assert read.headers["ETag"] == 'W/"1"'
+    updated = fhir.put(f"Patient/{pid}", {**created, "gender": "female"})
+    assert updated.status_code == 200
+    assert updated.headers["ETag"] == 'W/"2"'
+    assert updated.json()["meta"]["versionId"] == "2"
+    old = fhir.get(f"Patient/{pid}/_history/1")
+    assert old.status_code == 200
+    assert "gender" not in old.json()
+    assert fhir.get(f"Patient/{pid}/_history/2").json()["gender"] == "female"
+    assert fhir.get(f"Patient/{pid}/_history/3").status_code == 404
+
+
+def test_read_with_if_none_match(fhir: Fhir) -> None:
+    pid = fhir.create(patient(3))["id"]
+    assert fhir.get(f"Patient/{pid}", headers={"If-None-Match": 'W/"1"'}).status_code == 304
+    assert fhir.get(f"Patient/{pid}", headers={"If-None-Match": 'W/"7"'}).status_code == 200
+
+
+def test_update_as_create_and_id_rules(fhir: Fhir) -> None:
+    response = fhir.put("Patient/chosen-1", {**patient(4), "id": "chosen-1"})
+    assert response.status_code == 201
+    assert response.headers["Location"].endswith("/Patient/chosen-1/_history/1")
+    assert fhir.put("Patient/chosen-1", {**patient(4), "id": "chosen-1"}).status_code == 200
+    mismatch = fhir.put("Patient/chosen-1", {**patient(4), "id": "other"})
+    assert mismatch.status_code == 400
+    assert _outcome(mismatch)["issue"][0]["expression"] == ["Patient.id"]
+    assert fhir.put("Patient/chosen-1", patient(4)).status_code == 400
+    wrong_type = fhir.put("Patient/chosen-1", {"resourceType": "Goal", "id": "chosen-1"})
+    assert wrong_type.status_code == 400
+    assert fhir.get("Patient/chosen-1").json()["meta"]["versionId"] == "2"
+
+
+def test_invalid_resource_is_refused_with_paths(fhir: Fhir) -> None:
+    before = fhir.versions()
+    response = fhir.post("Patient", {**patient(5), "gender": "sometimes", "birthDate": "x"})
+    assert response.status_code == 400
+    expressions = {e for i in _outcome(response)["issue"] for e in i.get("expression", [])}
+    assert {"Patient.gender", "Patient.birthDate"} <= expressions
+    assert fhir.versions() == before
+
+
+def test_delete_then_gone(fhir: Fhir) -> None:
+    pid = fhir.create(patient(6))["id"]
+    deleted = fhir.delete(f"Patient/{pid}")
+    assert deleted.status_code == 204
+    assert deleted.content == b""
+    assert deleted.headers["ETag"] == 'W/"2"'
+    gone = fhir.get(f"Patient/{pid}")
+    assert gone.status_code == 410
+    assert _outcome(gone)["issue"][0]["code"] == "deleted"
+    assert fhir.get(f"Patient/{pid}/_history/2").status_code == 410
+    assert fhir.get(f"Patient/{pid}/_history/1").status_code == 200
+    assert fhir.ids(f"Patient?_id={pid}") == []
+    # Deleting again, or deleting what never existed, is a no-op.
+    versions = fhir.versions()
+    assert fhir.delete(f"Patient/{pid}").status_code == 204
+    assert fhir.delete("Patient/never-was").status_code == 204
+    assert fhir.versions() == versions
+    # An update brings it back; the version number goes on.
+    revived = fhir.put(f"Patient/{pid}", {**patient(6), "id": pid})
+    assert revived.status_code == 201
+    assert revived.json()["meta"]["versionId"] == "3"
+
+
+def test_read_unknown_is_404_outcome(fhir: Fhir) -> None:
+    response = fhir.get("Patient/does-not-exist")
+    assert response.status_code == 404
+    assert _outcome(response)["issue"][0]["code"] == "not-found"
+
+
+def _history_ids(bundle: dict) -> list[tuple[str, str]]:
+    return [(e["fullUrl"].rsplit("/", 1)[1], e["response"]["etag"]) for e in bundle["entry"]]
+
+
+def test_instance_history_entries(fhir: Fhir) -> None:
+    created = fhir.create(patient(7))
+    pid = created["id"]
+    fhir.put(f"Patient/{pid}", {**created, "active": True})
+    fhir.delete(f"Patient/{pid}")
+    bundle = fhir.search(f"Patient/{pid}/_history")
+    assert bundle["type"] == "history"
+    assert bundle["total"] == 3
+    delete, update, create = bundle["entry"]
+    assert delete["request"] == {"method": "DELETE", "url": f"Patient/{pid}"}
+    assert "resource" not in delete
+    assert delete["response"]["etag"] == 'W/"3"'
+    assert update["request"] == {"method": "PUT", "url": f"Patient/{pid}"}
+    assert update["response"]["status"].startswith("200")
+    assert update["resource"]["active"] is True
+    assert create["request"] == {"method": "POST", "url": "Patient"}
+    assert create["response"]["status"].startswith("201")
+    assert create["response"]["lastModified"] == created["meta"]["lastUpdated"]
+    assert fhir.get("Patient/nobody/_history").status_code == 404
+
+
+def test_history_paging_and_since(fhir: Fhir) -> None:
+    first = fhir.create(patient(8))
+    time.sleep(0.01)
+    since = first["meta"]["lastUpdated"]
+    for n in range(6):
+        fhir.create(patient(10 + n))
+    fhir.create({"resourceType": "Practitioner", "name": [{"family": "Lege"}]})
+    type_history = fhir.search("Patient/_history")
+    assert type_history["total"] == 7
+    seen: list[tuple[str, str]] = []
+    url: str | None = "Patient/_history?_count=3"
+    pages = 0
+    while url:
+        page = fhir.search(url)
+        seen += _history_ids(page)
+        url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+        pages += 1
+    assert pages == 3
+    assert len(seen) == len(set(seen)) == 7
+    newer = fhir.search(f"Patient/_history?_since={since}")
+    assert newer["total"] == 7  # _since is inclusive of the first write's instant
+    later = fhir.search("_history?_since=2999-01-01T00:00:00Z")
+    assert later["total"] == 0
+    assert fhir.search("_history")["total"] == 8
+    bad = fhir.get("_history?_since=yesterday")
+    assert bad.status_code == 400
+    assert _outcome(bad)["issue"][0]["expression"] == ["_since"]

@@ -1,0 +1,185 @@
+"""Search over HTTP: parameters, chains, _has, includes, sorting, paging and result shaping."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+
+from .conftest import FNR_SYSTEM, Fhir, patient, synthetic_fnr
+
+SUBSETTED = "SUBSETTED"
+
+
+def _links(bundle: dict) -> dict[str, str]:
+    return {link["relation"]: link["url"] for link in bundle["link"]}
+
+
+def _goal(subject: str, status: str = "active", text: str = "Bo hjemme") -> dict:
+    return {"resourceType": "Goal", "lifecycleStatus": status, "description": {"text": text},
+            "subject": {"reference": subject}}
+
+
+@pytest.fixture
+def people(fhir: Fhir) -> dict[str, str]:
+    """Two practitioners, three patients (one with a GP), goals and a care plan."""
+    gp = fhir.create({"resourceType": "Practitioner", "name": [{"family": "Lege"}]})["id"]
+    nurse = fhir.create({"resourceType": "Practitioner", "name": [{"family": "Sykepleier"}]})
+    ids = {"gp": gp, "nurse": nurse["id"]}
+    ids["kari"] = fhir.create(patient(1, family="Nordmann", gender="female",
+                                      birthDate="1985-03-01",
+                                      generalPractitioner=[{"reference": f"Practitioner/{gp}"}]
+                                      ))["id"]
+    ids["ola"] = fhir.create(patient(2, family="Nordmann", gender="male",
+                                     birthDate="1972-11-20"))["id"]
+    ids["rut"] = fhir.create(patient(3, family="Åberg", gender="female",
+                                     birthDate="1942-06-15"))["id"]
+    ids["goal_kari"] = fhir.create(_goal(f"Patient/{ids['kari']}"))["id"]
+    ids["goal_rut"] = fhir.create(_goal(f"Patient/{ids['rut']}", "completed"))["id"]
+    ids["plan"] = fhir.create({
+        "resourceType": "CarePlan", "status": "active", "intent": "plan",
+        "subject": {"reference": f"Patient/{ids['kari']}"},
+        "goal": [{"reference": f"Goal/{ids['goal_kari']}"}]})["id"]
+    return ids
+
+
+def test_token_and_string(fhir: Fhir, people: dict[str, str]) -> None:
+    assert fhir.ids(f"Patient?identifier={FNR_SYSTEM}|{synthetic_fnr(2)}") == [people["ola"]]
+    assert sorted(fhir.ids("Patient?gender=female")) == sorted([people["kari"], people["rut"]])
+    assert sorted(fhir.ids("Patient?family=nordmann")) == sorted([people["kari"],
+                                                                  people["ola"]])
+    assert fhir.ids("Patient?family=aberg") == [people["rut"]]
+
+
+def test_dates(fhir: Fhir, people: dict[str, str]) -> None:
+    assert fhir.ids("Patient?birthdate=1985") == [people["kari"]]
+    assert sorted(fhir.ids("Patient?birthdate=lt1980-01-01")) == sorted([people["ola"],
+                                                                         people["rut"]])
+    assert fhir.ids("Patient?birthdate=ge1950&birthdate=lt1980") == [people["ola"]]
+
+
+def test_chain_and_has(fhir: Fhir, people: dict[str, str]) -> None:
+    assert fhir.ids("Goal?subject:Patient.birthdate=1942") == [people["goal_rut"]]
+    assert fhir.ids("CarePlan?subject.family=nordmann") == [people["plan"]]
+    assert fhir.ids("Patient?_has:Goal:subject:lifecycle-status=completed") == [people["rut"]]
+    assert fhir.ids("Patient?general-practitioner.family=Lege") == [people["kari"]]
+
+
+def test_include_and_revinclude(fhir: Fhir, people: dict[str, str]) -> None:
+    bundle = fhir.search("CarePlan?_include=CarePlan:subject&_include=CarePlan:goal")
+    modes = {(e["resource"]["resourceType"], e["resource"]["id"]): e["search"]["mode"]
+             for e in bundle["entry"]}
+    assert modes == {("CarePlan", people["plan"]): "match",
+                     ("Patient", people["kari"]): "include",
+                     ("Goal", people["goal_kari"]): "include"}
+    iterate = fhir.search("CarePlan?_include=CarePlan:subject"
+                          "&_include:iterate=Patient:general-practitioner")
+    included = {e["resource"]["id"] for e in iterate["entry"] if e["search"]["mode"] == "include"}
+    assert included == {people["kari"], people["gp"]}
+    reverse = fhir.search("Patient?family=nordmann&_revinclude=Goal:subject")
+    assert {e["resource"]["id"] for e in reverse["entry"]
+            if e["search"]["mode"] == "include"} == {people["goal_kari"]}
+    assert reverse["total"] == 2  # includes are not counted
+    for entry in reverse["entry"]:
+        resource = entry["resource"]
+        assert entry["fullUrl"] == f"{fhir.base}/{resource['resourceType']}/{resource['id']}"
+
+
+def test_sort(fhir: Fhir, people: dict[str, str]) -> None:
+    assert fhir.ids("Patient?_sort=birthdate") == [people["rut"], people["ola"], people["kari"]]
+    assert fhir.ids("Patient?_sort=-birthdate") == [people["kari"], people["ola"], people["rut"]]
+
+
+def test_paging_walks_every_match_once(fhir: Fhir) -> None:
+    created = {fhir.create(patient(100 + n, family="Paging"))["id"] for n in range(23)}
+    seen: list[str] = []
+    bundle = fhir.search("Patient?family=paging&_count=5&_sort=family")
+    pages = 1
+    seen += [e["resource"]["id"] for e in bundle["entry"]]
+    while "next" in _links(bundle):
+        bundle = fhir.search(_links(bundle)["next"])
+        seen += [e["resource"]["id"] for e in bundle["entry"]]
+        assert "previous" in _links(bundle)
+        pages += 1
+    assert pages == 5
+    assert len(seen) == len(set(seen)) == 23
+    assert set(seen) == created
+    assert bundle["total"] == 23  # known on the last page
+    first = _links(bundle)["first"]
+    assert dict(parse_qsl(urlsplit(first).query))["_count"] == "5"
+    assert "_offset" not in dict(parse_qsl(urlsplit(first).query))
+
+
+def test_total_and_summary_count(fhir: Fhir, people: dict[str, str]) -> None:
+    page = fhir.search("Patient?_count=1")
+    assert "total" not in page and len(page["entry"]) == 1
+    accurate = fhir.search("Patient?_count=1&_total=accurate")
+    assert accurate["total"] == 3 and len(accurate["entry"]) == 1
+    count = fhir.search("Patient?gender=female&_summary=count")
+    assert count["total"] == 2
+    assert not count.get("entry")
+    zero = fhir.search("Patient?_count=0")
+    assert zero["total"] == 3 and not zero.get("entry")
+    assert "next" not in _links(zero)
+
+
+def test_elements(fhir: Fhir, people: dict[str, str]) -> None:
+    bundle = fhir.search(f"Patient?_id={people['kari']}&_elements=gender")
+    resource = bundle["entry"][0]["resource"]
+    assert set(resource) == {"resourceType", "id", "meta", "gender"}
+    assert any(t["code"] == SUBSETTED for t in resource["meta"]["tag"])
+    assert "_elements=gender" in _links(bundle)["self"]
+    qualified = fhir.search(f"Patient?_id={people['kari']}&_elements=Patient.name")
+    assert set(qualified["entry"][0]["resource"]) == {"resourceType", "id", "meta", "name"}
+
+
+def test_summary_modes(fhir: Fhir) -> None:
+    pid = fhir.create(patient(
+        20, maritalStatus={"text": "Gift"},
+        text={"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">K</div>'},
+    ))["id"]
+    full = fhir.search(f"Patient?_id={pid}")["entry"][0]["resource"]
+    assert {"maritalStatus", "text"} <= set(full)
+    assert "tag" not in full["meta"]
+    summary = fhir.search(f"Patient?_id={pid}&_summary=true")["entry"][0]["resource"]
+    assert "maritalStatus" not in summary and "text" not in summary
+    assert summary["name"] == full["name"]
+    data = fhir.search(f"Patient?_id={pid}&_summary=data")["entry"][0]["resource"]
+    assert "text" not in data and data["maritalStatus"] == {"text": "Gift"}
+    text = fhir.search(f"Patient?_id={pid}&_summary=text")["entry"][0]["resource"]
+    assert "text" in text and "name" not in text
+    for shaped in (summary, data, text):
+        assert any(t["code"] == SUBSETTED for t in shaped["meta"]["tag"])
+
+
+def test_unknown_parameter_is_400_naming_it(fhir: Fhir) -> None:
+    response = fhir.get("Patient?shoe-size=44&family=x")
+    assert response.status_code == 400
+    issue = response.json()["issue"][0]
+    assert issue["expression"] == ["shoe-size"]
+    assert "shoe-size" in issue["diagnostics"]
+
+
+def test_lenient_ignores_unknown_parameters(fhir: Fhir, people: dict[str, str]) -> None:
+    bundle = fhir.search("Patient?shoe-size=44&gender=male",
+                         headers={"Prefer": "handling=lenient"})
+    assert [e["resource"]["id"] for e in bundle["entry"]
+            if e["search"]["mode"] == "match"] == [people["ola"]]
+    self_link = _links(bundle)["self"]
+    assert "shoe-size" not in self_link and "gender=male" in self_link
+    warnings = [e for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
+    assert warnings[0]["resource"]["issue"][0]["expression"] == ["shoe-size"]
+
+
+def test_post_search_merges_form_and_query(fhir: Fhir, people: dict[str, str]) -> None:
+    response = fhir.post("Patient/_search?family=nordmann", "gender=male",
+                         content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 200, response.text
+    assert [e["resource"]["id"] for e in response.json()["entry"]] == [people["ola"]]
+    wrong = fhir.post("Patient/_search", {"gender": "male"})
+    assert wrong.status_code == 415
+
+
+def test_search_of_deleted_is_empty(fhir: Fhir, people: dict[str, str]) -> None:
+    fhir.delete(f"Patient/{people['ola']}")
+    assert fhir.ids("Patient?family=nordmann") == [people["kari"]]
