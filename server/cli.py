@@ -1,0 +1,178 @@
+"""The ``planbro`` command.
+
+    planbro serve [--host H] [--port P] [--data PATH] [--demo] [--workers N] [--threads N]
+    planbro demo [--data PATH]
+
+Settings not given on the command line come from the environment (``PLANBRO_DATA``,
+``MONGODB_URI``, ... see :class:`server.config.Config`). Each subcommand is one ``_add_*``
+function that registers its parser and the function that runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from werkzeug.serving import run_simple
+
+from .app import create_app
+from .config import Config
+from .demo import KARI_FNR, RUT_PERSONNUMMER, load_demo
+from .plans.identifiers import FNR_SYSTEM, SE_PERSONNUMMER_SYSTEM
+
+Run = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except ValueError as exc:  # invalid settings (Config.validate)
+        parser.exit(2, f"planbro: {exc}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="planbro", description="Planbro: a FHIR R4 server for individual plans.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_serve, _add_demo):
+        add(commands)
+    return parser
+
+
+def _data_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, metavar="PATH",
+                        help="data folder of the embedded engine (default: $PLANBRO_DATA "
+                             "or ./data); ignored when MONGODB_URI is set")
+
+
+def _config(args: argparse.Namespace, **overrides: Any) -> Config:
+    if args.data is not None:
+        overrides["data_dir"] = args.data
+    return Config.from_env(**overrides)
+
+
+# -- planbro serve -----------------------------------------------------------------------------
+
+
+def _add_serve(commands: Any) -> None:
+    p = commands.add_parser("serve", help="serve the FHIR API",
+                            description="Serve the FHIR API at http://HOST:PORT/fhir.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on "
+                   "(default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    _data_argument(p)
+    p.add_argument("--demo", action="store_true",
+                   help="load the synthetic demo data first (safe to repeat)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="gunicorn worker processes (default 2); 0 serves in this process "
+                        "with werkzeug's threaded server")
+    p.add_argument("--threads", type=int, default=4,
+                   help="threads per gunicorn worker (default 4)")
+    p.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.workers < 0 or args.threads < 1 or not 0 < args.port < 65536:
+        raise ValueError("--workers must be >= 0, --threads >= 1, --port 1-65535")
+    config = _config(args, demo=args.demo)
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    base_url = config.base_url or f"http://{host}:{args.port}/fhir"
+    if args.demo:
+        _load_demo(config, base_url)
+    print(next_steps(base_url, config), flush=True)
+    if args.workers == 0 or not _has_gunicorn():
+        _serve_werkzeug(config, args.host, args.port)
+    else:
+        _serve_gunicorn(config, args.host, args.port, args.workers, args.threads)
+    return 0
+
+
+def _has_gunicorn() -> bool:
+    try:
+        import gunicorn.app.base  # noqa: F401
+    except ImportError:
+        print("gunicorn is not installed: serving with werkzeug in this process",
+              file=sys.stderr)
+        return False
+    return True
+
+
+def _serve_werkzeug(config: Config, host: str, port: int) -> None:
+    run_simple(host, port, create_app(config), threaded=True)
+
+
+def _serve_gunicorn(config: Config, host: str, port: int, workers: int, threads: int) -> None:
+    from gunicorn.app.base import BaseApplication  # not importable on Windows
+
+    class Server(BaseApplication):
+        """gunicorn with our options; each worker builds its own app (and store
+        connections) after the fork."""
+
+        def load_config(self) -> None:
+            bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            for key, value in {"bind": bind, "workers": workers, "threads": threads}.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return create_app(config)
+
+    Server().run()
+
+
+def next_steps(base_url: str, config: Config) -> str:
+    """What to do next: the base URL, example requests, where the data is, how to stop."""
+    where = (f"MongoDB database '{config.mongodb_db}' (MONGODB_URI)" if config.mongodb_uri
+             else str(config.embedded_path.resolve()))
+    lines = [f"Planbro FHIR API: {base_url}", "", "Try:",
+             f"  curl -s {base_url}/metadata"]
+    if config.demo:
+        kari = quote(f"{FNR_SYSTEM}|{KARI_FNR}", safe=":")
+        rut = quote(f"{SE_PERSONNUMMER_SYSTEM}|{RUT_PERSONNUMMER}", safe=":")
+        lines += [
+            "  # the demo person, by synthetic fødselsnummer:",
+            f"  curl -s '{base_url}/Patient?identifier={kari}'",
+            "  # her individual plan, with its goals and care team:",
+            f"  curl -s '{base_url}/CarePlan?subject:Patient.identifier={kari}"
+            "&_include=CarePlan:goal&_include=CarePlan:care-team'",
+            "  # the Swedish SIP example (Rut, 82):",
+            f"  curl -s '{base_url}/CarePlan?subject:Patient.identifier={rut}"
+            "&_include=CarePlan:goal'",
+        ]
+    lines += ["", f"Data: {where}", "Stop: press Ctrl+C.", ""]
+    return "\n".join(lines)
+
+
+# -- planbro demo ------------------------------------------------------------------------------
+
+
+def _add_demo(commands: Any) -> None:
+    p = commands.add_parser("demo", help="load the synthetic demo data",
+                            description="Load the synthetic demo data (safe to repeat).")
+    _data_argument(p)
+    p.set_defaults(run=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    config = _config(args, demo=True)
+    _load_demo(config, config.base_url or "http://localhost:8080/fhir")
+    return 0
+
+
+def _load_demo(config: Config, base_url: str) -> None:
+    planbro = create_app(config).extensions["planbro"]
+    try:
+        counts = load_demo(planbro.service, base_url)
+    finally:
+        planbro.store.close()
+    print(f"Demo data: {counts['created']} resources created, {counts['existing']} "
+          "already there.", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
