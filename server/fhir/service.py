@@ -270,15 +270,22 @@ class FhirService:
 
     def create(self, ctx: RequestContext, type_: str, resource: Any, *,
                if_none_exist: list[tuple[str, str]] | None = None) -> Result:
+        # Validate before taking the write lock: other writers need not wait for it.
+        self.check_type(type_)
+        resource = dict(self._check_body(type_, resource))
+        resource.pop("id", None)
+        self._ensure_valid(resource, type_, None, "create")
         with self.store.unit_of_work() as uow:
-            written = self.create_in(uow, ctx, type_, resource, if_none_exist=if_none_exist)
+            written = self.create_in(uow, ctx, type_, resource, if_none_exist=if_none_exist,
+                                     validated=True)
         return self.write_result(ctx, written)
 
     def create_in(self, uow: UnitOfWork, ctx: RequestContext, type_: str, resource: Any, *,
                   if_none_exist: list[tuple[str, str]] | None = None,
-                  id_: str | None = None) -> Written:
+                  id_: str | None = None, validated: bool = False) -> Written:
         """Create (POST) inside ``uow``; the body's id is ignored. ``if_none_exist``: the
-        conditional-create criteria; ``id_``: an id chosen beforehand (transactions)."""
+        conditional-create criteria; ``id_``: an id chosen beforehand (transactions);
+        ``validated``: the caller has validated the body already."""
         self.check_type(type_)
         resource = dict(self._check_body(type_, resource))
         resource.pop("id", None)
@@ -289,7 +296,8 @@ class FhirService:
             if matches:
                 existing = uow.read(type_, str(matches[0]["id"]))
                 return Written(type_, existing, 200, matched=True)
-        self._ensure_valid(resource, type_, None, "create")
+        if not validated:
+            self._ensure_valid(resource, type_, None, "create")
         resource["id"] = id_ or new_id()
         wctx = self._before(ctx, uow, "create", type_, resource["id"], resource, None)
         assert wctx.resource is not None
@@ -301,8 +309,13 @@ class FhirService:
 
     def update(self, ctx: RequestContext, type_: str, id_: str, resource: Any, *,
                if_match: int | None = None) -> Result:
+        self.check_type(type_)
+        self.check_id(id_)
+        resource = self._check_body(type_, resource)
+        self._ensure_valid(resource, type_, id_, "update")  # before taking the write lock
         with self.store.unit_of_work() as uow:
-            written = self.update_in(uow, ctx, type_, id_, resource, if_match=if_match)
+            written = self._store_update(uow, ctx, type_, id_, dict(resource), if_match,
+                                         "update")
         return self.write_result(ctx, written)
 
     def update_in(self, uow: UnitOfWork, ctx: RequestContext, type_: str, id_: str,

@@ -11,7 +11,8 @@ Layout (schema version in ``PRAGMA user_version``):
 * ``unique_key`` - the unique keys current resources hold.
 
 Concurrency: the file is in WAL mode, so readers never block the writer nor each other. Each
-thread uses its own connection (``isolation_level=None``: transactions are explicit). A unit
+thread uses its own connection (``isolation_level=None``: transactions are explicit). Writers
+queue on a mutex (threads) and an advisory lock on ``<file>.lock`` (processes), then a unit
 of work starts with ``BEGIN IMMEDIATE``, which takes the database's single write lock at once,
 so units of work are serialised across all threads and processes that share the file, and a
 search followed by a write inside one unit of work cannot race another writer. That is why
@@ -26,6 +27,7 @@ operating-system crash or power loss may lose the last transactions. Pass
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
@@ -404,6 +406,11 @@ class _EmbeddedUnitOfWork(UnitOfWork):
              int(version.deleted), version.method, text))
 
 
+def _busy() -> FhirError:
+    return FhirError.of(503, "The database is busy with other writes; retry the request",
+                        code="transient", headers={"Retry-After": "1"})
+
+
 def _begin_immediate(conn: sqlite3.Connection) -> None:
     """Take the write lock, waiting up to :data:`BUSY_TIMEOUT_S` for other writers."""
     try:
@@ -411,8 +418,7 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
     except sqlite3.OperationalError as exc:
         if "locked" not in str(exc) and "busy" not in str(exc):
             raise
-        raise FhirError.of(503, "The database is busy with other writes; retry the request",
-                           code="transient", headers={"Retry-After": "1"}) from exc
+        raise _busy() from exc
 
 
 class EmbeddedStore(Store):
@@ -432,6 +438,9 @@ class EmbeddedStore(Store):
         self._local = threading.local()
         self._generation = 0
         self._kv_writes = 0
+        self._thread_lock = threading.Lock()
+        self._lock_owner = 0
+        self._lock_file = -1
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._connections_lock = threading.Lock()
         self._create_schema()
@@ -509,15 +518,37 @@ class EmbeddedStore(Store):
 
     @contextmanager
     def _unit_of_work(self) -> Iterator[UnitOfWork]:
-        """Top level: ``BEGIN IMMEDIATE`` ... ``COMMIT``. Nested in another unit of work of the
-        same thread: a savepoint of the outer one (atomic on its own, durable with it)."""
+        """Top level: the writer lock, ``BEGIN IMMEDIATE`` ... ``COMMIT``. Nested in another
+        unit of work of the same thread: a savepoint of the outer one (atomic on its own,
+        durable with it)."""
         conn = self._connection()
         local = self._local
-        nested = local.depth > 0
-        if nested:
-            conn.execute("SAVEPOINT unit")
-        else:
+        if local.depth > 0:
+            yield from self._nested(conn)
+            return
+        with self._writer_lock():
             _begin_immediate(conn)
+            local.depth += 1
+            uow = _EmbeddedUnitOfWork(conn, self.indexer)
+            try:
+                yield uow
+            except BaseException:
+                uow.close()
+                local.depth -= 1
+                conn.execute("ROLLBACK")
+                raise
+            uow.close()
+            local.depth -= 1
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _nested(self, conn: _Connection) -> Iterator[UnitOfWork]:
+        local = self._local
+        conn.execute("SAVEPOINT unit")
         local.depth += 1
         uow = _EmbeddedUnitOfWork(conn, self.indexer)
         try:
@@ -525,23 +556,48 @@ class EmbeddedStore(Store):
         except BaseException:
             uow.close()
             local.depth -= 1
-            if nested:
-                conn.execute("ROLLBACK TO unit")
-                conn.execute("RELEASE unit")
-            else:
-                conn.execute("ROLLBACK")
+            conn.execute("ROLLBACK TO unit")
+            conn.execute("RELEASE unit")
             raise
         uow.close()
         local.depth -= 1
-        if nested:
-            conn.execute("RELEASE unit")
-            return
+        conn.execute("RELEASE unit")
+
+    @contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        """Queue writers before they reach SQLite: threads of this process on a mutex, and
+        processes on an advisory lock of ``<file>.lock``. SQLite's own busy handler sleeps
+        in steps of up to 100 ms, which would make writers that merely queue wait far
+        longer than the writes take."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        fd = self._lock_fd()
+        if not self._thread_lock.acquire(timeout=BUSY_TIMEOUT_S):
+            raise _busy()
         try:
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            pause = 0.0001
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise _busy() from None
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.002)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def _lock_fd(self) -> int:
+        """This process's descriptor of the lock file (a new one after fork)."""
+        if self._lock_owner != os.getpid():
+            self._lock_file = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            self._lock_owner = os.getpid()
+            self._thread_lock = threading.Lock()
+        return self._lock_file
 
     def _reader(self) -> _Reader:
         return _Reader(self._connection())
