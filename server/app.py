@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from flask import Flask
 
 from .api import fhir as fhir_api
+from .auth import AuthConfig, AuthServer, init_app
+from .auth.guard import ScopeGuard
 from .config import Config
 from .fhir.search.registry import Registry
 from .fhir.service import FhirService
+from .plans.people import listed_people, patient_by_national_id
 from .store import open_store
 from .store.port import Store
 
@@ -26,6 +29,7 @@ class Planbro:
     store: Store
     registry: Registry
     service: FhirService
+    auth: AuthServer
 
 
 def create_app(config: Config | None = None) -> Flask:
@@ -40,8 +44,14 @@ def create_app(config: Config | None = None) -> Flask:
     # One byte more than allowed: a streamed body that is too large is then detectable
     # (server.api.fhir refuses anything over config.max_body_bytes with 413).
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes + 1
-    app.extensions["planbro"] = Planbro(config, store, registry,
-                                        FhirService(store, registry, config))
+    service = FhirService(store, registry, config)
+    service.guard = ScopeGuard()
+    auth = init_app(
+        app, store,
+        AuthConfig.from_env(data_dir=config.data_dir, demo=config.demo, base_url=config.base_url),
+        people=lambda: listed_people(service),
+        find_patient_by_fnr=lambda number: patient_by_national_id(service, number))
+    app.extensions["planbro"] = Planbro(config, store, registry, service, auth)
     app.register_blueprint(fhir_api.bp)
     fhir_api.register_error_handlers(app)
     return app

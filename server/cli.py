@@ -2,6 +2,9 @@
 
     planbro serve [--host H] [--port P] [--data PATH] [--demo] [--workers N] [--threads N]
     planbro demo [--data PATH]
+    planbro token CLIENT_ID [--scope S] [--data PATH]
+    planbro client add|list|remove ...
+    planbro keys generate|rotate|list
 
 Settings not given on the command line come from the environment (``PLANBRO_DATA``,
 ``MONGODB_URI``, ... see :class:`server.config.Config`). Each subcommand is one ``_add_*``
@@ -11,6 +14,9 @@ function that registers its parser and the function that runs it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,9 +26,13 @@ from urllib.parse import quote
 from werkzeug.serving import run_simple
 
 from .app import create_app
+from .auth import cli as auth_cli
+from .auth.demo import demo_token, ensure_demo_system_clients
 from .config import Config
-from .demo import KARI_FNR, RUT_PERSONNUMMER, load_demo
+from .demo import KARI_FNR, ORGNR, RUT_PERSONNUMMER, load_demo
+from .fhir.search.registry import Registry
 from .plans.identifiers import FNR_SYSTEM, SE_PERSONNUMMER_SYSTEM
+from .store import open_store
 
 Run = Callable[[argparse.Namespace], int]
 
@@ -40,9 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="planbro", description="Planbro: a FHIR R4 server for individual plans.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_serve, _add_demo):
+    for add in (_add_serve, _add_demo, _add_token):
         add(commands)
+    auth_cli.register(commands)
+    for name in ("client", "keys"):
+        commands.choices[name].set_defaults(run=_run_auth_command)
+        _data_argument(commands.choices[name])
     return parser
+
+
+def _run_auth_command(args: argparse.Namespace) -> int:
+    """``planbro client ...`` / ``planbro keys ...``: on the configured storage engine."""
+    config = _config(args)
+    if args.data is not None:
+        os.environ.setdefault("PLANBRO_DATA", str(args.data))
+    if not args.needs_store:
+        return int(args.func(args, None))
+    store = open_store(config, Registry.load_default().extract)
+    try:
+        return int(args.func(args, store))
+    finally:
+        store.close()
 
 
 def _data_argument(parser: argparse.ArgumentParser) -> None:
@@ -80,9 +108,12 @@ def _add_serve(commands: Any) -> None:
 def _serve(args: argparse.Namespace) -> int:
     if args.workers < 0 or args.threads < 1 or not 0 < args.port < 65536:
         raise ValueError("--workers must be >= 0, --threads >= 1, --port 1-65535")
-    config = _config(args, demo=args.demo)
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-    base_url = config.base_url or f"http://{host}:{args.port}/fhir"
+    config = _config(args, demo=args.demo)
+    # Links, the token issuer and the token audience follow the address served.
+    config = dataclasses.replace(
+        config, base_url=config.base_url or f"http://{host}:{args.port}/fhir")
+    base_url = str(config.base_url)
     if args.demo:
         _load_demo(config, base_url)
     print(next_steps(base_url, config), flush=True)
@@ -134,15 +165,22 @@ def next_steps(base_url: str, config: Config) -> str:
     if config.demo:
         kari = quote(f"{FNR_SYSTEM}|{KARI_FNR}", safe=":")
         rut = quote(f"{SE_PERSONNUMMER_SYSTEM}|{RUT_PERSONNUMMER}", safe=":")
+        data = f" --data {config.data_dir}" if config.data_dir != Path("data") else ""
+        auth = '-H "Authorization: Bearer $TOKEN"'
         lines += [
+            "  # a token for the demo hospital's system (private_key_jwt, key in "
+            f"{demo_clients_path(config)}):",
+            f"  TOKEN=$(planbro token demo-hospital-ehr{data})",
             "  # the demo person, by synthetic fødselsnummer:",
-            f"  curl -s '{base_url}/Patient?identifier={kari}'",
+            f"  curl -s {auth} '{base_url}/Patient?identifier={kari}'",
             "  # her individual plan, with its goals and care team:",
-            f"  curl -s '{base_url}/CarePlan?subject:Patient.identifier={kari}"
+            f"  curl -s {auth} '{base_url}/CarePlan?subject:Patient.identifier={kari}"
             "&_include=CarePlan:goal&_include=CarePlan:care-team'",
             "  # the Swedish SIP example (Rut, 82):",
-            f"  curl -s '{base_url}/CarePlan?subject:Patient.identifier={rut}"
+            f"  curl -s {auth} '{base_url}/CarePlan?subject:Patient.identifier={rut}"
             "&_include=CarePlan:goal'",
+            "  # the patient app's sign-in (demo people):",
+            f"  open {base_url.rsplit('/fhir', 1)[0]}/oauth/authorize (see README.md)",
         ]
     lines += ["", f"Data: {where}", "Stop: press Ctrl+C.", ""]
     return "\n".join(lines)
@@ -168,10 +206,39 @@ def _load_demo(config: Config, base_url: str) -> None:
     planbro = create_app(config).extensions["planbro"]
     try:
         counts = load_demo(planbro.service, base_url)
+        ensure_demo_system_clients(planbro.auth.clients, planbro.auth.config, ORGNR,
+                                   demo_clients_path(config))
     finally:
         planbro.store.close()
     print(f"Demo data: {counts['created']} resources created, {counts['existing']} "
-          "already there.", flush=True)
+          f"already there. Demo clients and their keys: {demo_clients_path(config)}",
+          flush=True)
+
+
+def demo_clients_path(config: Config) -> Path:
+    return config.data_dir / "demo-clients.json"
+
+
+# -- planbro token -----------------------------------------------------------------------------
+
+
+def _add_token(commands: Any) -> None:
+    p = commands.add_parser(
+        "token", help="get an access token for a demo system (private_key_jwt)",
+        description="Get an access token for one of the demo systems that `planbro serve "
+                    "--demo` registers, signing the client assertion with its key from "
+                    "<data>/demo-clients.json. Prints the token.")
+    p.add_argument("client_id", help="e.g. demo-hospital-ehr, demo-municipality, demo-nav")
+    p.add_argument("--scope", help="scopes to ask for (default: all the client may have)")
+    p.add_argument("--json", action="store_true", help="print the whole token response")
+    _data_argument(p)
+    p.set_defaults(run=_token)
+
+
+def _token(args: argparse.Namespace) -> int:
+    answer = demo_token(demo_clients_path(_config(args)), args.client_id, args.scope)
+    print(json.dumps(answer, indent=2) if args.json else answer["access_token"])
+    return 0
 
 
 if __name__ == "__main__":

@@ -63,9 +63,20 @@ def ctx() -> RequestContext:
 # -- every request -----------------------------------------------------------------------------
 
 
+# Open without a token: the CapabilityStatement (discovery documents live on other blueprints).
+_PUBLIC_ENDPOINTS = ("fhir.capabilities",)
+
+
 @bp.before_request
-def _begin() -> None:
-    """Negotiation and size checks, then the request context (with the principal)."""
+def _begin() -> Response | None:
+    """CORS preflight; negotiation and size checks; the caller's token; then the request
+    context (with the principal)."""
+    auth = current_app.extensions["planbro"].auth
+    if request.method == "OPTIONS":
+        return Response(status=204, headers=auth.cors_headers(request.headers.get("Origin"),
+                                                              preflight=True))
+    if request.endpoint not in _PUBLIC_ENDPOINTS:
+        g.principal = auth.authenticate(request)
     _check_format()
     if (request.content_length or 0) > _max_body():
         raise _too_large()
@@ -76,6 +87,15 @@ def _begin() -> None:
         prefer_return=prefer.get("return", "representation"),
         lenient=prefer.get("handling") == "lenient",
     )
+    return None
+
+
+@bp.after_request
+def _cors(response: Response) -> Response:
+    """CORS headers for the patient app's origin (nothing for other origins)."""
+    auth = current_app.extensions["planbro"].auth
+    response.headers.update(auth.cors_headers(request.headers.get("Origin")))
+    return response
 
 
 def _base_url() -> str:

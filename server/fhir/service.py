@@ -75,6 +75,29 @@ class Reader(Protocol):
     def search(self, query: SearchQuery) -> SearchResult: ...
 
 
+class Guard(Protocol):
+    """What the caller's token allows: consulted for every interaction, every batch or
+    transaction entry and every included type. The authentication layer supplies one that
+    reads SMART scopes; the default allows everything (internal callers)."""
+
+    def check(self, ctx: RequestContext, interaction: str, type_: str | None) -> None:
+        """Raise a FhirError (403) unless ``interaction`` on ``type_`` is allowed."""
+
+    def restriction(self, ctx: RequestContext, type_: str, perm: str) -> list[tuple[str, str]]:
+        """Search parameters every resource the caller reads (``perm`` r or s) must also
+        match; [] when unrestricted."""
+
+
+class OpenGuard:
+    """Allows everything: for callers inside the server (demo loading, the CLI)."""
+
+    def check(self, ctx: RequestContext, interaction: str, type_: str | None) -> None:
+        return None
+
+    def restriction(self, ctx: RequestContext, type_: str, perm: str) -> list[tuple[str, str]]:
+        return []
+
+
 @dataclass(frozen=True)
 class RequestContext:
     """Who asks, and how they want answers."""
@@ -172,6 +195,7 @@ class FhirService:
         self.before_write: list[WriteHook] = []
         self.after_write: list[AfterWriteHook] = []
         self.validators: list[Validator] = []
+        self.guard: Guard = OpenGuard()
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -243,9 +267,22 @@ class FhirService:
 
     # -- read --------------------------------------------------------------------------------
 
+    def _permitted(self, ctx: RequestContext, reader: Reader, type_: str, id_: str,
+                   perm: str) -> None:
+        """404 (existence is not revealed) when a query-restricted scope excludes the
+        resource."""
+        extra = self.guard.restriction(ctx, type_, perm)
+        if not extra:
+            return
+        parsed = self._parse(ctx, type_, [("_id", id_), *extra], lenient=False)
+        if not self._execute(ctx, reader, parsed.query).resources:
+            raise not_found(type_, id_)
+
     def read(self, ctx: RequestContext, type_: str, id_: str, *,
              if_none_match: int | None = None, reader: Reader | None = None) -> Result:
+        self.guard.check(ctx, "read", type_)
         current = self._load(ctx, reader or self.store, type_, id_)
+        self._permitted(ctx, reader or self.store, type_, id_, "r")
         headers = version_headers(current)
         if if_none_match is not None and if_none_match == current.version:
             return Result(304, None, headers)
@@ -254,6 +291,8 @@ class FhirService:
     def vread(self, ctx: RequestContext, type_: str, id_: str, version_id: str) -> Result:
         self.check_type(type_)
         self.check_id(id_)
+        self.guard.check(ctx, "vread", type_)
+        self._permitted(ctx, self.store, type_, id_, "r")
         if not version_id.isdigit():
             raise FhirError.of(404, f"{type_}/{id_} has no version '{version_id}'",
                                code="not-found")
@@ -272,6 +311,8 @@ class FhirService:
                if_none_exist: list[tuple[str, str]] | None = None) -> Result:
         # Validate before taking the write lock: other writers need not wait for it.
         self.check_type(type_)
+        self.guard.check(ctx, "create" if if_none_exist is None else "conditional-create",
+                         type_)
         resource = dict(self._check_body(type_, resource))
         resource.pop("id", None)
         self._ensure_valid(resource, type_, None, "create")
@@ -287,6 +328,8 @@ class FhirService:
         conditional-create criteria; ``id_``: an id chosen beforehand (transactions);
         ``validated``: the caller has validated the body already."""
         self.check_type(type_)
+        self.guard.check(ctx, "create" if if_none_exist is None else "conditional-create",
+                         type_)
         resource = dict(self._check_body(type_, resource))
         resource.pop("id", None)
         if if_none_exist is not None:
@@ -311,6 +354,7 @@ class FhirService:
                if_match: int | None = None) -> Result:
         self.check_type(type_)
         self.check_id(id_)
+        self.guard.check(ctx, "update", type_)
         resource = self._check_body(type_, resource)
         self._ensure_valid(resource, type_, id_, "update")  # before taking the write lock
         with self.store.unit_of_work() as uow:
@@ -330,6 +374,7 @@ class FhirService:
     def _store_update(self, uow: UnitOfWork, ctx: RequestContext, type_: str, id_: str,
                       resource: dict[str, Any], if_match: int | None,
                       interaction: str) -> Written:
+        self.guard.check(ctx, interaction, type_)
         current = uow.read(type_, id_)
         _check_if_match(type_, id_, if_match, current)
         previous = None if current is None or current.deleted else current
@@ -427,6 +472,7 @@ class FhirService:
                   if_match: int | None = None) -> Written:
         self.check_type(type_)
         self.check_id(id_)
+        self.guard.check(ctx, "delete", type_)
         current = uow.read(type_, id_)
         _check_if_match(type_, id_, if_match, current)
         if current is None or current.deleted:
@@ -466,6 +512,7 @@ class FhirService:
         ``uow`` after locking the normalised criteria, so that concurrent conditional writes
         with the same criteria are serialised (search-then-write is race-free)."""
         self.check_type(type_)
+        self.guard.check(ctx, "search-type", type_)
         parsed = self._parse(ctx, type_, params, lenient=False)
         if not parsed.query.conditions:
             raise FhirError.of(400, f"Conditional {type_} interactions need search criteria",
@@ -513,7 +560,12 @@ class FhirService:
                reader: Reader | None = None) -> Result:
         """Search one type; a ``searchset`` Bundle with paging links and includes."""
         self.check_type(type_)
-        parsed = self._parse(ctx, type_, params, lenient=ctx.lenient)
+        self.guard.check(ctx, "search-type", type_)
+        restriction = self.guard.restriction(ctx, type_, "s")
+        parsed = self._parse(ctx, type_, [*params, *restriction], lenient=ctx.lenient)
+        for rule in parsed.includes:
+            for included in self._include_types(rule):
+                self.guard.check(ctx, "read", included)
         if parsed.summary not in (None, *_SUMMARY_MODES):
             raise FhirError.of(400, f"_summary={parsed.summary} is not supported",
                                code="not-supported", expression="_summary")
@@ -550,6 +602,14 @@ class FhirService:
                 "search": {"mode": "outcome"}})
         bundle["entry"] = entries
         return bundle
+
+    @staticmethod
+    def _include_types(rule: Include) -> list[str]:
+        """The stored types an _include / _revinclude rule can bring into a result."""
+        if rule.reverse:
+            return [rule.source_type]
+        candidates = [rule.target_type] if rule.target_type else list(rule.param.targets)
+        return [t for t in candidates if t in STORED_TYPES]
 
     def _search_links(self, ctx: RequestContext, type_: str, parsed: ParsedSearch,
                       query: SearchQuery, has_next: bool) -> list[dict[str, str]]:
@@ -638,6 +698,8 @@ class FhirService:
     def history(self, ctx: RequestContext, params: list[tuple[str, str]],
                 type_: str | None = None, id_: str | None = None) -> Result:
         """History of one resource, one type, or the whole server, newest first."""
+        self.guard.check(ctx, "history-system" if type_ is None else
+                         "history-type" if id_ is None else "history-instance", type_)
         if type_ is not None:
             self.check_type(type_)
         if id_ is not None and type_ is not None:
@@ -710,6 +772,7 @@ class FhirService:
                  id_: str | None = None) -> Result:
         """``$validate``: an OperationOutcome listing every issue; never stores anything."""
         self.check_type(type_)
+        self.guard.check(ctx, "$validate", type_)
         if id_ is not None:
             self.check_id(id_)
         resource, mode, profiles = _validation_request(type_, body, id_)

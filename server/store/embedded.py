@@ -439,6 +439,7 @@ class EmbeddedStore(Store):
         self._generation = 0
         self._kv_writes = 0
         self._thread_lock = threading.Lock()
+        self._fd_guard = threading.Lock()
         self._lock_owner = 0
         self._lock_file = -1
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
@@ -592,12 +593,13 @@ class EmbeddedStore(Store):
             self._thread_lock.release()
 
     def _lock_fd(self) -> int:
-        """This process's descriptor of the lock file (a new one after fork)."""
-        if self._lock_owner != os.getpid():
-            self._lock_file = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            self._lock_owner = os.getpid()
-            self._thread_lock = threading.Lock()
-        return self._lock_file
+        """This process's descriptor of the lock file. A forked child opens its own: a
+        descriptor inherited through fork shares its lock with the parent's."""
+        with self._fd_guard:
+            if self._lock_owner != os.getpid():
+                self._lock_file = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                self._lock_owner = os.getpid()
+            return self._lock_file
 
     def _reader(self) -> _Reader:
         return _Reader(self._connection())

@@ -3,8 +3,8 @@ storage engine (MongoDB only when MONGODB_URI is set)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 from flask import Flask
-from werkzeug.serving import make_server
+from live import LiveServer, system_token
 
 from server.app import Planbro, create_app
 from server.config import Config
@@ -66,6 +66,11 @@ class Fhir:
     def planbro(self) -> Planbro:
         planbro: Planbro = self.app.extensions["planbro"]
         return planbro
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The Authorization header of this client (for requests made outside its session)."""
+        return {"Authorization": str(self.http.headers["Authorization"])}
 
     def url(self, path: str) -> str:
         return path if path.startswith("http") else f"{self.base}/{path.lstrip('/')}"
@@ -144,18 +149,16 @@ def _engine(kind: str, tmp_path: Path) -> _Engine:
 def fhir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fhir]:
     """A running server on each storage engine, and a client for it."""
     engine = _engine(request.param, tmp_path)
-    app = create_app(engine.config)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    client = Fhir(f"http://127.0.0.1:{server.server_port}/fhir", app)
+    live = LiveServer()
+    app = create_app(dataclasses.replace(engine.config, base_url=f"{live.url}/fhir"))
+    live.app = app
+    client = Fhir(f"{live.url}/fhir", app)
+    client.http.headers["Authorization"] = "Bearer " + system_token(app.extensions["planbro"].auth)
     try:
         yield client
     finally:
         client.http.close()
-        server.shutdown()
-        thread.join(timeout=10)
-        server.server_close()
+        live.close()
         client.planbro.store.close()
         if engine.cleanup:
             engine.cleanup()

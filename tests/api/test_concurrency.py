@@ -65,7 +65,8 @@ def test_concurrent_updates_with_same_if_match(fhir: Fhir) -> None:
     def update(i: int) -> requests.Response:
         body = {**created, "name": [{"family": f"Writer{i}"}]}
         return requests.put(fhir.url(f"Patient/{pid}"), json=body, timeout=60,
-                            headers={"If-Match": 'W/"1"', "Content-Type": "application/fhir+json"})
+                            headers={**fhir.auth, "If-Match": 'W/"1"',
+                                     "Content-Type": "application/fhir+json"})
 
     responses = _together(THREADS, update)
     statuses = Counter(r.status_code for r in responses)
@@ -82,7 +83,7 @@ def test_concurrent_conditional_creates(fhir: Fhir) -> None:
 
     def create(_: int) -> requests.Response:
         return requests.post(fhir.url("Patient"), json=body, timeout=60, headers={
-            "Content-Type": "application/fhir+json",
+            **fhir.auth, "Content-Type": "application/fhir+json",
             "If-None-Exist": f"identifier={FNR_SYSTEM}|{fnr}"})
 
     responses = _together(THREADS, create)
@@ -109,7 +110,7 @@ def test_concurrent_transactions_create_one_patient(fhir: Fhir) -> None:
              "request": {"method": "POST", "url": "Goal"}},
         ]}
         return requests.post(fhir.base, json=bundle, timeout=60,
-                             headers={"Content-Type": "application/fhir+json"})
+                             headers={**fhir.auth, "Content-Type": "application/fhir+json"})
 
     responses = _together(THREADS, transaction)
     assert {r.status_code for r in responses} == {200}, [r.text for r in responses]

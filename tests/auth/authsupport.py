@@ -10,7 +10,6 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 from flask import Flask, jsonify, request
 from joserfc import jwk, jwt
-from werkzeug.serving import make_server
+from live import LiveServer
 
 from server.auth import AuthConfig, init_app
 from server.auth.demo import PATIENT_APP_ID
@@ -82,26 +81,6 @@ class MemoryKvStore(Store):
         raise NotImplementedError("the kv test double stores no resources")
 
     unit_of_work = read = vread = read_many = history = search = _unsupported
-
-
-class LiveServer:
-    """A WSGI server on a free loopback port; the app is mounted after the port is known."""
-
-    def __init__(self) -> None:
-        self.app: Flask | None = None
-        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-
-    def _wsgi(self, environ: dict, start_response: Callable) -> Any:
-        assert self.app is not None
-        return self.app(environ, start_response)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 # -- keys and JWTs -------------------------------------------------------------------------

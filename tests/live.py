@@ -1,0 +1,74 @@
+"""Running Planbro for real in tests: a WSGI server on a free loopback port, and access
+tokens obtained the way a system gets them (client_credentials with private_key_jwt)."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from flask import Flask
+from joserfc import jwk, jwt
+from werkzeug.serving import make_server
+
+from server.auth.clients import ClientRecord
+from server.auth.server import AuthServer
+
+
+class LiveServer:
+    """A WSGI server on a free loopback port; the app is mounted after the port is known."""
+
+    def __init__(self) -> None:
+        self.app: Flask | None = None
+        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+
+    def _wsgi(self, environ: dict, start_response: Callable) -> Any:
+        assert self.app is not None
+        return self.app(environ, start_response)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def register_system(auth: AuthServer, *, scope: str = "system/*.cruds",
+                    organization: str | None = None,
+                    client_id: str | None = None) -> tuple[str, jwk.Key]:
+    """Register a private_key_jwt system client; returns its id and private key."""
+    client_id = client_id or f"test-{secrets.token_hex(6)}"
+    key = jwk.ECKey.generate_key("P-256", parameters={"kid": f"{client_id}-1"})
+    public = {**key.as_dict(private=False), "kid": f"{client_id}-1"}
+    auth.clients.put(ClientRecord(client_id=client_id, name=f"Test system {client_id}",
+                                  scope=scope, organization=organization,
+                                  jwks={"keys": [public]}))
+    return client_id, key
+
+
+def client_token(auth: AuthServer, client_id: str, key: jwk.Key, scope: str) -> str:
+    """An access token from the token endpoint, over HTTP."""
+    endpoint = auth.config.token_endpoint
+    now = int(time.time())
+    claims = {"iss": client_id, "sub": client_id, "aud": endpoint, "iat": now,
+              "exp": now + 60, "jti": secrets.token_hex(12)}
+    assertion = jwt.encode({"alg": "ES256", "kid": key.kid, "typ": "JWT"}, claims, key)
+    response = requests.post(endpoint, data={
+        "grant_type": "client_credentials", "scope": scope,
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": assertion}, timeout=30)
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+def system_token(auth: AuthServer, *, scope: str = "system/*.cruds",
+                 organization: str | None = None) -> str:
+    """Register a system client with ``scope`` and return an access token for it."""
+    client_id, key = register_system(auth, scope=scope, organization=organization)
+    return client_token(auth, client_id, key, scope)
