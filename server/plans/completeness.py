@@ -149,21 +149,24 @@ def _fulfilled(item: Mapping[str, Any]) -> bool:
 def _run(check: Mapping[str, Any], resources: Mapping[str, list[Resource]]) -> Outcome:
     if "any_of" in check:
         ok = any(_run(c, resources).ok for c in check["any_of"])
-        return Outcome(ok, () if ok else (check["missing"],))
+        return _verdict(ok, check)
     targets = resources.get(check["on"], [])
     if "each" in check:
         return _each(check, targets[0] if targets else {})
     quantifier = check.get("quantifier")
     if quantifier is None:
-        ok = bool(targets) and _test(check, targets[0])
-        return Outcome(ok, () if ok else (check["missing"],))
+        return _verdict(bool(targets) and _test(check, targets[0]), check)
     results = [(r, _test(check, r)) for r in targets]
     if quantifier == "any":
-        ok = any(passed for _, passed in results)
-        return Outcome(ok, () if ok else (check["missing"],))
+        return _verdict(any(passed for _, passed in results), check)
     failed = [_named(check["missing"], _name(r, i))
               for i, (r, passed) in enumerate(results) if not passed]
     return Outcome(not failed, tuple(failed))
+
+
+def _verdict(ok: bool, check: Mapping[str, Any]) -> Outcome:
+    """A whole-check outcome; alternatives inside ``any_of`` carry no message of their own."""
+    return Outcome(ok, () if ok or "missing" not in check else (check["missing"],))
 
 
 def _each(check: Mapping[str, Any], resource: Mapping[str, Any]) -> Outcome:

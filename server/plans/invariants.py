@@ -9,9 +9,11 @@ Importing this module registers, under the invariant keys of ``profiles/``:
   participant period covering the current instant, partial dates taken as their whole span);
 * ``ip-cp-1``: an active plan has a plan period with a start.
 
-:func:`activation_problems` checks what an active plan needs from other resources: the person
-identified by fødselsnummer or D-number (individual plans), a consent to making the plan in
-force, and (individual plans) a care team with one current coordinator.
+:func:`activation_problems` checks what an active individual plan needs from other resources:
+the person identified by fødselsnummer or D-number, the person's consent to making the plan in
+force, and a care team with one current coordinator. A SIP is not held to these: its consent
+is documented in each party's own record system, and ``$completeness`` reports what the plan
+itself lacks.
 """
 
 from __future__ import annotations
@@ -127,28 +129,22 @@ def consent_in_force(consent: Mapping[str, Any], scope: str, at_ms: int | None =
 def activation_problems(plan: Mapping[str, Any], lookup: Lookup) -> list[Issue]:
     """What keeps ``plan`` from being active, judged from the resources it depends on.
 
-    Empty unless the plan is active and an individual plan or SIP. ``lookup`` reads the
-    person, the person's consents and (individual plans) the plan's care team."""
-    kind = plan_kind(plan)
-    if plan.get("status") != "active" or kind is None:
+    Empty unless the plan is an active individual plan. ``lookup`` reads the person, the
+    person's consents and the plan's care team."""
+    if plan.get("status") != "active" or plan_kind(plan) != INDIVIDUAL_PLAN:
         return []
-    rtype = "CarePlan"
     patient_id = _target(plan.get("subject"), "Patient")
     if patient_id is None:
-        return [issue("An active plan needs a subject that references a Patient",
-                      code="required", expression=f"{rtype}.subject")]
-    problems = []
-    if kind == INDIVIDUAL_PLAN:
-        problems += _identity_problems(patient_id, lookup)
+        return [issue("An active individual plan needs a subject that references a Patient",
+                      code="required", expression="CarePlan.subject")]
+    problems = _identity_problems(patient_id, lookup)
     consents = lookup("Consent", {"patient": f"Patient/{patient_id}"})
     if not any(consent_in_force(c, "plan-making") for c in consents):
         problems.append(issue(
             "The plan cannot be active without the person's consent to making it: no active "
             "Consent with category plan-making that permits and covers today",
-            code="business-rule", expression=f"{rtype}.status"))
-    if kind == INDIVIDUAL_PLAN:
-        problems += _coordinator_problems(plan, lookup)
-    return problems
+            code="business-rule", expression="CarePlan.status"))
+    return problems + _coordinator_problems(plan, lookup)
 
 
 def _identity_problems(patient_id: str, lookup: Lookup) -> list[Issue]:
