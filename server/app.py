@@ -16,6 +16,7 @@ from .auth.guard import ScopeGuard
 from .config import Config
 from .fhir.search.registry import Registry
 from .fhir.service import FhirService
+from .plans import rules as plan_rules
 from .plans.people import listed_people, patient_by_national_id
 from .store import open_store
 from .store.port import Store
@@ -46,6 +47,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes + 1
     service = FhirService(store, registry, config)
     service.guard = ScopeGuard()
+    plan_rules.install(service)
     auth = init_app(
         app, store,
         AuthConfig.from_env(data_dir=config.data_dir, demo=config.demo, base_url=config.base_url),

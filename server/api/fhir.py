@@ -284,6 +284,11 @@ def validate_instance(rtype: str, rid: str) -> Response:
     return _respond(service().validate(ctx(), rtype, _resource_body(), rid))
 
 
+@bp.route("/<rtype:rtype>/<rid>/$<name>", methods=["GET", "POST"])
+def instance_operation(rtype: str, rid: str, name: str) -> Response:
+    return _respond(service().operation(ctx(), rtype, rid, name))
+
+
 @bp.get("/<rtype:rtype>/<rid>/_history")
 def instance_history(rtype: str, rid: str) -> Response:
     return _respond(service().history(ctx(), _params(), rtype, rid))

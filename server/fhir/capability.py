@@ -22,10 +22,12 @@ def build(
     type_interactions: Iterable[str],
     system_interactions: Iterable[str],
     operations: Iterable[tuple[str, str]],
+    type_operations: dict[str, list[tuple[str, str]]] | None = None,
     date: str | None = None,
 ) -> dict[str, Any]:
     """A CapabilityStatement (kind instance) describing this server at ``base_url``;
-    ``date`` defaults to now."""
+    ``operations`` apply to every type, ``type_operations`` to one; ``date`` defaults to
+    now."""
     types = list(types)
     params = {t: registry.params(t) for t in types}
     operation_list = [{"name": name, "definition": url} for name, url in operations]
@@ -41,8 +43,9 @@ def build(
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
-            "resource": [_resource(t, params, type_interactions, operation_list)
-                         for t in types],
+            "resource": [_resource(t, params, type_interactions, operation_list + [
+                {"name": name, "definition": url}
+                for name, url in (type_operations or {}).get(t, [])]) for t in types],
             "interaction": [{"code": code} for code in system_interactions],
         }],
     }

@@ -137,6 +137,8 @@ class WriteContext:
 WriteHook = Callable[[WriteContext], None]
 AfterWriteHook = Callable[[WriteContext, Version], None]
 Validator = Callable[[dict[str, Any], tuple[str, ...]], list[Issue]]
+Operation = Callable[["RequestContext", str], "Result"]
+ReportHook = Callable[["RequestContext", "Reader", dict[str, Any]], list[Issue]]
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,10 @@ class FhirService:
         self.after_write: list[AfterWriteHook] = []
         self.validators: list[Validator] = []
         self.guard: Guard = OpenGuard()
+        # Instance operations beyond $validate: (type, name) -> handler(ctx, id).
+        self.operations: dict[tuple[str, str], Operation] = {}
+        # Extra findings $validate reports (never enforced on writes): (ctx, reader, resource).
+        self.report_hooks: list[ReportHook] = []
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -264,6 +270,25 @@ class FhirService:
         return parse_search(self.registry, type_, params, lenient=lenient,
                             default_count=self.config.default_count,
                             max_count=self.config.max_count)
+
+    def lookup(self, reader: Reader, type_: str, params: dict[str, str],
+               limit: int = 100) -> list[dict[str, Any]]:
+        """Resources of ``type_`` matching search ``params``, for rules inside the server
+        (no caller, no paging; reads through ``reader``, e.g. a unit of work)."""
+        parsed = parse_search(self.registry, type_, [*params.items(), ("_count", str(limit))],
+                              max_count=max(limit, self.config.max_count))
+        return list(reader.search(parsed.query).resources)
+
+    def operation(self, ctx: RequestContext, type_: str, id_: str, name: str) -> Result:
+        """An instance operation ``Type/id/$name`` registered in :attr:`operations`."""
+        self.check_type(type_)
+        self.check_id(id_)
+        handler = self.operations.get((type_, name))
+        if handler is None:
+            raise FhirError.of(404, f"Operation ${name} is not supported on {type_}",
+                               code="not-supported")
+        self.guard.check(ctx, "read", type_)
+        return handler(ctx, id_)
 
     # -- read --------------------------------------------------------------------------------
 
@@ -787,6 +812,9 @@ class FhirService:
         self._check_body(type_, resource)
         base, profiled = self._validation_issues(resource, type_, id_, mode, profiles)
         issues = base + profiled
+        if not issues:
+            for hook in self.report_hooks:
+                issues += hook(ctx, self.store, resource)
         if profiles and not self.validators:
             issues.append(issue(f"Profile validation is not available; not checked: "
                                 f"{', '.join(profiles)}", code="not-supported",
@@ -801,7 +829,15 @@ class FhirService:
         return Result(200, capability.build(
             self.registry, base_url=ctx.base_url, types=STORED_TYPES,
             type_interactions=TYPE_INTERACTIONS, system_interactions=SYSTEM_INTERACTIONS,
-            operations=OPERATIONS))
+            operations=OPERATIONS, type_operations=self._type_operations(ctx)))
+
+    def _type_operations(self, ctx: RequestContext) -> dict[str, list[tuple[str, str]]]:
+        out: dict[str, list[tuple[str, str]]] = {}
+        for type_, name in sorted(self.operations):
+            out.setdefault(type_, []).append(
+                (name, f"{ctx.base_url.rsplit('/fhir', 1)[0]}/fhir/OperationDefinition/"
+                       f"{type_}-{name}"))
+        return out
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -43,7 +43,9 @@ def test_validate_parameters_and_modes(fhir: Fhir) -> None:
                       {"name": "profile",
                        "valueUri": "http://example.org/StructureDefinition/unknown"}]})
     assert profile.status_code == 200
-    assert profile.json()["issue"][0]["severity"] == "warning"
+    unknown = profile.json()["issue"][0]  # an unknown profile cannot be satisfied
+    assert unknown["severity"] == "error"
+    assert "http://example.org/StructureDefinition/unknown" in unknown["diagnostics"]
     bad_mode = fhir.post("Patient/$validate", {
         "resourceType": "Parameters", "parameter": [{"name": "mode", "valueCode": "sing"}]})
     assert bad_mode.status_code == 400
