@@ -21,7 +21,10 @@ class HttpError(Exception):
 
 
 class Client:
-    """One keep-alive connection to the server (use one per thread)."""
+    """One keep-alive connection to the server (use one per thread). ``token``: the bearer
+    token every client of this run sends (set once the server has issued it)."""
+
+    token: str | None = None
 
     def __init__(self, host: str, port: int, base_path: str) -> None:
         self.host, self.port, self.base_path = host, port, base_path.rstrip("/")
@@ -32,6 +35,8 @@ class Client:
         """Send a request; return the parsed JSON body (None when empty)."""
         data = None if body is None else json.dumps(body, ensure_ascii=False).encode()
         headers = {"Accept": "application/fhir+json"}
+        if Client.token:
+            headers["Authorization"] = f"Bearer {Client.token}"
         if data is not None:
             headers["Content-Type"] = "application/fhir+json"
         for attempt in (1, 2):  # reconnect once when the server closed an idle connection

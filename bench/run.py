@@ -99,6 +99,9 @@ def server(data: Path, args: argparse.Namespace) -> Iterator[int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("MONGODB_URI", "PLANBRO_DATA")}
     env["PLANBRO_DATA"] = str(data)
+    env["PLANBRO_BASE_URL"] = f"http://{HOST}:{port}{args.base_path}"
+    env["PLANBRO_ACCESS_TOKEN_TTL"] = "86400"  # outlives the run
+    client_id, key = register_bench_client(data)
     command = [sys.executable, "-m", "gunicorn", "-w", str(args.workers),
                "--threads", str(args.threads), "-b", f"{HOST}:{port}",
                "--log-level", "warning", "server.app:create_app()"]
@@ -108,6 +111,7 @@ def server(data: Path, args: argparse.Namespace) -> Iterator[int]:
                                    stderr=subprocess.STDOUT)
     try:
         wait_ready(port, args.base_path, process, log_path)
+        measure.Client.token = bench_token(f"http://{HOST}:{port}/oauth/token", client_id, key)
         yield port
     finally:
         process.terminate()
@@ -116,6 +120,49 @@ def server(data: Path, args: argparse.Namespace) -> Iterator[int]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+BENCH_SCOPE = "system/*.cruds"
+
+
+def register_bench_client(data: Path) -> tuple[str, Any]:
+    """Register the benchmark's own system client (private_key_jwt) in the data folder's
+    store, before the server starts."""
+    from joserfc import jwk
+
+    from server.auth.clients import ClientRecord, ClientRegistry
+
+    client_id = "bench-system"
+    key = jwk.ECKey.generate_key("P-256", parameters={"kid": "bench-1"})
+    store = EmbeddedStore(Registry.load_default().extract, data / "planbro.db")
+    try:
+        ClientRegistry(store).put(ClientRecord(
+            client_id=client_id, name="Benchmark load generator", scope=BENCH_SCOPE,
+            jwks={"keys": [{**key.as_dict(private=False), "kid": "bench-1"}]}))
+    finally:
+        store.close()
+    return client_id, key
+
+
+def bench_token(endpoint: str, client_id: str, key: Any) -> str:
+    """An access token through the token endpoint (client_credentials, private_key_jwt)."""
+    import secrets
+    import urllib.parse
+    import urllib.request
+
+    from joserfc import jwt
+
+    now = int(time.time())
+    assertion = jwt.encode({"alg": "ES256", "kid": "bench-1"},
+                           {"iss": client_id, "sub": client_id, "aud": endpoint, "iat": now,
+                            "exp": now + 60, "jti": secrets.token_urlsafe(16)}, key)
+    form = urllib.parse.urlencode({
+        "grant_type": "client_credentials", "scope": BENCH_SCOPE,
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": assertion}).encode()
+    with urllib.request.urlopen(endpoint, form, timeout=30) as response:
+        token: str = json.loads(response.read())["access_token"]
+    return token
 
 
 def wait_ready(port: int, base_path: str, process: subprocess.Popen, log_path: Path) -> None:

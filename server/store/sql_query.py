@@ -142,8 +142,10 @@ def compile_search(query: SearchQuery, now_ms: int) -> CompiledSearch:
     params = compiler.params
     params["limit"] = query.count
     params["offset"] = query.offset
-    select = (f"SELECT r.json FROM resource AS r WHERE {where} ORDER BY {order} "
-              "LIMIT :limit OFFSET :offset")
+    # Page first on the narrow columns, then read the JSON of that page only: SQLite's sorter
+    # would otherwise carry every match's JSON.
+    select = (f"SELECT r.json FROM resource AS r WHERE r.pk IN (SELECT r.pk FROM resource AS r "
+              f"WHERE {where} ORDER BY {order} LIMIT :limit OFFSET :offset) ORDER BY {order}")
     count = f"SELECT count(*) FROM resource AS r WHERE {where}" if query.total else None
     return CompiledSearch(select, count, params)
 
