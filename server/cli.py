@@ -29,9 +29,9 @@ from .app import create_app
 from .auth import cli as auth_cli
 from .auth.demo import demo_token, ensure_demo_system_clients
 from .config import Config
-from .demo import KARI_FNR, ORGNR, RUT_PERSONNUMMER, load_demo
+from .demo import KARI_FNR, ORGNR, SIP_PLAN, load_demo
 from .fhir.search.registry import Registry
-from .plans.identifiers import FNR_SYSTEM, SE_PERSONNUMMER_SYSTEM
+from .plans.identifiers import FNR_SYSTEM
 from .store import open_store
 
 Run = Callable[[argparse.Namespace], int]
@@ -164,7 +164,6 @@ def next_steps(base_url: str, config: Config) -> str:
              f"  curl -s {base_url}/metadata"]
     if config.demo:
         kari = quote(f"{FNR_SYSTEM}|{KARI_FNR}", safe=":")
-        rut = quote(f"{SE_PERSONNUMMER_SYSTEM}|{RUT_PERSONNUMMER}", safe=":")
         data = f" --data {config.data_dir}" if config.data_dir != Path("data") else ""
         auth = '-H "Authorization: Bearer $TOKEN"'
         lines += [
@@ -177,8 +176,9 @@ def next_steps(base_url: str, config: Config) -> str:
             f"  curl -s {auth} '{base_url}/CarePlan?subject:Patient.identifier={kari}"
             "&_include=CarePlan:goal&_include=CarePlan:care-team'",
             "  # the Swedish SIP example (Rut, 82):",
-            f"  curl -s {auth} '{base_url}/CarePlan?subject:Patient.identifier={rut}"
-            "&_include=CarePlan:goal'",
+            f"  curl -s {auth} '{base_url}/CarePlan?_id={SIP_PLAN}&_include=CarePlan:goal'",
+            "  # what the regulation asks of a plan, and what Rut's SIP lacks:",
+            f"  curl -s {auth} '{base_url}/CarePlan/{SIP_PLAN}/$completeness'",
             "  # the patient app's sign-in (demo people):",
             f"  open {base_url.rsplit('/fhir', 1)[0]}/oauth/authorize (see README.md)",
         ]
