@@ -1,8 +1,11 @@
 """Synthetic people with individual plans, as FHIR transaction entries.
 
-Per person: a Patient with a synthetic fødselsnummer, a CarePlan of about 5 KB, a CareTeam,
-three Goals, a Consent and three Tasks owned by one of a few municipalities, with statuses
-that rotate so that every (owner, status) pair has about the same number of tasks.
+Every person's plan follows Kari's individual plan in ``profiles/examples`` (so each write is
+checked against our profiles, as in production): a Patient with a synthetic fødselsnummer, an
+active individual plan of about 5 KB, a CareTeam with a coordinator, three Goals, a Consent
+and three notification Tasks owned by one of a few municipalities, with statuses that rotate
+so that every (owner, status) pair has about the same number of tasks. The organisations and
+personnel the plans name are the demo's (loaded first).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
+from server.demo import examples
 from server.plans.identifiers import (
     ENH_SYSTEM,
     FNR_SYSTEM,
@@ -19,18 +23,10 @@ from server.plans.identifiers import (
 )
 
 RESOURCES_PER_PERSON = 10
-TASK_STATUSES = ("requested", "accepted", "in-progress", "completed")
+TASK_STATUSES = ("requested", "received", "accepted", "in-progress")
 _FIRST_BIRTH_DATE = dt.date(1940, 1, 1)
 _BIRTH_DATES = 20_000  # 1940 to 1994; then the next individual number on the same dates
 
-_MEASURES = (
-    "Hverdagsrehabilitering hjemme med trening i innkjøp, matlaging og dagsplan",
-    "Poliklinisk oppfølging og samtale med kontaktsykepleier ved sykehuset",
-    "Arbeidsavklaring og plan for gradvis tilbakeføring til arbeid i samarbeid med NAV",
-    "Oppfølging hos fastlege med gjennomgang av medisiner og helsetilstand",
-    "Støttekontakt to ettermiddager i uka for fritidsaktiviteter",
-    "Praktisk bistand i hjemmet og tilrettelegging av bolig",
-)
 _DETAIL = (" Tiltaket gjennomføres i samråd med brukeren og pårørende, evalueres på hvert møte i "
            "ansvarsgruppen, og justeres når behovene endrer seg. Ansvarlig tjeneste melder fra "
            "til koordinator ved endringer, fravær eller når tiltaket ikke kan gjennomføres som "
@@ -64,66 +60,69 @@ def _post(full_url: str, resource: dict[str, Any]) -> dict[str, Any]:
             "request": {"method": "POST", "url": resource["resourceType"]}}
 
 
+def _template(type_: str, id_: str) -> dict[str, Any]:
+    found = next(r for r in examples() if r["resourceType"] == type_ and r["id"] == id_)
+    return {k: v for k, v in found.items() if k != "id"}
+
+
+# Kari's individual plan from profiles/examples is the pattern of every person's plan.
+_PATIENT = _template("Patient", "kari")
+_GOALS = (_template("Goal", "kari-hovedmal"), _template("Goal", "kari-delmal-arbeid"),
+          _template("Goal", "kari-delmal-arbeid"))
+_CARE_TEAM = _template("CareTeam", "kari")
+_CONSENT = _template("Consent", "kari")
+_PLAN = _template("CarePlan", "kari")
+_TASK = _template("Task", "melding-kari")
+
+
+def _rewire(node: Any, refs: dict[str, str]) -> Any:
+    """A copy of ``node`` with the references in ``refs`` pointing elsewhere."""
+    if isinstance(node, dict):
+        out = {k: _rewire(v, refs) for k, v in node.items()}
+        if isinstance(out.get("reference"), str) and out["reference"] in refs:
+            out["reference"] = refs[out["reference"]]
+            out.pop("display", None)
+        return out
+    if isinstance(node, list):
+        return [_rewire(v, refs) for v in node]
+    return node
+
+
 def care_plan(patient: str, team: str, goals: list[str], org: str, index: int,
               status: str = "active") -> dict[str, Any]:
-    """A CarePlan of about 5 KB (six activities with full descriptions)."""
-    start = dt.date(2025, 1, 1) + dt.timedelta(days=index % 365)
-    activities = [{"detail": {
-        "status": "in-progress", "description": measure + "." + _DETAIL,
-        "performer": [{"reference": org}], "goal": [{"reference": goals[i % len(goals)]}],
-        "scheduledPeriod": {"start": start.isoformat(),
-                            "end": (start + dt.timedelta(days=180)).isoformat()},
-    }} for i, measure in enumerate(_MEASURES)]
-    return {
-        "resourceType": "CarePlan", "status": status, "intent": "plan",
-        "category": [{"text": "Individuell plan"}],
-        "title": f"Individuell plan {index}",
-        "description": "Koordinerte tjenester fra kommune, sykehus, fastlege og NAV.",
-        "subject": {"reference": patient},
-        "period": {"start": start.isoformat(),
-                   "end": (start + dt.timedelta(days=365)).isoformat()},
-        "careTeam": [{"reference": team}], "goal": [{"reference": g} for g in goals],
-        "activity": activities, "note": [{"text": _NOTE}],
-    }
+    """A Norwegian individual plan (ip-careplan) of about 5 KB: Kari's plan for another
+    person, with the plan's notes written out."""
+    plan = _rewire(_PLAN, {"Patient/kari": patient, "CareTeam/kari": team,
+                           "Goal/kari-hovedmal": goals[0], "Goal/kari-delmal-arbeid": goals[1]})
+    plan["status"] = status
+    plan["title"] = f"Individuell plan {index}"
+    plan["note"] = [*plan.get("note", []), {"text": _NOTE}, {"text": _DETAIL.strip()}]
+    return plan
 
 
 def person_entries(index: int, municipalities: list[str]) -> list[dict[str, Any]]:
-    """Transaction entries for person ``index``; ``municipalities`` are Organization refs."""
+    """Transaction entries for person ``index``: Patient, three Goals (one main goal, two
+    sub-goals), CareTeam, Consent, an active individual plan, and three notification Tasks
+    owned by one of ``municipalities`` (Organization refs) with rotating statuses."""
     org = municipalities[index % len(municipalities)]
     patient, team, plan, consent = _urn(), _urn(), _urn(), _urn()
     goals = [_urn() for _ in range(3)]
-    fnr = fnr_of(index)
-    entries = [_post(patient, {
-        "resourceType": "Patient", "identifier": [{"system": FNR_SYSTEM, "value": fnr}],
-        "name": [{"family": f"Benk{index}", "given": ["Testperson"]}],
-        "birthDate": (_FIRST_BIRTH_DATE + dt.timedelta(days=index % _BIRTH_DATES)).isoformat(),
-    })]
-    entries += [_post(goal, {
-        "resourceType": "Goal", "lifecycleStatus": "active",
-        "description": {"text": f"Delmål {n + 1} for person {index}"},
-        "subject": {"reference": patient}, "expressedBy": {"reference": patient},
-    }) for n, goal in enumerate(goals)]
-    entries.append(_post(team, {
-        "resourceType": "CareTeam", "status": "active", "subject": {"reference": patient},
-        "participant": [{"role": [{"text": "Koordinator"}], "member": {"reference": org}}],
-    }))
-    entries.append(_post(consent, {
-        "resourceType": "Consent", "status": "active",
-        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                              "code": "patient-privacy"}]},
-        "category": [{"text": "Samtykke til individuell plan"}],
-        "patient": {"reference": patient}, "policyRule": {"text": "Samtykke"},
-        "provision": {"type": "permit", "actor": [{"role": {"text": "Samarbeidspart"},
-                                                   "reference": {"reference": org}}]},
-    }))
+    refs = {"Patient/kari": patient, "CareTeam/kari": team, "CarePlan/kari": plan,
+            "Goal/kari-hovedmal": goals[0], "Goal/kari-delmal-arbeid": goals[0]}
+    person = {**_PATIENT, "identifier": [{"system": FNR_SYSTEM, "value": fnr_of(index)}],
+              "name": [{"family": f"Benk{index}", "given": ["Testperson"]}],
+              "birthDate": (_FIRST_BIRTH_DATE + dt.timedelta(days=index % _BIRTH_DATES)
+                            ).isoformat()}
+    entries = [_post(patient, person)]
+    entries += [_post(goal, _rewire(template, refs))
+                for goal, template in zip(goals, _GOALS, strict=True)]
+    entries.append(_post(team, _rewire(_CARE_TEAM, refs)))
+    entries.append(_post(consent, _rewire(_CONSENT, refs)))
     entries.append(_post(plan, care_plan(patient, team, goals, org, index)))
     entries += [_post(_urn(), {
-        "resourceType": "Task", "intent": "order",
+        **_rewire(_TASK, {**refs, "Organization/kommune": org}),
         "status": TASK_STATUSES[(index + n) % len(TASK_STATUSES)],
-        "code": {"text": "Melding om behov for individuell plan"},
-        "focus": {"reference": plan}, "for": {"reference": patient},
-        "owner": {"reference": org},
-    }) for n in range(3)]
+        "focus": {"reference": plan}}) for n in range(3)]
     return entries
 
 

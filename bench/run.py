@@ -37,6 +37,7 @@ import measure  # noqa: E402
 import people  # noqa: E402
 import workload  # noqa: E402
 
+from server.demo import demo_bundle  # noqa: E402
 from server.fhir.search.parse import parse_search  # noqa: E402
 from server.fhir.search.registry import Registry  # noqa: E402
 from server.store.embedded import EmbeddedStore  # noqa: E402
@@ -206,10 +207,12 @@ def _ids(response: dict[str, Any]) -> list[str]:
 
 
 def load(port: int, args: argparse.Namespace) -> tuple[workload.Loaded, dict[str, Any]]:
-    """Load the municipalities, then ``args.people`` people in transactions of ``args.batch``
-    people from ``args.concurrency`` threads."""
+    """Load the demo data (the organisations and personnel plans name), the municipalities,
+    then ``args.people`` people in transactions of ``args.batch`` people from
+    ``args.concurrency`` threads."""
     loaded = workload.Loaded()
     setup = measure.Client(HOST, port, args.base_path)
+    setup.request("POST", "", demo_bundle())
     orgs = [{"request": {"method": "POST", "url": "Organization"},
              "resource": people.municipality(i)} for i in range(MUNICIPALITIES)]
     loaded.municipalities = _ids(setup.request("POST", "", people.transaction(orgs)))
