@@ -94,8 +94,15 @@ def free_port() -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+AUDITED_APP = "server.app:create_app()"
+UNAUDITED_APP = "bench.unaudited:create_app()"  # the same without the audit layer
+AUDIT_COST_OPERATIONS = ("read CarePlan by id", "search plan by fnr (chained)",
+                         "search tasks by owner+status", "update CarePlan (5 KB)",
+                         "transaction (20 entries)")
+
+
 @contextmanager
-def server(data: Path, args: argparse.Namespace) -> Iterator[int]:
+def server(data: Path, args: argparse.Namespace, app: str = AUDITED_APP) -> Iterator[int]:
     """Run gunicorn on a free loopback port with PLANBRO_DATA=data; yield the port."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("MONGODB_URI", "PLANBRO_DATA")}
@@ -105,7 +112,7 @@ def server(data: Path, args: argparse.Namespace) -> Iterator[int]:
     client_id, key = register_bench_client(data)
     command = [sys.executable, "-m", "gunicorn", "-w", str(args.workers),
                "--threads", str(args.threads), "-b", f"{HOST}:{port}",
-               "--log-level", "warning", "server.app:create_app()"]
+               "--log-level", "warning", app]
     log_path = data / "gunicorn.log"
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file,
@@ -123,7 +130,9 @@ def server(data: Path, args: argparse.Namespace) -> Iterator[int]:
             process.wait()
 
 
-BENCH_SCOPE = "system/*.cruds"
+# An administrative system that may also read the access log (AuditEvents): it sees every
+# person's data, so the figures measure the FHIR mechanics plus the audit of each access.
+BENCH_SCOPE = "system/*.cruds planbro/admin planbro/audit"
 
 
 def register_bench_client(data: Path) -> tuple[str, Any]:
@@ -313,6 +322,32 @@ def http_phase(port: int, loaded: workload.Loaded,
         clients.close()
 
 
+def audit_cost_phase(data: Path, loaded: workload.Loaded, args: argparse.Namespace,
+                     audited: Phase) -> dict[str, dict[str, Any]]:
+    """The operations of :data:`AUDIT_COST_OPERATIONS` again on a server without the audit
+    layer (same data): the cost of auditing per request, as ratios."""
+    with server(data, args, UNAUDITED_APP) as port:
+        clients = ThreadClients(port, args.base_path, args.concurrency)
+        try:
+            plain = measure_all(lambda n: {
+                name: op for name, op in workload.http_operations(clients, loaded, n).items()
+                if name in AUDIT_COST_OPERATIONS}, args, "http unaudited")
+        finally:
+            clients.close()
+    out = {}
+    for name in AUDIT_COST_OPERATIONS:
+        with_audit, without = audited["latency"][name], plain["latency"][name]
+        busy, idle = audited["throughput"][name], plain["throughput"][name]
+        out[name] = {"audited_p50_ms": with_audit.p50_ms, "unaudited_p50_ms": without.p50_ms,
+                     "latency_ratio": round(with_audit.p50_ms / without.p50_ms, 2)
+                     if without.p50_ms else None,
+                     "audited_per_second": busy.per_second,
+                     "unaudited_per_second": idle.per_second,
+                     "throughput_ratio": round(idle.per_second / busy.per_second, 2)
+                     if busy.per_second else None}
+    return out
+
+
 def direct_phase(data: Path, loaded: workload.Loaded,
                  args: argparse.Namespace) -> tuple[Phase, list[dict[str, Any]]]:
     registry = Registry.load_default()
@@ -394,6 +429,14 @@ def report(result: dict[str, Any]) -> None:
             verdict = "no faster than" if cost <= size else "FASTER than"
             print(f"         {size:.0f}x the results cost {cost:.1f}x the time: grows "
                   f"{verdict} the result size")
+    _table("Cost of auditing (AuditEvent per access, Provenance per write) - the same "
+           "server without its audit layer:",
+           f"{'operation':<32} {'p50 audited':>11} {'unaudited':>10} {'ratio':>6} "
+           f"{'/s audited':>11} {'unaudited':>10} {'ratio':>6}",
+           [f"{name:<32} {c['audited_p50_ms']:>11.2f} {c['unaudited_p50_ms']:>10.2f} "
+            f"{c['latency_ratio'] or 0:>5.2f}x {c['audited_per_second']:>11,.1f} "
+            f"{c['unaudited_per_second']:>10,.1f} {c['throughput_ratio'] or 0:>5.2f}x"
+            for name, c in result["audit_cost"].items()])
     print(f"\nTargets (defined at 100,000 resources; this run: {load_info['resources']:,}):")
     for row in result["targets"]:
         unit = "/s" if row["figure"] == "per_second" else " ms p50"
@@ -426,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
             loaded, load_info = load(port, args)
             log("measuring over HTTP")
             http, http_sizes = http_phase(port, loaded, args)
+        log("measuring the cost of auditing (the same server without its audit layer)")
+        audit_cost = audit_cost_phase(data, loaded, args, http)
         log("measuring directly on the store")
         direct, direct_sizes = direct_phase(data, loaded, args)
     finally:
@@ -439,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         "http": _as_dicts(http),
         "direct": _as_dicts(direct),
         "search_size": {"http": http_sizes, "direct": direct_sizes},
+        "audit_cost": audit_cost,
     }
     result["targets"] = target_rows(result["http"], load_info["resources"])
     if args.keep:

@@ -2,14 +2,16 @@
 
 Both sides run the same workload on the same data: read a CarePlan by id; find a person's
 active plan by fødselsnummer (chained search, and the two-step variant: Patient by
-identifier, then CarePlan by subject); find tasks by owner and status; create and update a
-CarePlan of about 5 KB; a 20-entry transaction (two new people).
+identifier, then CarePlan by subject); find tasks by owner and status; read the newest page
+of a person's access log (AuditEvents about them); create and update a CarePlan of about
+5 KB; a 20-entry transaction (two new people).
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +52,12 @@ class Loaded:
                                 [f"Goal/{g}" for g in person.goals],
                                 f"Organization/{person.org}", person.index, status)
 
+    def new_plan_body(self, person: Person) -> dict[str, Any]:
+        """A draft plan (the same ~4 KB content) for a person not registered yet."""
+        plan = self.plan_body(person, status="draft")
+        plan["subject"] = {"reference": f"Patient/new-{uuid.uuid4()}"}
+        return plan
+
     def new_people_entries(self, count: int) -> list[dict[str, Any]]:
         refs = [f"Organization/{m}" for m in self.municipalities]
         return [e for _ in range(count)
@@ -73,6 +81,12 @@ def _tasks_query(person: Person) -> list[tuple[str, str]]:
     that municipality's tasks)."""
     status = people.TASK_STATUSES[person.index % len(people.TASK_STATUSES)]
     return [("owner", f"Organization/{person.org}"), ("status", status)]
+
+
+def _access_log_query(person: Person) -> list[tuple[str, str]]:
+    """The newest entries of a person's access log (AuditEvents about them)."""
+    return [("patient", f"Patient/{person.patient}"), ("_sort", "-_lastUpdated"),
+            ("_count", "20")]
 
 
 def _q(params: list[tuple[str, str]]) -> str:
@@ -104,9 +118,13 @@ def http_operations(clients: Callable[[int], Client], loaded: Loaded,
     def tasks(t: int) -> None:
         clients(t).request("GET", "/Task?" + _q(_tasks_query(pick(t))))
 
+    def access_log(t: int) -> None:
+        clients(t).request("GET", "/AuditEvent?" + _q(_access_log_query(pick(t))))
+
     def create(t: int) -> None:
-        # Closed plans, so that a one-open-plan-per-person rule does not refuse them.
-        clients(t).request("POST", "/CarePlan", loaded.plan_body(pick(t), status="completed"))
+        # A draft plan for someone who has none yet (each person may have one open plan):
+        # a new plan starts as a draft, as the workflow requires.
+        clients(t).request("POST", "/CarePlan", loaded.new_plan_body(pick(t)))
 
     def update(t: int) -> None:
         person = own(t)
@@ -118,7 +136,8 @@ def http_operations(clients: Callable[[int], Client], loaded: Loaded,
 
     return {"read CarePlan by id": read, "search plan by fnr (chained)": plan_by_fnr,
             "search plan by fnr (two-step)": plan_by_fnr_two_step,
-            "search tasks by owner+status": tasks, "create CarePlan (5 KB)": create,
+            "search tasks by owner+status": tasks, "access log of a person": access_log,
+            "create CarePlan (5 KB)": create,
             "update CarePlan (5 KB)": update, "transaction (20 entries)": transaction}
 
 
@@ -155,9 +174,12 @@ def direct_operations(store: Store, registry: Registry, loaded: Loaded,
     def tasks(t: int) -> None:
         search("Task", _tasks_query(pick(t)))
 
+    def access_log(t: int) -> None:
+        search("AuditEvent", _access_log_query(pick(t)))
+
     def create(t: int) -> None:
         with store.unit_of_work() as uow:
-            uow.create("CarePlan", loaded.plan_body(pick(t), status="completed"))
+            uow.create("CarePlan", loaded.new_plan_body(pick(t)))
 
     def update(t: int) -> None:
         person = own(t)
@@ -172,7 +194,8 @@ def direct_operations(store: Store, registry: Registry, loaded: Loaded,
 
     return {"read CarePlan by id": read, "search plan by fnr (chained)": plan_by_fnr,
             "search plan by fnr (two-step)": plan_by_fnr_two_step,
-            "search tasks by owner+status": tasks, "create CarePlan (5 KB)": create,
+            "search tasks by owner+status": tasks, "access log of a person": access_log,
+            "create CarePlan (5 KB)": create,
             "update CarePlan (5 KB)": update, "transaction (20 entries)": transaction}
 
 

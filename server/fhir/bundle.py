@@ -34,6 +34,7 @@ from .patch import JSON_PATCH_MEDIA_TYPE
 from .search.normalize import ID_RE, TYPE_RE
 from .service import (
     FhirService,
+    Interaction,
     Reader,
     RequestContext,
     Result,
@@ -93,7 +94,11 @@ def process(service: FhirService, ctx: RequestContext, bundle: Any) -> Result:
     if kind == "batch":
         entries = _batch(service, ctx, raw_entries)
     else:
-        entries = _Transaction(service, ctx, raw_entries).run()
+        try:
+            entries = _Transaction(service, ctx, raw_entries).run()
+        except Exception as exc:  # nothing was written; the observers (audit) hear of it
+            service.observe(Interaction(ctx, "transaction", error=exc))
+            raise
     return Result(200, {"resourceType": "Bundle", "id": new_id(), "type": f"{kind}-response",
                         "entry": entries})
 
@@ -269,6 +274,10 @@ def _batch(service: FhirService, ctx: RequestContext, raw_entries: list[Any]) ->
             entry = parse_entry(index, raw, ctx.base_url)
             out.append(_batch_entry(service, ctx, entry))
         except FhirError as exc:
+            if entry is not None and entry.method not in ("GET", "HEAD"):
+                t = entry.target
+                service.observe(Interaction(ctx, "batch-entry", t.type, t.id,
+                                            list(t.params or []), entry.method, error=exc))
             error = at_entry(exc, index, entry)
             out.append({"response": {"status": _status(error.status),
                                      "outcome": error.to_outcome()}})
@@ -278,7 +287,7 @@ def _batch(service: FhirService, ctx: RequestContext, raw_entries: list[Any]) ->
 def _batch_entry(service: FhirService, ctx: RequestContext, entry: Entry) -> dict[str, Any]:
     if entry.method in ("GET", "HEAD"):
         return read_response(entry, read(service, ctx, entry, service.store))
-    with service.store.unit_of_work() as uow:
+    with service.unit_of_work(ctx) as uow:
         written = write(service, ctx, uow, entry)
     return write_response(service, ctx, written)
 
@@ -304,7 +313,7 @@ class _Transaction:
         entries = [parse_entry(i, raw, self.ctx.base_url)
                    for i, raw in enumerate(self.raw_entries)]
         self._check_full_urls(entries)
-        with self.service.store.unit_of_work() as uow:
+        with self.service.unit_of_work(self.ctx) as uow:
             self._assign_ids(entries)
             for entry in _in_phase(entries, 0):
                 self._guard(entry, lambda e: self._delete(uow, e))

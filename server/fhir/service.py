@@ -17,6 +17,16 @@ Extension points for the layers above FHIR mechanics:
 * ``validators`` - profile validation: called with a resource and the profiles asked for
   (empty: the ones the resource claims in ``meta.profile``); their issues are reported by
   ``$validate`` and refuse writes with 422 when any is an error.
+* ``before_commit`` - hooks called with the caller's context and the unit of work when all of
+  its writes are done, just before it commits (checks of what the writes leave behind).
+* ``access`` - which stored resources the caller may see (:class:`Access`). It is applied
+  INSIDE the storage queries by the read seams (``_load``, ``_execute``, ``_read_many``,
+  ``_history``), so that totals, paging, includes, chains, ``_has``, history and vread
+  never show more; what it hides is "not found" (404), never "forbidden".
+* ``observers`` - called when an interaction of a caller ends (:class:`Interaction`, with its
+  result or its error); an observer that raises fails the interaction (audit).
+* ``server_records`` - types the server writes about interactions itself (audit records),
+  left out of the system-level history.
 
 Decisions where R4 leaves a choice: deleting a resource that is already deleted or never
 existed is a successful no-op (204, no new version); a conditional delete with no match is the
@@ -28,14 +38,17 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import functools
+import inspect
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
 from ..config import Config
@@ -43,7 +56,7 @@ from ..store.port import Store, UnitOfWork, Version, VersionConflict, iter_chunk
 from . import capability, model
 from .outcome import FhirError, Issue, issue, not_found, outcome
 from .patch import apply_json_patch
-from .search.ast import Clause, ReferenceQuery, SearchQuery, SearchResult
+from .search.ast import Clause, Condition, ReferenceQuery, SearchQuery, SearchResult
 from .search.normalize import ID_RE, date_range
 from .search.parse import Include, ParsedSearch, parse_search
 from .search.registry import Registry
@@ -98,6 +111,35 @@ class OpenGuard:
         return []
 
 
+class Access(Protocol):
+    """Which stored resources a caller may see, and how much of each. The access-control
+    layer supplies one; the default (:class:`OpenAccess`) shows everything."""
+
+    def conditions(self, ctx: RequestContext, type_: str) -> list[Condition] | None:
+        """Conditions every resource of ``type_`` the caller sees must match; None when the
+        caller sees every resource of the type (deleted ones included)."""
+
+    def restrict(self, ctx: RequestContext, query: SearchQuery) -> SearchQuery:
+        """``query`` limited to what the caller may see: its own type, and the types its
+        chains and ``_has`` conditions reach."""
+
+    def shown(self, ctx: RequestContext, resource: dict[str, Any]) -> dict[str, Any]:
+        """``resource`` as the caller may see it (a partial view hides parts of it)."""
+
+
+class OpenAccess:
+    """Shows everything: no access control (callers inside the server, unit tests)."""
+
+    def conditions(self, ctx: RequestContext, type_: str) -> list[Condition] | None:
+        return None
+
+    def restrict(self, ctx: RequestContext, query: SearchQuery) -> SearchQuery:
+        return query
+
+    def shown(self, ctx: RequestContext, resource: dict[str, Any]) -> dict[str, Any]:
+        return resource
+
+
 @dataclass(frozen=True)
 class RequestContext:
     """Who asks, and how they want answers."""
@@ -134,11 +176,74 @@ class WriteContext:
     keys: tuple[str, ...] | None = None
 
 
+@dataclass
+class Interaction:
+    """One interaction of a caller as :attr:`FhirService.observers` see it when it has ended:
+    ``result`` when it succeeded, ``error`` when it failed. ``name``: read, vread,
+    search-type, history-instance/-type/-system, create, update, patch, delete, operation,
+    validate, transaction, or batch-entry (a failed write entry of a batch)."""
+
+    ctx: RequestContext
+    name: str
+    type: str | None = None
+    id: str | None = None
+    params: list[tuple[str, str]] = field(default_factory=list)
+    detail: str | None = None  # the version of a vread, the name of an operation
+    result: Result | None = None
+    error: Exception | None = None
+
+
 WriteHook = Callable[[WriteContext], None]
 AfterWriteHook = Callable[[WriteContext, Version], None]
+CommitHook = Callable[[RequestContext, UnitOfWork], None]
+Observer = Callable[[Interaction], None]
 Validator = Callable[[dict[str, Any], tuple[str, ...]], list[Issue]]
-Operation = Callable[["RequestContext", str], "Result"]
+Operation = Callable[["RequestContext", str, Any], "Result"]
 ReportHook = Callable[["RequestContext", "Reader", dict[str, Any]], list[Issue]]
+
+
+_OBSERVING: ContextVar[bool] = ContextVar("planbro_observing", default=False)
+_Method = TypeVar("_Method", bound=Callable[..., Result])
+
+
+def _history_name(args: dict[str, Any]) -> str:
+    if args.get("type_") is None:
+        return "history-system"
+    return "history-type" if args.get("id_") is None else "history-instance"
+
+
+def observed(name: str | Callable[[dict[str, Any]], str]) -> Callable[[_Method], _Method]:
+    """Make a public interaction report to :attr:`FhirService.observers` when it ends.
+
+    An interaction that another observed one runs (a read inside an operation) is part of
+    that one and is not reported on its own."""
+
+    def decorate(method: _Method) -> _Method:
+        signature = inspect.signature(method)
+
+        @functools.wraps(method)
+        def run(self: FhirService, *args: Any, **kwargs: Any) -> Result:
+            if not self.observers or _OBSERVING.get():
+                return method(self, *args, **kwargs)
+            bound = signature.bind(self, *args, **kwargs).arguments
+            interaction = Interaction(
+                bound["ctx"], name if isinstance(name, str) else name(bound),
+                bound.get("type_"), bound.get("id_"), list(bound.get("params") or []),
+                bound.get("version_id") or bound.get("name"))
+            token = _OBSERVING.set(True)
+            try:
+                interaction.result = method(self, *args, **kwargs)
+            except Exception as exc:
+                interaction.error = exc
+                raise
+            finally:
+                _OBSERVING.reset(token)
+                self.observe(interaction)
+            return interaction.result
+
+        return run  # type: ignore[return-value]
+
+    return decorate
 
 
 @dataclass(frozen=True)
@@ -197,8 +302,12 @@ class FhirService:
         self.before_write: list[WriteHook] = []
         self.after_write: list[AfterWriteHook] = []
         self.validators: list[Validator] = []
+        self.before_commit: list[CommitHook] = []
         self.guard: Guard = OpenGuard()
-        # Instance operations beyond $validate: (type, name) -> handler(ctx, id).
+        self.access: Access = OpenAccess()
+        self.observers: list[Observer] = []
+        self.server_records: set[str] = set()
+        # Instance operations beyond $validate: (type, name) -> handler(ctx, id, body).
         self.operations: dict[tuple[str, str], Operation] = {}
         # Extra findings $validate reports (never enforced on writes): (ctx, reader, resource).
         self.report_hooks: list[ReportHook] = []
@@ -245,25 +354,100 @@ class FhirService:
         if _has_error(profiled):
             raise FhirError(422, profiled)
 
+    # -- observation and units of work ------------------------------------------------------
+
+    def observe(self, interaction: Interaction) -> None:
+        """Report an ended interaction to every observer (an observer's error propagates)."""
+        for observer in self.observers:
+            observer(interaction)
+
+    @contextmanager
+    def unit_of_work(self, ctx: RequestContext) -> Iterator[UnitOfWork]:
+        """A unit of work of the store for the writes of ``ctx``'s caller: when they are
+        done, the ``before_commit`` hooks check what they leave behind, then it commits."""
+        with self.store.unit_of_work() as uow:
+            yield uow
+            for hook in self.before_commit:
+                hook(ctx, uow)
+
     # -- reads and searches made for a caller (with the caller's context) -------------------
+    # Every read of stored resources for a caller goes through these seams, which apply
+    # ``self.access`` inside the storage query.
+
+    def _shown(self, ctx: RequestContext, version: Version) -> Version:
+        if version.resource is None:
+            return version
+        return dataclasses.replace(version, resource=self.access.shown(ctx, version.resource))
+
+    def visible(self, ctx: RequestContext, reader: Reader, type_: str, id_: str) -> bool:
+        """Whether the caller may see the current resource ``type_/id_`` (through ``reader``:
+        inside a unit of work, as its writes leave it)."""
+        query = self.access.restrict(ctx, SearchQuery(type=type_, count=1,
+                                                      ids=frozenset([id_])))
+        return bool(reader.search(query).resources)
 
     def _load(self, ctx: RequestContext, reader: Reader, type_: str, id_: str) -> Version:
-        """The current version of a resource; 404 if it never existed, 410 if deleted."""
+        """The current version of a resource as the caller may see it; 404 if it never
+        existed (or the caller may not see it), 410 if deleted."""
         self.check_type(type_)
         self.check_id(id_)
         current = reader.read(type_, id_)
+        if self.access.conditions(ctx, type_) is not None and (
+                current is None or current.deleted
+                or not self.visible(ctx, reader, type_, id_)):
+            raise not_found(type_, id_)  # existence is not revealed
         if current is None:
             raise not_found(type_, id_)
         if current.deleted:
             raise FhirError.of(410, f"{type_}/{id_} was deleted (version {current.version})",
                                code="deleted", headers=version_headers(current))
-        return current
+        return self._shown(ctx, current)
 
     def _execute(self, ctx: RequestContext, reader: Reader, query: SearchQuery) -> SearchResult:
-        return reader.search(query)
+        result = reader.search(self.access.restrict(ctx, query))
+        return SearchResult([self.access.shown(ctx, r) for r in result.resources],
+                            result.total)
 
     def _read_many(self, ctx: RequestContext, refs: list[tuple[str, str]]) -> list[dict]:
-        return [v.resource for v in self.store.read_many(refs) if v.resource is not None]
+        """The current resources ``refs`` name that the caller may see, in that order."""
+        by_type: dict[str, list[str]] = {}
+        for type_, id_ in refs:
+            by_type.setdefault(type_, []).append(id_)
+        restricted = {t for t in by_type if self.access.conditions(ctx, t) is not None}
+        found: dict[tuple[str, str], dict[str, Any]] = {
+            (v.type, v.id): self.access.shown(ctx, v.resource)
+            for v in self.store.read_many([r for r in refs if r[0] not in restricted])
+            if v.resource is not None}
+        for type_ in restricted:
+            for chunk in iter_chunks(by_type[type_], 100):
+                query = SearchQuery(type=type_, count=len(chunk), ids=frozenset(chunk))
+                found.update(((type_, str(r["id"])), r)
+                             for r in self._execute(ctx, self.store, query).resources)
+        return [found[ref] for ref in refs if ref in found]
+
+    def _history(self, ctx: RequestContext, type_: str | None, id_: str | None,
+                 since_ms: int | None, count: int, offset: int) -> tuple[list[Version], int]:
+        """Versions (newest first) of what the caller may see, and their total: of one
+        resource the caller may see now, or of the resources of a type (or of every type
+        but the server's records) whose current version the caller may see."""
+        if type_ is not None and id_ is not None:
+            if self.access.conditions(ctx, type_) is not None:
+                self._load(ctx, self.store, type_, id_)
+            elif self.store.read(type_, id_) is None:
+                raise not_found(type_, id_)
+            versions, total = self.store.history(type_, id_, since_ms=since_ms, count=count,
+                                                 offset=offset)
+        else:
+            listed = [type_] if type_ is not None else [
+                t for t in STORED_TYPES if t not in self.server_records]
+            open_types = [t for t in listed if self.access.conditions(ctx, t) is None]
+            within = [self.access.restrict(ctx, SearchQuery(type=t))
+                      for t in listed if t not in open_types]
+            narrowed = type_ is None or bool(within)
+            versions, total = self.store.history(
+                type_, None, since_ms=since_ms, count=count, offset=offset,
+                types=open_types if narrowed else None, within=within if narrowed else None)
+        return [self._shown(ctx, v) for v in versions], total
 
     def _parse(self, ctx: RequestContext, type_: str, params: list[tuple[str, str]], *,
                lenient: bool) -> ParsedSearch:
@@ -279,8 +463,11 @@ class FhirService:
                               max_count=max(limit, self.config.max_count))
         return list(reader.search(parsed.query).resources)
 
-    def operation(self, ctx: RequestContext, type_: str, id_: str, name: str) -> Result:
-        """An instance operation ``Type/id/$name`` registered in :attr:`operations`."""
+    @observed("operation")
+    def operation(self, ctx: RequestContext, type_: str, id_: str, name: str,
+                  body: Any = None) -> Result:
+        """An instance operation ``Type/id/$name`` registered in :attr:`operations`;
+        ``body``: the parsed JSON of a POST (a Parameters resource), None for a GET."""
         self.check_type(type_)
         self.check_id(id_)
         handler = self.operations.get((type_, name))
@@ -288,7 +475,7 @@ class FhirService:
             raise FhirError.of(404, f"Operation ${name} is not supported on {type_}",
                                code="not-supported")
         self.guard.check(ctx, "read", type_)
-        return handler(ctx, id_)
+        return handler(ctx, id_, body)
 
     # -- read --------------------------------------------------------------------------------
 
@@ -303,6 +490,7 @@ class FhirService:
         if not self._execute(ctx, reader, parsed.query).resources:
             raise not_found(type_, id_)
 
+    @observed("read")
     def read(self, ctx: RequestContext, type_: str, id_: str, *,
              if_none_match: int | None = None, reader: Reader | None = None) -> Result:
         self.guard.check(ctx, "read", type_)
@@ -313,11 +501,14 @@ class FhirService:
             return Result(304, None, headers)
         return Result(200, current.resource, headers)
 
+    @observed("vread")
     def vread(self, ctx: RequestContext, type_: str, id_: str, version_id: str) -> Result:
         self.check_type(type_)
         self.check_id(id_)
         self.guard.check(ctx, "vread", type_)
         self._permitted(ctx, self.store, type_, id_, "r")
+        if self.access.conditions(ctx, type_) is not None:
+            self._load(ctx, self.store, type_, id_)  # only versions of what the caller sees
         if not version_id.isdigit():
             raise FhirError.of(404, f"{type_}/{id_} has no version '{version_id}'",
                                code="not-found")
@@ -328,10 +519,11 @@ class FhirService:
         if found.deleted:
             raise FhirError.of(410, f"Version {version_id} of {type_}/{id_} is a deletion",
                                code="deleted", headers=version_headers(found))
-        return Result(200, found.resource, version_headers(found))
+        return Result(200, self._shown(ctx, found).resource, version_headers(found))
 
     # -- create ------------------------------------------------------------------------------
 
+    @observed("create")
     def create(self, ctx: RequestContext, type_: str, resource: Any, *,
                if_none_exist: list[tuple[str, str]] | None = None) -> Result:
         # Validate before taking the write lock: other writers need not wait for it.
@@ -341,7 +533,7 @@ class FhirService:
         resource = dict(self._check_body(type_, resource))
         resource.pop("id", None)
         self._ensure_valid(resource, type_, None, "create")
-        with self.store.unit_of_work() as uow:
+        with self.unit_of_work(ctx) as uow:
             written = self.create_in(uow, ctx, type_, resource, if_none_exist=if_none_exist,
                                      validated=True)
         return self.write_result(ctx, written)
@@ -375,6 +567,7 @@ class FhirService:
 
     # -- update ------------------------------------------------------------------------------
 
+    @observed("update")
     def update(self, ctx: RequestContext, type_: str, id_: str, resource: Any, *,
                if_match: int | None = None) -> Result:
         self.check_type(type_)
@@ -382,7 +575,7 @@ class FhirService:
         self.guard.check(ctx, "update", type_)
         resource = self._check_body(type_, resource)
         self._ensure_valid(resource, type_, id_, "update")  # before taking the write lock
-        with self.store.unit_of_work() as uow:
+        with self.unit_of_work(ctx) as uow:
             written = self._store_update(uow, ctx, type_, id_, dict(resource), if_match,
                                          "update")
         return self.write_result(ctx, written)
@@ -410,10 +603,11 @@ class FhirService:
                                       method="PATCH" if interaction == "patch" else "PUT")
         return self._after(wctx, version, 201 if created else 200)
 
+    @observed("update")
     def conditional_update(self, ctx: RequestContext, type_: str,
                            params: list[tuple[str, str]], resource: Any, *,
                            if_match: int | None = None) -> Result:
-        with self.store.unit_of_work() as uow:
+        with self.unit_of_work(ctx) as uow:
             written = self.conditional_update_in(uow, ctx, type_, params, resource,
                                                  if_match=if_match)
         return self.write_result(ctx, written)
@@ -451,9 +645,10 @@ class FhirService:
 
     # -- patch -------------------------------------------------------------------------------
 
+    @observed("patch")
     def patch(self, ctx: RequestContext, type_: str, id_: str, patch_doc: Any, *,
               if_match: int | None = None) -> Result:
-        with self.store.unit_of_work() as uow:
+        with self.unit_of_work(ctx) as uow:
             written = self.patch_in(uow, ctx, type_, id_, patch_doc, if_match=if_match)
         return self.write_result(ctx, written)
 
@@ -468,9 +663,10 @@ class FhirService:
         self._ensure_valid(patched, type_, id_, "update")
         return self._store_update(uow, ctx, type_, id_, patched, current.version, "patch")
 
+    @observed("patch")
     def conditional_patch(self, ctx: RequestContext, type_: str, params: list[tuple[str, str]],
                           patch_doc: Any, *, if_match: int | None = None) -> Result:
-        with self.store.unit_of_work() as uow:
+        with self.unit_of_work(ctx) as uow:
             target = self.single_match(uow, ctx, type_, params, "patch")
             written = self.patch_in(uow, ctx, type_, target, patch_doc, if_match=if_match)
         return self.write_result(ctx, written)
@@ -487,9 +683,10 @@ class FhirService:
 
     # -- delete ------------------------------------------------------------------------------
 
+    @observed("delete")
     def delete(self, ctx: RequestContext, type_: str, id_: str, *,
                if_match: int | None = None) -> Result:
-        with self.store.unit_of_work() as uow:
+        with self.unit_of_work(ctx) as uow:
             written = self.delete_in(uow, ctx, type_, id_, if_match=if_match)
         return self.write_result(ctx, written)
 
@@ -508,10 +705,11 @@ class FhirService:
             return Written(type_, None, 204)
         return self._after(wctx, tombstone, 204)
 
+    @observed("delete")
     def conditional_delete(self, ctx: RequestContext, type_: str,
                            params: list[tuple[str, str]], *,
                            if_match: int | None = None) -> Result:
-        with self.store.unit_of_work() as uow:
+        with self.unit_of_work(ctx) as uow:
             written = self.conditional_delete_in(uow, ctx, type_, params, if_match=if_match)
         return self.write_result(ctx, written)
 
@@ -581,6 +779,7 @@ class FhirService:
 
     # -- search ------------------------------------------------------------------------------
 
+    @observed("search-type")
     def search(self, ctx: RequestContext, type_: str, params: list[tuple[str, str]], *,
                reader: Reader | None = None) -> Result:
         """Search one type; a ``searchset`` Bundle with paging links and includes."""
@@ -720,6 +919,7 @@ class FhirService:
 
     # -- history -----------------------------------------------------------------------------
 
+    @observed(_history_name)
     def history(self, ctx: RequestContext, params: list[tuple[str, str]],
                 type_: str | None = None, id_: str | None = None) -> Result:
         """History of one resource, one type, or the whole server, newest first."""
@@ -729,11 +929,8 @@ class FhirService:
             self.check_type(type_)
         if id_ is not None and type_ is not None:
             self.check_id(id_)
-            if self.store.read(type_, id_) is None:
-                raise not_found(type_, id_)
         since_ms, count, offset, kept = self._history_params(ctx, params)
-        versions, total = self.store.history(type_, id_, since_ms=since_ms, count=count,
-                                             offset=offset)
+        versions, total = self._history(ctx, type_, id_, since_ms, count, offset)
         path = "/".join(p for p in (type_, id_) if p)
         base = f"{ctx.base_url}/{path}/_history" if path else f"{ctx.base_url}/_history"
 
@@ -793,6 +990,7 @@ class FhirService:
 
     # -- $validate ---------------------------------------------------------------------------
 
+    @observed("validate")
     def validate(self, ctx: RequestContext, type_: str, body: Any,
                  id_: str | None = None) -> Result:
         """``$validate``: an OperationOutcome listing every issue; never stores anything."""

@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +54,7 @@ from .port import (
     now_instant,
     stamp,
 )
-from .sql_query import compile_search
+from .sql_query import compile_scope, compile_search
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
@@ -217,26 +217,34 @@ class _Reader:
         return [found[ref] for ref in wanted if ref in found]
 
     def history(self, type_: str | None, id_: str | None, since_ms: int | None, count: int,
-                offset: int) -> tuple[list[Version], int]:
+                offset: int, types: Sequence[str] | None = None,
+                within: Sequence[SearchQuery] | None = None) -> tuple[list[Version], int]:
         if id_ is not None and type_ is None:
             raise ValueError("the history of one resource needs its type")
         where: list[str] = []
-        params: list[Any] = []
-        for test, value in (("type = ?", type_), ("id = ?", id_),
-                            ("last_updated_ms >= ?", since_ms)):
+        params: dict[str, Any] = {}
+        for column, test, value in (("type", "type = :type", type_), ("id", "id = :id", id_),
+                                    ("since", "last_updated_ms >= :since", since_ms)):
             if value is not None:
                 where.append(test)
-                params.append(value)
+                params[column] = value
+        ctes = ""
+        if types is not None or within is not None:
+            ctes, scope, scope_params = compile_scope(types or (), within or (),
+                                                      now_instant()[1])
+            where.append(scope)
+            params.update(scope_params)
         condition = " AND ".join(where) or "1"
         # Newest first; ``seq`` (the rowid, which every index ends with) orders versions
         # written in the same millisecond.
         order = "version DESC" if id_ is not None else "last_updated_ms DESC, seq DESC"
         with self.snapshot():
             total = self.conn.execute(
-                f"SELECT count(*) FROM history WHERE {condition}", params).fetchone()[0]
+                f"{ctes}SELECT count(*) FROM history WHERE {condition}", params).fetchone()[0]
             rows = self.conn.execute(
-                f"SELECT {_VERSION_COLUMNS} FROM history WHERE {condition} "
-                f"ORDER BY {order} LIMIT ? OFFSET ?", [*params, count, offset]).fetchall()
+                f"{ctes}SELECT {_VERSION_COLUMNS} FROM history WHERE {condition} "
+                f"ORDER BY {order} LIMIT :count OFFSET :offset",
+                {**params, "count": count, "offset": offset}).fetchall()
         return [_version(row) for row in rows], total
 
     def search(self, query: SearchQuery) -> SearchResult:
@@ -517,6 +525,11 @@ class EmbeddedStore(Store):
     def unit_of_work(self) -> AbstractContextManager[UnitOfWork]:
         return self._unit_of_work()
 
+    def in_unit_of_work(self) -> bool:
+        """True inside a unit of work of this thread (a new one is then a savepoint of it)."""
+        return getattr(self._local, "depth", 0) > 0 and (
+            getattr(self._local, "generation", None) == self._generation)
+
     @contextmanager
     def _unit_of_work(self) -> Iterator[UnitOfWork]:
         """Top level: the writer lock, ``BEGIN IMMEDIATE`` ... ``COMMIT``. Nested in another
@@ -614,9 +627,10 @@ class EmbeddedStore(Store):
         return self._reader().read_many(refs)
 
     def history(self, type_: str | None = None, id_: str | None = None, *,
-                since_ms: int | None = None, count: int = 20,
-                offset: int = 0) -> tuple[list[Version], int]:
-        return self._reader().history(type_, id_, since_ms, count, offset)
+                since_ms: int | None = None, count: int = 20, offset: int = 0,
+                types: Sequence[str] | None = None,
+                within: Sequence[SearchQuery] | None = None) -> tuple[list[Version], int]:
+        return self._reader().history(type_, id_, since_ms, count, offset, types, within)
 
     def search(self, query: SearchQuery) -> SearchResult:
         return self._reader().search(query)

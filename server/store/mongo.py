@@ -49,7 +49,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
@@ -63,7 +63,7 @@ from pymongo.write_concern import WriteConcern
 from ..fhir.jsonio import dumps, loads
 from ..fhir.outcome import FhirError, conflict, issue
 from ..fhir.search.ast import SearchQuery, SearchResult
-from .mongo_query import RESOURCE_INDEXES, compile_query, index_document
+from .mongo_query import RESOURCE_INDEXES, compile_query, index_document, scope_filter
 from .port import (
     Indexer,
     Store,
@@ -346,6 +346,8 @@ class MongoStore(Store):
         since_ms: int | None = None,
         count: int = 20,
         offset: int = 0,
+        types: Sequence[str] | None = None,
+        within: Sequence[SearchQuery] | None = None,
     ) -> tuple[list[Version], int]:
         if id_ is not None and type_ is None:
             raise ValueError("the history of one resource needs its type")
@@ -356,6 +358,9 @@ class MongoStore(Store):
             filter_["id"] = id_
         if since_ms is not None:
             filter_["lum"] = {"$gte": since_ms}
+        if types is not None or within is not None:
+            filter_ = {"$and": [filter_, scope_filter(types or (), within or (),
+                                                      self._resolver(None), _now_ms())]}
         if id_ is not None:
             sort = [("version", -1)]
         else:
@@ -369,13 +374,18 @@ class MongoStore(Store):
     def search(self, query: SearchQuery) -> SearchResult:
         return self.search_in(query, None)
 
-    def search_in(self, query: SearchQuery, session: ClientSession | None) -> SearchResult:
-        """Run a search; inside a unit of work ``session`` makes it see the unit's writes."""
+    def _resolver(self, session: ClientSession | None) -> Callable[[list[Document]], list[str]]:
+        """Runs the id pipelines of chains and ``_has`` (inside ``session`` when given)."""
 
         def resolve(pipeline: list[Document]) -> list[str]:
             return [doc["id"] for doc in self._resources.aggregate(pipeline, session=session)]
 
-        compiled = compile_query(query, resolve, _now_ms())
+        return resolve
+
+    def search_in(self, query: SearchQuery, session: ClientSession | None) -> SearchResult:
+        """Run a search; inside a unit of work ``session`` makes it see the unit's writes."""
+
+        compiled = compile_query(query, self._resolver(session), _now_ms())
         resources: list[dict[str, object]] = []
         if compiled.limit > 0:
             cursor: Iterable[Document]

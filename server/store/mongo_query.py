@@ -41,7 +41,10 @@ when ANY of its values matches it, so ``ne`` is "some value not equal", while ``
 * uri: equality, ``:below`` prefix, ``:above`` (the stored value is a prefix of the query
   value, matched as ``$in`` the query's prefixes so that the index serves it).
 * Chains and ``_has`` need the ids of other resources: the compiler builds an aggregation that
-  yields them and asks ``resolve`` to run it (inner-most first), then uses ``$in``.
+  yields them and asks ``resolve`` to run it (inner-most first), then uses ``$in``. A chain's
+  inner condition may be any condition (the access layer nests chains and ``_has``).
+* :class:`~server.fhir.search.ast.AllOf` / :class:`~server.fhir.search.ast.AnyOf` are
+  ``$and`` / ``$or`` of their conditions; an empty ``AnyOf`` matches nothing.
 * Order: each sort key (the smallest value ascending, the largest descending; dates by start
   ascending and end descending; without a value last either way), then the id. Without sort
   keys: last update, then id.
@@ -58,6 +61,8 @@ from bson.decimal128 import Decimal128, create_decimal128_context
 
 from ..fhir.outcome import FhirError
 from ..fhir.search.ast import (
+    AllOf,
+    AnyOf,
     Chain,
     Clause,
     Condition,
@@ -206,10 +211,7 @@ def compile_query(query: SearchQuery, resolve: Resolve, now_ms: int) -> Compiled
     if query.type is None:
         raise FhirError.of(400, "Searching across all resource types is not supported; "
                                 "search one resource type", code="not-supported")
-    parts = [compile_condition(c, query.type, resolve, now_ms) for c in query.conditions]
-    if query.ids is not None:
-        parts.append(ids_filter(query.type, sorted(query.ids)))
-    filter_ = match_filter(query.type, parts)
+    filter_ = query_filter(query, resolve, now_ms)
     keys = _unique_keys(query.sort)
     if not keys:
         return CompiledQuery(filter_, list(DEFAULT_SORT), query.offset, query.count)
@@ -220,6 +222,28 @@ def compile_query(query: SearchQuery, resolve: Resolve, now_ms: int) -> Compiled
         return CompiledQuery(filter_, sort, query.offset, query.count)
     pipeline = sort_pipeline(filter_, keys, query.offset, query.count)
     return CompiledQuery(filter_, [], query.offset, query.count, pipeline)
+
+
+def query_filter(query: SearchQuery, resolve: Resolve, now_ms: int) -> Filter:
+    """The filter of the resources a search matches (its conditions and ``ids``)."""
+    parts = [compile_condition(c, query.type, resolve, now_ms) for c in query.conditions]
+    if query.ids is not None:
+        parts.append(ids_filter(query.type, sorted(query.ids)))
+    return match_filter(query.type, parts)
+
+
+def scope_filter(types: Sequence[str], within: Sequence[SearchQuery], resolve: Resolve,
+                 now_ms: int) -> Filter:
+    """A filter on ``history`` documents: the version's type is one of ``types``, or the
+    current version of its resource matches one of the ``within`` searches. With neither,
+    nothing matches."""
+    ways: list[Filter] = []
+    if types:
+        ways.append({"type": {"$in": list(types)}})
+    for query in within:
+        ids = resolve(id_pipeline(query_filter(query, resolve, now_ms)))
+        ways.append({"type": query.type, "id": {"$in": ids}})
+    return _any(ways)
 
 
 def match_filter(type_: str, parts: Sequence[Filter]) -> Filter:
@@ -241,9 +265,14 @@ def compile_condition(cond: Condition, type_: str, resolve: Resolve, now_ms: int
         return compile_clause(cond, type_, now_ms)
     if isinstance(cond, Chain):
         inner = match_filter(cond.target_type,
-                             [compile_clause(cond.inner, cond.target_type, now_ms)])
+                             [compile_condition(cond.inner, cond.target_type, resolve, now_ms)])
         ids = resolve(id_pipeline(inner))
         return _elem("ref", {"p": cond.param.code, "id": {"$in": ids}, "t": cond.target_type})
+    if isinstance(cond, AllOf):
+        parts = [compile_condition(c, type_, resolve, now_ms) for c in cond.conditions]
+        return {"$and": parts} if parts else {}
+    if isinstance(cond, AnyOf):
+        return _any([compile_condition(c, type_, resolve, now_ms) for c in cond.conditions])
     if isinstance(cond, Has):
         inner = match_filter(cond.other_type,
                              [compile_condition(cond.inner, cond.other_type, resolve, now_ms)])

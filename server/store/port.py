@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import datetime as _dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -177,8 +177,16 @@ class Store(abc.ABC):
         since_ms: int | None = None,
         count: int = 20,
         offset: int = 0,
+        types: Sequence[str] | None = None,
+        within: Sequence[SearchQuery] | None = None,
     ) -> tuple[list[Version], int]:
-        """Versions newest first (of one resource, one type, or everything), and the total."""
+        """Versions newest first (of one resource, one type, or everything), and the total.
+
+        ``types`` / ``within`` (either given) narrow the versions further, inside the query
+        so that the total and the paging stay right: a version is listed when its type is one
+        of ``types``, or when the CURRENT version of its resource matches one of the
+        ``within`` searches (each of one type; the access layer's view of that type). Both
+        None: no narrowing; both empty: nothing."""
 
     @abc.abstractmethod
     def search(self, query: SearchQuery) -> SearchResult:
@@ -212,6 +220,12 @@ class Store(abc.ABC):
     def kv_list(self, ns: str, *, limit: int = 1000) -> list[tuple[str, dict[str, Any]]]:
         """Live entries of a namespace, ordered by key."""
         raise NotImplementedError
+
+    def in_unit_of_work(self) -> bool:
+        """Whether the calling thread is inside a unit of work of this store (a new one would
+        then be part of it). Engines whose units of work are independent of the thread say
+        False."""
+        return False
 
     def close(self) -> None:  # noqa: B027 - engines without resources need not override
         """Release connections."""

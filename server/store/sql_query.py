@@ -28,7 +28,12 @@ the clause's values, and matches the search when it matches every condition):
 * :class:`~server.fhir.search.ast.Chain`: the reference points at a resource of the target
   type that matches the inner clause. :class:`~server.fhir.search.ast.Has`: a resource of
   the other type that matches the inner condition (which may be a chain or another ``_has``)
-  points at this resource through the reference parameter.
+  points at this resource through the reference parameter. A chain's inner condition may be
+  any condition too (the access layer nests chains, ``_has`` and combinations).
+* :class:`~server.fhir.search.ast.AllOf` / :class:`~server.fhir.search.ast.AnyOf`: every /
+  at least one of the conditions holds; compiled to ``INTERSECT`` / ``UNION`` of ``pk``
+  selects when every part is one, else to ``AND`` / ``OR`` of predicates. An empty ``AnyOf``
+  matches nothing.
 * date: stored ranges ``[lo, hi]`` against the query range ``[qlo, qhi]`` (milliseconds,
   both ends inclusive): ``eq`` lo >= qlo and hi <= qhi; ``ne`` not eq; ``gt`` hi > qhi;
   ``lt`` lo < qlo; ``ge`` gt or eq; ``le`` lt or eq; ``sa`` lo > qhi; ``eb`` hi < qlo;
@@ -61,12 +66,15 @@ the ordered result.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..fhir import jsonio
 from ..fhir.outcome import FhirError
 from ..fhir.search.ast import (
+    AllOf,
+    AnyOf,
     Chain,
     Clause,
     Condition,
@@ -144,10 +152,29 @@ def compile_search(query: SearchQuery, now_ms: int) -> CompiledSearch:
     params["offset"] = query.offset
     # Page first on the narrow columns, then read the JSON of that page only: SQLite's sorter
     # would otherwise carry every match's JSON.
-    select = (f"SELECT r.json FROM resource AS r WHERE r.pk IN (SELECT r.pk FROM resource AS r "
-              f"WHERE {where} ORDER BY {order} LIMIT :limit OFFSET :offset) ORDER BY {order}")
-    count = f"SELECT count(*) FROM resource AS r WHERE {where}" if query.total else None
+    ctes = compiler.with_clause()
+    select = (f"{ctes}SELECT r.json FROM resource AS r WHERE r.pk IN (SELECT r.pk FROM resource "
+              f"AS r WHERE {where} ORDER BY {order} LIMIT :limit OFFSET :offset) ORDER BY {order}")
+    count = f"{ctes}SELECT count(*) FROM resource AS r WHERE {where}" if query.total else None
     return CompiledSearch(select, count, params)
+
+
+def compile_scope(types: Sequence[str], within: Sequence[SearchQuery],
+                  now_ms: int) -> tuple[str, str, dict[str, Any]]:
+    """A predicate on a row with ``type`` and ``id`` columns, such as a ``history`` row: its
+    type is one of ``types``, or the current resource it is a version of matches one of the
+    ``within`` searches (each of one type). With neither, nothing matches. Returns the
+    ``WITH`` clause the statement must start with, the predicate and their named parameters
+    (whose names start with ``s``, so that the caller's own do not clash)."""
+    compiler = _Compiler(now_ms, prefix="s")
+    ways = []
+    if types:
+        ways.append(f"type IN ({', '.join(compiler.bind(t) for t in types)})")
+    for query in within:
+        where = compiler.matches(query.type, "r", query.conditions, query.ids)
+        ways.append(f"(type = {compiler.bind(query.type)} AND id IN "
+                    f"(SELECT r.id FROM resource AS r WHERE {where}))")
+    return compiler.with_clause(), _any(ways), compiler.params
 
 
 @dataclass(frozen=True)
@@ -157,6 +184,14 @@ class _Part:
 
     sql: str
     pks: bool = False
+
+
+def _flatten(conditions: tuple[Condition, ...] | list[Condition]) -> list[Condition]:
+    """The conditions with nested :class:`AllOf` s spelled out (all are AND-ed anyway)."""
+    out: list[Condition] = []
+    for cond in conditions:
+        out.extend(_flatten(cond.conditions) if isinstance(cond, AllOf) else [cond])
+    return out
 
 
 def _any(predicates: list[str]) -> str:
@@ -180,13 +215,16 @@ def _not_supported(param: SearchParam, modifier: str | None) -> FhirError:
 class _Compiler:
     """Builds SQL text and its named parameters."""
 
-    def __init__(self, now_ms: int) -> None:
+    def __init__(self, now_ms: int, prefix: str = "p") -> None:
         self.params: dict[str, Any] = {}
         self._now_ms = now_ms
+        self._param_prefix = prefix
         self._aliases = itertools.count()
+        self._nesting = 0
+        self.ctes: list[str] = []
 
     def bind(self, value: Any) -> str:
-        name = f"p{len(self.params)}"
+        name = f"{self._param_prefix}{len(self.params)}"
         self.params[name] = value
         return ":" + name
 
@@ -204,7 +242,7 @@ class _Compiler:
         ``r.pk IN (...)`` and let SQLite drive the search from the index tables. When there is
         one, ``r.type`` is written ``+r.type`` so that SQLite does not prefer walking every
         resource of the type in update order (which the default sort would reward)."""
-        parts = [self._condition(type_, r, c) for c in conditions]
+        parts = [self._condition(type_, r, c) for c in _flatten(conditions)]
         if ids is not None:
             listed = self.bind(jsonio.dumps(sorted(ids)))
             parts.append(self._ids(type_, f"SELECT value FROM json_each({listed})"))
@@ -214,11 +252,49 @@ class _Compiler:
         return _all(where + [p.sql for p in parts if not p.pks])
 
     def _condition(self, type_: str, r: str, cond: Condition) -> _Part:
-        if isinstance(cond, Chain):
-            return self._chain(type_, cond)
-        if isinstance(cond, Has):
-            return self._has(type_, cond)
-        return self._clause(type_, r, cond)
+        if isinstance(cond, Clause):
+            return self._clause(type_, r, cond)
+        self._nesting += 1
+        try:
+            if isinstance(cond, Chain):
+                part = self._chain(type_, cond)
+            elif isinstance(cond, Has):
+                part = self._has(type_, cond)
+            elif isinstance(cond, AnyOf):
+                part = self._combined(type_, r, cond.conditions, "UNION", " OR ", "0")
+            else:
+                part = self._combined(type_, r, _flatten(cond.conditions), "INTERSECT",
+                                      " AND ", "1")
+        finally:
+            self._nesting -= 1
+        return self._hoisted(part) if self._nesting else part
+
+    def _hoisted(self, part: _Part) -> _Part:
+        """A nested ``pk`` select as a common table expression: nested chains, ``_has`` and
+        combinations would otherwise nest deeper than SQLite's parser allows."""
+        if not part.pks:
+            return part
+        name = f"c{len(self.ctes)}"
+        self.ctes.append(f"{name}(pk) AS ({part.sql})")
+        return _Part(f"SELECT pk FROM {name}", pks=True)
+
+    def with_clause(self) -> str:
+        """``WITH ...`` for the statement (empty when nothing was hoisted)."""
+        return f"WITH {', '.join(self.ctes)} " if self.ctes else ""
+
+    def _combined(self, type_: str, r: str, conditions: tuple[Condition, ...] | list[Condition],
+                  compound: str, junction: str, empty: str) -> _Part:
+        """:class:`AnyOf` (``UNION`` / ``OR``) or :class:`AllOf` (``INTERSECT`` / ``AND``):
+        a ``pk`` select when every part is one (so that SQLite still drives the search from
+        the index tables), otherwise a predicate on ``r``."""
+        parts = [self._condition(type_, r, c) for c in conditions]
+        if not parts:
+            return _Part(empty)
+        if all(p.pks for p in parts):
+            selects = [f"SELECT * FROM ({p.sql})" for p in parts]
+            return _Part(f" {compound} ".join(selects), pks=True)
+        predicates = [f"{r}.pk IN ({p.sql})" if p.pks else p.sql for p in parts]
+        return _Part("(" + junction.join(predicates) + ")")
 
     def _ids(self, type_: str, ids_sql: str) -> _Part:
         """The resources of ``type_`` whose id is among the values of ``ids_sql``."""

@@ -20,6 +20,7 @@ from server.app import Planbro, create_app
 from server.config import Config
 
 FHIR_JSON = "application/fhir+json"
+ADMIN_SCOPE = "system/*.cruds planbro/admin"
 FNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.1"
 MAX_BODY = 64 * 1024
 MONGO_SKIP_REASON = ("MONGODB_URI is not set: the API suite on MongoDB needs a real MongoDB "
@@ -153,7 +154,10 @@ def fhir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fhir]:
     app = create_app(dataclasses.replace(engine.config, base_url=f"{live.url}/fhir"))
     live.app = app
     client = Fhir(f"{live.url}/fhir", app)
-    client.http.headers["Authorization"] = "Bearer " + system_token(app.extensions["planbro"].auth)
+    # An administrative system (scope planbro/admin): these suites test FHIR mechanics, not
+    # who may see a person's data (tests/access does).
+    client.http.headers["Authorization"] = "Bearer " + system_token(
+        app.extensions["planbro"].auth, scope=ADMIN_SCOPE)
     try:
         yield client
     finally:

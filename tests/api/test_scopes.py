@@ -9,10 +9,14 @@ from live import system_token
 
 from .conftest import Fhir, patient
 
+ADMIN = "planbro/admin"
+
 
 def _as(fhir: Fhir, scope: str) -> requests.Session:
+    """A session of an administrative system with ``scope``: these tests are about scopes,
+    not about whose data a system may see (tests/access)."""
     session = requests.Session()
-    token = system_token(fhir.planbro.auth, scope=scope)
+    token = system_token(fhir.planbro.auth, scope=f"{scope} {ADMIN}")
     session.headers.update({"Authorization": f"Bearer {token}",
                             "Content-Type": "application/fhir+json"})
     return session

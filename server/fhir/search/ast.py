@@ -224,11 +224,12 @@ class Clause:
 @dataclass(frozen=True)
 class Chain:
     """``ref_param[:Type].inner`` - resources whose ``ref_param`` points at a ``target_type``
-    resource matching ``inner`` (one level of chaining)."""
+    resource matching ``inner``. A client's chain has one level (``inner`` a clause); the
+    access layer nests further conditions (another chain, a ``_has``, :class:`AllOf`)."""
 
     param: SearchParam  # the reference parameter on the searched type
     target_type: str
-    inner: Clause  # a clause on target_type
+    inner: Condition  # a condition on target_type
 
 
 @dataclass(frozen=True)
@@ -238,10 +239,25 @@ class Has:
 
     other_type: str
     ref_param: SearchParam  # reference parameter on other_type
-    inner: Clause | Chain | Has  # a condition on other_type
+    inner: Condition  # a condition on other_type
 
 
-Condition = Clause | Chain | Has
+@dataclass(frozen=True)
+class AllOf:
+    """Every condition holds (no conditions: every resource matches). Search parameters of a
+    client never produce it; the access layer uses it to combine its own conditions."""
+
+    conditions: tuple[Condition, ...]
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    """At least one condition holds (no conditions: NO resource matches)."""
+
+    conditions: tuple[Condition, ...]
+
+
+Condition = Clause | Chain | Has | AllOf | AnyOf
 
 
 @dataclass(frozen=True)

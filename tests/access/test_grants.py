@@ -1,0 +1,143 @@
+"""Deriving grants from care teams and consents, and partial views of a plan (pure)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from world import care_team, consent, plan
+
+from server.access.grants import Directory, care_team_grants, notification_grant
+from server.access.labels import CONTENT_CLASS_SYSTEM, activity_class
+from server.access.views import merge_hidden, plan_view
+from server.fhir.search.normalize import period_range
+from server.store.port import Version
+
+ENH = "urn:oid:2.16.578.1.12.4.1.4.101"
+HPR = "urn:oid:2.16.578.1.12.4.1.4.4"
+KOMMUNE, NAV, SYKEHUS = "300000002", "300000029", "300000010"
+
+
+class _Reader:
+    """The directory resources the derivation reads."""
+
+    def __init__(self) -> None:
+        org = [("kommune", KOMMUNE), ("nav", NAV), ("sykehus", SYKEHUS)]
+        self.data: dict[tuple[str, str], dict[str, Any]] = {
+            ("Organization", i): {"resourceType": "Organization", "id": i,
+                                  "identifier": [{"system": ENH, "value": n}]}
+            for i, n in org}
+        self.data[("Practitioner", "siri")] = {"resourceType": "Practitioner", "id": "siri",
+                                               "identifier": [{"system": HPR, "value": "111"}]}
+        self.data[("Practitioner", "ola-lege")] = {
+            "resourceType": "Practitioner", "id": "ola-lege",
+            "identifier": [{"system": HPR, "value": "8765432"}]}
+        self.data[("PractitionerRole", "koordinator-siri")] = {
+            "resourceType": "PractitionerRole", "id": "koordinator-siri",
+            "practitioner": {"reference": "Practitioner/siri"},
+            "organization": {"reference": "Organization/kommune"}}
+
+    def read(self, type_: str, id_: str) -> Version | None:
+        found = self.data.get((type_, id_))
+        return None if found is None else Version(type_, id_, 1, "", False, found)
+
+    def search(self, query: Any) -> Any:
+        raise AssertionError("not used")
+
+
+def _grants(teams: list[dict], consents: list[dict], plans: list[dict] | None = None
+            ) -> dict[str, dict[str, Any]]:
+    derived = care_team_grants("p", teams, consents, plans or [], Directory(_Reader()))
+    return {g["holders"][0]: g for g in derived}
+
+
+def test_participants_with_consent_get_grants() -> None:
+    grants = _grants([care_team("p")], [consent("p", "active")])
+    assert set(grants) == {KOMMUNE, NAV, f"{KOMMUNE}/8765432"}
+    assert grants[KOMMUNE]["maintain"] and not grants[NAV]["maintain"]
+    assert sorted(grants[NAV]["classes"]) == ["goal", "health", "measure", "plan"]
+    assert grants[KOMMUNE]["period"]["start"] == period_range("2026-09-01", None)[0]
+    assert grants[KOMMUNE]["kind"] == "care-team" and grants[KOMMUNE]["person"] == "p"
+    assert "Consent/p" in grants[NAV]["basis"] and "CareTeam/p" in grants[NAV]["basis"]
+
+
+def test_a_limited_consent_limits_the_classes() -> None:
+    grants = _grants([care_team("p")], [consent("p", "limited")])
+    assert sorted(grants[NAV]["classes"]) == ["goal", "plan"]
+    assert sorted(grants[KOMMUNE]["classes"]) == ["goal", "health", "measure", "plan"]
+
+
+def test_no_grant_without_both_care_team_and_consent() -> None:
+    assert _grants([care_team("p")], []) == {}
+    refused = consent("p", "active")
+    refused["provision"]["type"] = "deny"
+    assert _grants([care_team("p")], [refused]) == {}
+    team = care_team("p")
+    team["participant"] = [p for p in team["participant"]
+                           if p["member"]["reference"] != "Organization/nav"]
+    assert NAV not in _grants([team], [consent("p", "active")])  # consented, not on the team
+
+
+def test_periods_end_grants_by_themselves() -> None:
+    team = care_team("p")
+    for participant in team["participant"]:
+        if participant["member"]["reference"] == "Organization/nav":
+            participant["period"] = {"start": "2026-01-01", "end": "2026-12-31"}
+    grants = _grants([team], [consent("p", "active")])
+    assert grants[NAV]["period"] == {"start": period_range("2026-09-01", None)[0],
+                                     "end": period_range(None, "2026-12-31")[1]}
+
+
+def test_roles_and_deny_provisions() -> None:
+    c = consent("p", "active")
+    c["organization"] = []
+    c["provision"]["provision"] = [
+        {"type": "permit", "actor": [{"role": {"coding": [{
+            "system": "http://planbro.no/fhir/CodeSystem/participant-role",
+            "code": "koordinator"}]}, "reference": {"reference": "CareTeam/p"}}]},
+        {"type": "permit", "actor": [{"role": {"coding": [{"code": "IRCP"}]},
+                                      "reference": {"reference": "Organization/nav"}}]},
+        {"type": "deny", "securityLabel": [{"system": CONTENT_CLASS_SYSTEM, "code": "health"}],
+         "actor": [{"role": {"coding": [{"code": "IRCP"}]},
+                    "reference": {"reference": "Organization/nav"}}]}]
+    grants = _grants([care_team("p")], [c])
+    assert sorted(grants[NAV]["classes"]) == ["goal", "measure", "plan"]
+    assert grants[KOMMUNE]["maintain"]  # holds the coordinator role
+
+
+def test_notification_grant_covers_what_it_carries() -> None:
+    task = {"resourceType": "Task", "id": "n1",
+            "code": {"coding": [{"system": "http://planbro.no/fhir/CodeSystem/task-code",
+                                 "code": "ip-notification"}]},
+            "for": {"reference": "Patient/p"}, "focus": {"reference": "DocumentReference/d"},
+            "requester": {"reference": "Organization/sykehus"},
+            "owner": {"reference": "Organization/kommune"},
+            "output": [{"type": {"text": "x"},
+                        "valueReference": {"reference": "CareTeam/p"}}]}
+    grant = notification_grant(task, Directory(_Reader()))
+    assert grant is not None
+    assert grant["holders"] == [SYKEHUS, KOMMUNE] and grant["received"] == [KOMMUNE]
+    assert grant["covers"] == ["Task/n1", "Patient/p", "DocumentReference/d", "CareTeam/p"]
+    assert notification_grant({**task, "code": {"text": "other"}}, Directory(_Reader())) is None
+
+
+def test_partial_plan_view_and_merge_back() -> None:
+    whole = plan("p")
+    mine = lambda a: "Organization/nav" in str(a)  # noqa: E731
+    assert [activity_class(a) for a in whole["activity"]] == [
+        "measure", "measure", "measure", "health"]
+    seen = plan_view(whole, {"plan", "goal"}, mine)
+    assert len(seen["activity"]) == 1 and "addresses" not in seen and "text" not in seen
+    assert plan_view(whole, {"plan", "goal", "measure", "health"}, mine) is whole
+    with_measures = plan_view(whole, {"plan", "goal", "measure"}, mine)
+    assert len(with_measures["activity"]) == 3
+    edited = copy.deepcopy(seen)
+    edited["activity"][0]["detail"]["status"] = "completed"
+    edited["activity"].append({"detail": {"description": "Ny", "status": "not-started",
+                                          "performer": [{"reference": "Organization/nav"}]}})
+    merged = merge_hidden(edited, whole, {"plan", "goal"}, mine)
+    assert len(merged["activity"]) == 5
+    assert merged["activity"][0]["detail"]["status"] == "completed"
+    assert merged["activity"][1:4] == whole["activity"][1:4]
+    assert merged["addresses"] == whole["addresses"] and merged["text"] == whole["text"]
+    assert "REDACTED" not in str(merged.get("meta"))
