@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from flask import Flask
 
+from . import access, audit
 from .api import fhir as fhir_api
 from .auth import AuthConfig, AuthServer, init_app
 from .auth.guard import ScopeGuard
@@ -17,6 +18,7 @@ from .config import Config
 from .fhir.search.registry import Registry
 from .fhir.service import FhirService
 from .plans import rules as plan_rules
+from .plans import workflow as plan_workflow
 from .plans.people import listed_people, patient_by_national_id
 from .store import open_store
 from .store.port import Store
@@ -48,11 +50,14 @@ def create_app(config: Config | None = None) -> Flask:
     service = FhirService(store, registry, config)
     service.guard = ScopeGuard()
     plan_rules.install(service)
+    app.extensions["planbro.workflow"] = plan_workflow.install(service)
     auth = init_app(
         app, store,
         AuthConfig.from_env(data_dir=config.data_dir, demo=config.demo, base_url=config.base_url),
         people=lambda: listed_people(service),
         find_patient_by_fnr=lambda number: patient_by_national_id(service, number))
+    app.extensions["planbro.access"] = access_control = access.install(service, auth)
+    app.extensions["planbro.audit"] = audit.install(service, access_control)
     app.extensions["planbro"] = Planbro(config, store, registry, service, auth)
     app.register_blueprint(fhir_api.bp)
     fhir_api.register_error_handlers(app)

@@ -286,7 +286,18 @@ def validate_instance(rtype: str, rid: str) -> Response:
 
 @bp.route("/<rtype:rtype>/<rid>/$<name>", methods=["GET", "POST"])
 def instance_operation(rtype: str, rid: str, name: str) -> Response:
-    return _respond(service().operation(ctx(), rtype, rid, name))
+    return _respond(service().operation(ctx(), rtype, rid, name, _operation_body()))
+
+
+def _operation_body() -> Any:
+    """The Parameters (or resource) POSTed to an operation; None for a GET or no body."""
+    if request.method != "POST":
+        return None
+    data = _read_body()
+    if not data.strip():
+        return None
+    _require_media_type(RESOURCE_MEDIA_TYPES)
+    return jsonio.loads_resource(data)
 
 
 @bp.get("/<rtype:rtype>/<rid>/_history")

@@ -30,7 +30,7 @@ def install(service: FhirService, conformance: Conformance | None = None) -> Con
     service.validators.append(conformance.validate)
     service.before_write.append(lambda w: _check_plan(service, w))
     service.operations[("CarePlan", "completeness")] = (
-        lambda ctx, id_: _completeness_operation(service, ctx, id_))
+        lambda ctx, id_, _body: _completeness_operation(service, ctx, id_))
     service.report_hooks.append(lambda ctx, reader, resource:
                                 _completeness_issues(service, reader, resource))
     return conformance

@@ -15,6 +15,9 @@ from .conftest import Fhir
 EXAMPLES = Path(__file__).resolve().parents[2] / "profiles" / "examples"
 INVALID = EXAMPLES / "invalid"
 EXPECTATIONS: dict[str, Any] = json.loads((INVALID / "expectations.json").read_text())
+# Broken only for the profile: the server completes these before validating them (a
+# notification without a due date gets the default one, see server.plans.notification).
+COMPLETED_BY_SERVER = {"task-without-due-date.json"}
 
 
 def _examples() -> list[dict[str, Any]]:
@@ -37,7 +40,7 @@ def test_every_example_is_accepted(fhir: Fhir) -> None:
         assert response.status_code == 201, (resource["id"], response.text)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTATIONS))
+@pytest.mark.parametrize("name", sorted(set(EXPECTATIONS) - COMPLETED_BY_SERVER))
 def test_every_broken_variant_is_refused_and_nothing_stored(fhir: Fhir, name: str) -> None:
     _load_examples(fhir)
     broken = json.loads((INVALID / name).read_text())
