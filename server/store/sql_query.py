@@ -65,6 +65,7 @@ the ordered result.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -184,6 +185,23 @@ class _Part:
 
     sql: str
     pks: bool = False
+    # The same condition as a correlated test of one row (through the index tables' ``pk``
+    # index), for when another condition drives the search; and how selective the condition
+    # usually is (lower: fewer matches), which picks the driver.
+    probe: str | None = None
+    rank: int = 1
+
+
+def _selectivity(clause: Clause) -> int:
+    """How many resources a clause usually matches, as a rank (lower: fewer): codes without
+    a system (status, intent, category) and text searches match many, dates and quantities
+    a range, the rest (references, identifiers, names) few."""
+    if clause.param.type == "token" and (clause.modifier == "text" or all(
+            isinstance(v, TokenQuery) and v.system is None for v in clause.values)):
+        return 3
+    if clause.param.type in ("date", "number", "quantity"):
+        return 2
+    return 1
 
 
 def _flatten(conditions: tuple[Condition, ...] | list[Condition]) -> list[Condition]:
@@ -246,7 +264,11 @@ class _Compiler:
         if ids is not None:
             listed = self.bind(jsonio.dumps(sorted(ids)))
             parts.append(self._ids(type_, f"SELECT value FROM json_each({listed})"))
-        drivers = [f"{r}.pk IN ({p.sql})" for p in parts if p.pks]
+        # The most selective index condition drives the search; the other index conditions
+        # are tested row by row on what it finds (instead of each being read in full).
+        indexed = sorted((p for p in parts if p.pks), key=lambda p: p.rank)
+        drivers = [f"{r}.pk IN ({p.sql})" if i == 0 or p.probe is None else p.probe
+                   for i, p in enumerate(indexed)]
         kind = f"+{r}.type" if drivers else f"{r}.type"
         where = [f"{kind} = {self.bind(type_)}", f"{r}.deleted = 0", *drivers]
         return _all(where + [p.sql for p in parts if not p.pks])
@@ -256,15 +278,16 @@ class _Compiler:
             return self._clause(type_, r, cond)
         self._nesting += 1
         try:
-            if isinstance(cond, Chain):
-                part = self._chain(type_, cond)
+            if isinstance(cond, Chain):  # chains mostly name one resource (an identifier)
+                part = dataclasses.replace(self._chain(type_, cond), rank=0)
             elif isinstance(cond, Has):
                 part = self._has(type_, cond)
-            elif isinstance(cond, AnyOf):
-                part = self._combined(type_, r, cond.conditions, "UNION", " OR ", "0")
+            elif isinstance(cond, AnyOf):  # access conditions: whole populations
+                part = dataclasses.replace(
+                    self._combined(type_, r, cond.conditions, "UNION", " OR ", "0"), rank=2)
             else:
-                part = self._combined(type_, r, _flatten(cond.conditions), "INTERSECT",
-                                      " AND ", "1")
+                part = dataclasses.replace(self._combined(
+                    type_, r, _flatten(cond.conditions), "INTERSECT", " AND ", "1"), rank=2)
         finally:
             self._nesting -= 1
         return self._hoisted(part) if self._nesting else part
@@ -276,7 +299,7 @@ class _Compiler:
             return part
         name = f"c{len(self.ctes)}"
         self.ctes.append(f"{name}(pk) AS ({part.sql})")
-        return _Part(f"SELECT pk FROM {name}", pks=True)
+        return _Part(f"SELECT pk FROM {name}", pks=True, rank=part.rank)
 
     def with_clause(self) -> str:
         """``WITH ...`` for the statement (empty when nothing was hoisted)."""
@@ -351,7 +374,12 @@ class _Compiler:
             x = self._alias()
             selects.append(f"SELECT {x}.pk FROM {table} AS {x} WHERE {x}.type = {type_param} "
                            f"AND {x}.param = {param} AND {self._value(x, clause, value)}")
-        return _Part(" UNION ALL ".join(selects), pks=True)
+        y = self._alias()
+        probe = (f"EXISTS (SELECT 1 FROM {table} AS {y} WHERE {y}.pk = {r}.pk AND "
+                 f"{y}.param = {param} AND "
+                 f"{_any([self._value(y, clause, v) for v in clause.values])})")
+        return _Part(" UNION ALL ".join(selects), pks=True, probe=probe,
+                     rank=_selectivity(clause))
 
     def _has_value(self, table: str, r: str, param: SearchParam, *, present: bool) -> str:
         x = self._alias()
