@@ -61,6 +61,7 @@ from bson.decimal128 import Decimal128, create_decimal128_context
 
 from ..fhir.outcome import FhirError
 from ..fhir.search.ast import (
+    MODIFIERS,
     AllOf,
     AnyOf,
     Chain,
@@ -118,14 +119,7 @@ leads with the fields of one of them (``_id`` lookups use the built-in ``_id`` i
 
 # Modifiers each parameter type supports (besides ``missing``, which every type has).
 _MODIFIERS: dict[str, tuple[str | None, ...]] = {
-    "token": (None, "not", "text"),
-    "reference": (None, "identifier"),
-    "date": (None,),
-    "string": (None, "exact", "contains"),
-    "uri": (None, "below", "above"),
-    "number": (None,),
-    "quantity": (None,),
-}
+    type_: (None, *(m for m in mods if m != "missing")) for type_, mods in MODIFIERS.items()}
 
 # param type -> (ix array, field sorted ascending (by its minimum), descending (by its maximum))
 _SORT_FIELDS = {

@@ -74,6 +74,7 @@ from typing import Any
 from ..fhir import jsonio
 from ..fhir.outcome import FhirError
 from ..fhir.search.ast import (
+    MODIFIERS,
     AllOf,
     AnyOf,
     Chain,
@@ -109,14 +110,7 @@ MAX_CHAR = "\U0010ffff"  # sorts after every other character (UTF-8 and code poi
 
 # The modifiers each parameter type supports (besides ``missing``, which every type has).
 _MODIFIERS: dict[str, tuple[str | None, ...]] = {
-    "token": (None, "not", "text"),
-    "reference": (None, "identifier"),
-    "date": (None,),
-    "string": (None, "exact", "contains"),
-    "uri": (None, "below", "above"),
-    "number": (None,),
-    "quantity": (None,),
-}
+    type_: (None, *(m for m in mods if m != "missing")) for type_, mods in MODIFIERS.items()}
 
 # Column a sort key orders by: (ascending, descending).
 _SORT_COLUMNS: dict[str, tuple[str, str]] = {

@@ -37,6 +37,18 @@ from typing import Literal
 MIN_MS = -62135596800000  # 0001-01-01T00:00:00Z
 MAX_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 
+# The modifiers this server supports per parameter type (the type modifier ``ref:Type`` and
+# chaining are spelled in the AST itself, not as modifiers).
+MODIFIERS: dict[str, tuple[str, ...]] = {
+    "token": ("missing", "not", "text"),
+    "reference": ("missing", "identifier"),
+    "string": ("missing", "exact", "contains"),
+    "uri": ("missing", "below", "above"),
+    "date": ("missing",),
+    "number": ("missing",),
+    "quantity": ("missing",),
+}
+
 ParamType = Literal["token", "reference", "date", "string", "uri", "number", "quantity",
                     "composite", "special"]
 

@@ -20,7 +20,7 @@ from importlib import resources
 from typing import Any
 
 from ..types import STORED_TYPES
-from .ast import IndexValues, ReferenceValue, SearchParam
+from .ast import MODIFIERS, IndexValues, ReferenceValue, SearchParam
 from .extract import (
     ElementModel,
     Extractor,
@@ -41,15 +41,7 @@ ROW_PARAMS: tuple[SearchParam, ...] = (
 _RESOURCE_BASES = ("Resource", "DomainResource")
 _EXAMPLE_URL = "http://hl7.org/fhir/SearchParameter/example"
 _TEXT_TYPES = frozenset({"CodeableConcept", "Coding", "Identifier", "Extension"})
-_MODIFIERS: dict[str, tuple[str, ...]] = {
-    "token": ("missing", "not", "text"),
-    "reference": ("missing", "identifier"),
-    "string": ("missing", "exact", "contains"),
-    "uri": ("missing", "below", "above"),
-    "date": ("missing",),
-    "number": ("missing",),
-    "quantity": ("missing",),
-}
+_MODIFIERS = MODIFIERS
 
 
 @dataclass(frozen=True)
