@@ -156,20 +156,15 @@ def register_bench_client(data: Path) -> tuple[str, Any]:
 
 def bench_token(endpoint: str, client_id: str, key: Any) -> str:
     """An access token through the token endpoint (client_credentials, private_key_jwt)."""
-    import secrets
     import urllib.parse
     import urllib.request
 
-    from joserfc import jwt
+    from server.auth.assertion import client_assertion_form
 
-    now = int(time.time())
-    assertion = jwt.encode({"alg": "ES256", "kid": "bench-1"},
-                           {"iss": client_id, "sub": client_id, "aud": endpoint, "iat": now,
-                            "exp": now + 60, "jti": secrets.token_urlsafe(16)}, key)
     form = urllib.parse.urlencode({
         "grant_type": "client_credentials", "scope": BENCH_SCOPE,
-        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        "client_assertion": assertion}).encode()
+        **client_assertion_form(client_id, key, alg="ES256", kid="bench-1",
+                                audience=endpoint)}).encode()
     with urllib.request.urlopen(endpoint, form, timeout=30) as response:
         token: str = json.loads(response.read())["access_token"]
     return token

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import requests
 from flask import Flask
-from joserfc import jwk, jwt
+from joserfc import jwk
 from werkzeug.serving import make_server
 
+from server.auth.assertion import client_assertion_form
 from server.auth.clients import ClientRecord
 from server.auth.server import AuthServer
 
@@ -54,14 +54,10 @@ def register_system(auth: AuthServer, *, scope: str = "system/*.cruds",
 def client_token(auth: AuthServer, client_id: str, key: jwk.Key, scope: str) -> str:
     """An access token from the token endpoint, over HTTP."""
     endpoint = auth.config.token_endpoint
-    now = int(time.time())
-    claims = {"iss": client_id, "sub": client_id, "aud": endpoint, "iat": now,
-              "exp": now + 60, "jti": secrets.token_hex(12)}
-    assertion = jwt.encode({"alg": "ES256", "kid": key.kid, "typ": "JWT"}, claims, key)
     response = requests.post(endpoint, data={
         "grant_type": "client_credentials", "scope": scope,
-        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        "client_assertion": assertion}, timeout=30)
+        **client_assertion_form(client_id, key, alg="ES256", kid=key.kid, audience=endpoint)},
+        timeout=30)
     assert response.status_code == 200, response.text
     token: str = response.json()["access_token"]
     return token

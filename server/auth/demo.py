@@ -13,6 +13,7 @@ from typing import Any
 
 from joserfc import jwk
 
+from .assertion import client_assertion_form
 from .clients import ClientRecord, ClientRegistry
 from .config import AuthConfig
 
@@ -93,30 +94,20 @@ def ensure_demo_system_clients(clients: ClientRegistry, config: AuthConfig,
 def demo_token(path: Path, client_id: str, scope: str | None = None) -> dict[str, Any]:
     """Get an access token for a demo system the way the system itself would: a client
     assertion signed with its private key (private_key_jwt) posted to the token endpoint."""
-    import secrets
-    import time
     import urllib.error
     import urllib.parse
     import urllib.request
-
-    from joserfc import jwt
 
     doc = json.loads(path.read_text())
     client = next((c for c in doc["clients"] if c["client_id"] == client_id), None)
     if client is None:
         known = ", ".join(c["client_id"] for c in doc["clients"])
         raise ValueError(f"{client_id} is not a demo client in {path} (known: {known})")
-    key = jwk.import_key(client["private_jwk"])
-    now = int(time.time())
-    assertion = jwt.encode(
-        {"alg": client["alg"], "kid": client["private_jwk"]["kid"], "typ": "JWT"},
-        {"iss": client_id, "sub": client_id, "aud": doc["token_endpoint"], "iat": now,
-         "exp": now + 60, "jti": secrets.token_urlsafe(16)},
-        key, algorithms=[client["alg"]])
     form = urllib.parse.urlencode({
         "grant_type": "client_credentials", "scope": scope or client["scope"],
-        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        "client_assertion": assertion}).encode()
+        **client_assertion_form(client_id, jwk.import_key(client["private_jwk"]),
+                                alg=client["alg"], kid=client["private_jwk"]["kid"],
+                                audience=doc["token_endpoint"])}).encode()
     try:
         with urllib.request.urlopen(doc["token_endpoint"], form, timeout=30) as response:
             answer: dict[str, Any] = json.loads(response.read())

@@ -12,13 +12,11 @@ import hashlib
 import hmac
 import secrets
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from joserfc import jwt
-
+from .assertion import client_assertion_form
 from .config import AuthConfig, UpstreamOidc
 from .dpop import b64url
 from .fetch import FetchError, request_json
@@ -123,20 +121,9 @@ class Upstream:
             return {"client_id": s.client_id, "client_secret": s.client_secret}
         if s.client_auth == "none":
             return {"client_id": s.client_id}
-        now = int(time.time())
         key = self._keys.active
-        assertion = jwt.encode(
-            {"alg": key.alg, "kid": key.kid, "typ": "JWT"},
-            {"iss": s.client_id, "sub": s.client_id,
-             "aud": s.assertion_audience or token_endpoint,
-             "iat": now, "exp": now + 60, "jti": secrets.token_urlsafe(18)},
-            key.private, algorithms=[key.alg],
-        )
-        return {
-            "client_id": s.client_id,
-            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            "client_assertion": assertion,
-        }
+        return client_assertion_form(s.client_id, key.private, alg=key.alg, kid=key.kid,
+                                     audience=s.assertion_audience or token_endpoint)
 
     def exchange(self, code: str, code_verifier: str) -> dict[str, Any]:
         """Trade the authorisation code for the provider's tokens."""
