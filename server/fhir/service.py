@@ -52,7 +52,7 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
 from ..config import Config
-from ..store.port import Store, UnitOfWork, Version, VersionConflict, iter_chunks
+from ..store.port import Store, UnitOfWork, Version, VersionConflict, iter_chunks, now_instant
 from . import capability, model
 from .outcome import FhirError, Issue, issue, not_found, outcome
 from .patch import apply_json_patch
@@ -1042,7 +1042,7 @@ class FhirService:
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return now_instant()[0]
 
 
 def _link(relation: str, url: str) -> dict[str, str]:

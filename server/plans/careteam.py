@@ -20,8 +20,15 @@ from typing import Any
 
 from ..fhir.outcome import FhirError
 from ..fhir.service import FhirService, RequestContext, Result, WriteContext
-from ..store.port import UnitOfWork, Version
-from .invariants import COORDINATOR, INDIVIDUAL_PLAN, PARTICIPANT_ROLE, covers, plan_kind
+from ..store.port import UnitOfWork, Version, format_instant
+from .invariants import (
+    COORDINATOR,
+    INDIVIDUAL_PLAN,
+    PARTICIPANT_ROLE,
+    covers,
+    has_coding,
+    plan_kind,
+)
 from .lifecycle import OPEN
 from .support import (
     TASK_CODE,
@@ -30,8 +37,6 @@ from .support import (
     check_visible,
     coding,
     end_ms,
-    has_coding,
-    instant,
     now_ms,
     parameters,
     read_current,
@@ -81,11 +86,11 @@ def appoint(team: Mapping[str, Any], member: Mapping[str, Any], at_ms: int,
     if any(_is_coordinator(p) and ref_text(p.get("member")) == wanted
            and _current_or_later(p, at_ms) for p in participants):
         return dict(team)
-    ended = [{**p, "period": {**(p.get("period") or {}), "end": instant(at_ms - 1)}}
+    ended = [{**p, "period": {**(p.get("period") or {}), "end": format_instant(at_ms - 1)}}
              if _is_coordinator(p) and _current_or_later(p, at_ms) else p
              for p in participants]
     new: dict[str, Any] = {"role": [_role(COORDINATOR)], "member": dict(member),
-                           "period": {"start": instant(at_ms)}}
+                           "period": {"start": format_instant(at_ms)}}
     if on_behalf_of:
         new["onBehalfOf"] = dict(on_behalf_of)
     return {**team, "participant": [*ended, new]}
@@ -113,7 +118,7 @@ def add_participant(team: Mapping[str, Any], member: Mapping[str, Any], role: st
             return dict(team)
     return {**team, "participant": [*team.get("participant", []),
                                     {"role": [_role(role)], "member": dict(member),
-                                     "period": {"start": instant(at_ms)}}]}
+                                     "period": {"start": format_instant(at_ms)}}]}
 
 
 def end_participation(team: Mapping[str, Any], org_id: str, at_ms: int, *,
@@ -126,7 +131,7 @@ def end_participation(team: Mapping[str, Any], org_id: str, at_ms: int, *,
     for p in team.get("participant", []):
         if (wanted in (ref_text(p.get("member")), ref_text(p.get("onBehalfOf")))
                 and _current_or_later(p, at_ms) and _began_since(p, since_ms)):
-            p = {**p, "period": {**(p.get("period") or {}), "end": instant(at_ms - 1)}}
+            p = {**p, "period": {**(p.get("period") or {}), "end": format_instant(at_ms - 1)}}
         participants.append(p)
     return {**team, "participant": participants}
 
@@ -286,7 +291,7 @@ def _complete_proposal(service: FhirService, ctx: RequestContext, uow: UnitOfWor
     if task.get("status") in ("completed", "rejected", "cancelled"):
         raise FhirError.of(422, f"Task/{task_id} is already {task.get('status')}",
                            code="business-rule", expression="Parameters.parameter:proposal")
-    done = {**task, "status": "completed", "lastModified": instant(now_ms()),
+    done = {**task, "status": "completed", "lastModified": format_instant(now_ms()),
             "output": [{"type": coding(TASK_OUTPUT, "koordinator"),
                         "valueReference": reference("PractitionerRole", role_id)}]}
     service.update_in(uow, ctx, "Task", str(task["id"]), done,
@@ -315,7 +320,7 @@ def _proposal(service: FhirService, write: WriteContext, version: Version) -> No
         "resourceType": "Task", "status": "requested", "intent": "proposal",
         "code": coding(TASK_CODE, CHANGE), "basedOn": [reference("Communication", version.id)],
         "focus": reference("CarePlan", plan_id), "for": plan.get("subject"),
-        "authoredOn": instant(now_ms()),
+        "authoredOn": format_instant(now_ms()),
         "requester": message.get("sender") or plan.get("subject"),
         "description": "Forslag om koordinator",
     }

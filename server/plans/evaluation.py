@@ -27,7 +27,7 @@ from typing import Any
 
 from ..fhir.outcome import FhirError
 from ..fhir.service import FhirService, RequestContext, Result
-from ..store.port import UnitOfWork
+from ..store.port import UnitOfWork, format_instant
 from .invariants import plan_kind
 from .support import (
     EXT_EVALUATION,
@@ -36,7 +36,6 @@ from .support import (
     coding,
     date_value,
     extensions,
-    instant,
     now_ms,
     parameters,
     read_current,
@@ -60,7 +59,7 @@ def install(service: FhirService) -> None:
 def evaluate_operation(service: FhirService, ctx: RequestContext, plan_id: str,
                        body: Any) -> Result:
     params = parameters(body, _OP)
-    when = date_value(params.get("date", [None])[0]) or instant(now_ms())
+    when = date_value(params.get("date", [None])[0]) or format_instant(now_ms())
     upcoming = date_value(params.get("next", [None])[0])
     if upcoming is None:
         raise FhirError.of(400, "$evaluate needs 'next': the next agreed evaluation",
@@ -140,7 +139,7 @@ def _record(plan: Mapping[str, Any], goals: Mapping[str, Any], when: str, upcomi
         "resourceType": "Task", "status": "completed", "intent": "plan",
         "code": coding(TASK_CODE, EVALUATION, "Evaluering av planen"),
         "focus": reference("CarePlan", str(plan["id"])), "for": plan.get("subject"),
-        "authoredOn": when, "lastModified": instant(now_ms()),
+        "authoredOn": when, "lastModified": format_instant(now_ms()),
         "executionPeriod": {"start": when, "end": when},
         "output": [*({"type": {"text": "evaluert mål"}, "valueReference": reference("Goal", g)}
                      for g in goals),

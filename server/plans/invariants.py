@@ -45,10 +45,11 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _has_coding(concept: Any, system: str, code: str) -> bool:
-    if not isinstance(concept, dict):
+def has_coding(concept: Any, system: str, code: str) -> bool:
+    """Whether a CodeableConcept has the coding ``system|code``."""
+    if not isinstance(concept, Mapping):
         return False
-    return any(isinstance(c, dict) and c.get("system") == system and c.get("code") == code
+    return any(isinstance(c, Mapping) and c.get("system") == system and c.get("code") == code
                for c in concept.get("coding", []))
 
 
@@ -68,7 +69,7 @@ def current_coordinators(care_team: Mapping[str, Any], at_ms: int | None = None)
     at = _now_ms() if at_ms is None else at_ms
     return [p for p in care_team.get("participant", [])
             if isinstance(p, dict)
-            and any(_has_coding(r, PARTICIPANT_ROLE, COORDINATOR) for r in p.get("role", []))
+            and any(has_coding(r, PARTICIPANT_ROLE, COORDINATOR) for r in p.get("role", []))
             and covers(p.get("period"), at)]
 
 
@@ -101,14 +102,14 @@ def period_when_active(plan: Any) -> str | None:
 def plan_kind(plan: Mapping[str, Any]) -> str | None:
     """``individuell-plan``, ``sip`` or None, from the plan's category."""
     for kind in (INDIVIDUAL_PLAN, SIP):
-        if any(_has_coding(c, PLAN_CATEGORY, kind) for c in plan.get("category", [])):
+        if any(has_coding(c, PLAN_CATEGORY, kind) for c in plan.get("category", [])):
             return kind
     return None
 
 
-def _target(reference: Any, type_: str) -> str | None:
-    """The id of ``reference`` when it is a literal reference to ``type_``."""
-    if not isinstance(reference, dict) or not isinstance(reference.get("reference"), str):
+def ref_id(reference: Any, type_: str) -> str | None:
+    """The id of ``reference`` (a FHIR Reference) when it is a literal ``type_`` reference."""
+    if not isinstance(reference, Mapping) or not isinstance(reference.get("reference"), str):
         return None
     parts = parse_reference(reference["reference"])
     if parts is None or parts.target_type != type_:
@@ -121,7 +122,7 @@ def consent_in_force(consent: Mapping[str, Any], scope: str, at_ms: int | None =
     at = _now_ms() if at_ms is None else at_ms
     provision = consent.get("provision") if isinstance(consent.get("provision"), dict) else {}
     return (consent.get("status") == "active"
-            and any(_has_coding(c, CONSENT_SCOPE, scope) for c in consent.get("category", []))
+            and any(has_coding(c, CONSENT_SCOPE, scope) for c in consent.get("category", []))
             and provision.get("type") == "permit"
             and covers(provision.get("period"), at))
 
@@ -133,7 +134,7 @@ def activation_problems(plan: Mapping[str, Any], lookup: Lookup) -> list[Issue]:
     person's consents and the plan's care team."""
     if plan.get("status") != "active" or plan_kind(plan) != INDIVIDUAL_PLAN:
         return []
-    patient_id = _target(plan.get("subject"), "Patient")
+    patient_id = ref_id(plan.get("subject"), "Patient")
     if patient_id is None:
         return [issue("An active individual plan needs a subject that references a Patient",
                       code="required", expression="CarePlan.subject")]
@@ -165,11 +166,11 @@ def _identity_problems(patient_id: str, lookup: Lookup) -> list[Issue]:
 
 
 def _coordinator_problems(plan: Mapping[str, Any], lookup: Lookup) -> list[Issue]:
-    teams = [t for t in plan.get("careTeam", []) if _target(t, "CareTeam")]
+    teams = [t for t in plan.get("careTeam", []) if ref_id(t, "CareTeam")]
     if not teams:
         return [issue("An active individual plan needs its care team (CarePlan.careTeam)",
                       code="required", expression="CarePlan.careTeam")]
-    team_id = _target(teams[0], "CareTeam")
+    team_id = ref_id(teams[0], "CareTeam")
     found = lookup("CareTeam", {"_id": str(team_id)})
     if not found:
         return [issue(f"CareTeam/{team_id} is not known", code="not-found",

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..fhir.outcome import FhirError, Issue, issue
 from ..fhir.service import FhirService, RequestContext, WriteContext
-from ..store.port import Version
+from ..store.port import Version, format_instant
 from .identifiers import DNR_SYSTEM, FNR_SYSTEM, SE_PERSONNUMMER_SYSTEM
 from .invariants import INDIVIDUAL_PLAN, consent_in_force, plan_kind
 from .support import (
@@ -38,7 +38,6 @@ from .support import (
     as_server,
     codes,
     extensions,
-    instant,
     now_ms,
     ref_id,
     replace_extensions,
@@ -257,7 +256,7 @@ def _consent_changed(service: FhirService, write: WriteContext, version: Version
     if any(consent_in_force(c, "plan-making") for c in consents):
         return
     reason = "samtykke-trukket" if withdrawn else "samtykke-avslatt"
-    ended = _withdrawal_date(after) or instant(now_ms())
+    ended = _withdrawal_date(after) or format_instant(now_ms())
     for plan in open_plans(service, write.uow, patient_id):
         revoke(service, write.ctx, write.uow, plan, reason, ended)
 

@@ -45,18 +45,16 @@ from typing import Any
 from ..fhir import model
 from ..fhir.outcome import FhirError, Issue
 from ..fhir.service import FhirService, RequestContext, WriteContext, new_id
-from ..store.port import UniqueConflict, UnitOfWork
+from ..store.port import UniqueConflict, UnitOfWork, format_instant
 from .calendar import add_working_days
 from .careteam import merge_participants, plan_team, update_team
-from .invariants import CANON, COORDINATOR, PARTICIPANT_ROLE, plan_kind
+from .invariants import CANON, COORDINATOR, PARTICIPANT_ROLE, has_coding, plan_kind
 from .lifecycle import open_plans
 from .settings import WorkflowSettings
 from .support import (
     TASK_CODE,
     as_server,
     coding,
-    has_coding,
-    instant,
     ref_id,
     ref_text,
     reference,
@@ -315,7 +313,7 @@ def _repath(exc: FhirError, paths: Mapping[str, str]) -> FhirError:
 def overdue_params(now: int) -> dict[str, str]:
     """Search parameters of the notifications without a green form after their due date."""
     return {"code": f"{TASK_CODE}|{NOTIFICATION}", "status": ",".join(OPEN_NOTIFICATION),
-            "due-date": f"lt{instant(now)}"}
+            "due-date": f"lt{format_instant(now)}"}
 
 
 def _reminder_keys(write: WriteContext) -> None:
@@ -357,7 +355,7 @@ def _remind(service: FhirService, settings: WorkflowSettings, task: Mapping[str,
         "subject": task.get("for"),
         "about": [reference("Task", str(task["id"]))],
         "recipient": [task.get("owner")],
-        "sent": instant(now),
+        "sent": format_instant(now),
         "payload": [{"contentString": (
             f"Påminnelse: meldingen om behov for individuell plan (Task/{task['id']}) er ikke "
             f"besvart med grønt skjema innen fristen {due}.")}],

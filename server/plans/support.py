@@ -9,16 +9,15 @@ scopes - which cover the request, not its consequences - are not asked again.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..fhir.outcome import FhirError
-from ..fhir.search.normalize import date_range, parse_reference
+from ..fhir.search.normalize import date_range
 from ..fhir.service import FhirService, Reader, RequestContext
 from ..store.port import now_instant
 from .identifiers import ENH_SYSTEM
-from .invariants import CANON
+from .invariants import CANON, ref_id
 
 TASK_CODE = f"{CANON}/CodeSystem/task-code"
 TASK_OUTPUT = f"{CANON}/CodeSystem/task-output"
@@ -36,16 +35,6 @@ ORG_NUMBER_SYSTEMS = (ENH_SYSTEM,)
 # -- references and codings -------------------------------------------------------------------
 
 
-def ref_id(reference: Any, type_: str) -> str | None:
-    """The id of ``reference`` (a FHIR Reference) when it is a literal ``type_`` reference."""
-    if not isinstance(reference, Mapping) or not isinstance(reference.get("reference"), str):
-        return None
-    parts = parse_reference(reference["reference"])
-    if parts is None or parts.target_type != type_:
-        return None
-    return parts.target_id
-
-
 def ref_text(reference: Any) -> str | None:
     """The literal ``reference`` string of a Reference, if any."""
     if isinstance(reference, Mapping) and isinstance(reference.get("reference"), str):
@@ -58,13 +47,6 @@ def reference(type_: str, id_: str, display: str | None = None) -> dict[str, str
     if display:
         out["display"] = display
     return out
-
-
-def has_coding(concept: Any, system: str, code: str) -> bool:
-    if not isinstance(concept, Mapping):
-        return False
-    return any(isinstance(c, Mapping) and c.get("system") == system and c.get("code") == code
-               for c in concept.get("coding", []))
 
 
 def codes(concept: Any, system: str) -> list[str]:
@@ -132,12 +114,6 @@ def set_responsible_organization(plan: dict[str, Any], org_id: str, display: str
 
 def now_ms() -> int:
     return now_instant()[1]
-
-
-def instant(ms: int) -> str:
-    """A FHIR instant (UTC, milliseconds) for epoch milliseconds ``ms``."""
-    at = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
-    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
 
 
 def start_ms(text: str, where: str) -> int:

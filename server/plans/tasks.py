@@ -33,7 +33,7 @@ from typing import Any
 
 from ..fhir.outcome import FhirError, Issue, issue
 from ..fhir.service import FhirService, RequestContext, WriteContext
-from ..store.port import UnitOfWork
+from ..store.port import UnitOfWork, format_instant
 from .careteam import (
     COORDINATING_UNIT,
     add_participant,
@@ -49,7 +49,6 @@ from .support import (
     acts_for,
     as_server,
     codes,
-    instant,
     now_ms,
     read_current,
     ref_id,
@@ -203,7 +202,7 @@ def _check_actor(service: FhirService, write: WriteContext, task: Mapping[str, A
 
 
 def _stamp(task: dict[str, Any], new: str) -> None:
-    now = instant(now_ms())
+    now = format_instant(now_ms())
     task["lastModified"] = now
     period = dict(task.get("executionPeriod") or {})
     if new in ("accepted", "in-progress", "completed") and not period.get("start"):

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..fhir.outcome import FhirError
 from ..fhir.service import FhirService, RequestContext, Result, WriteContext
-from ..store.port import UnitOfWork
+from ..store.port import UnitOfWork, format_instant
 from .careteam import add_participant, plan_team, takes_part, update_team
 from .lifecycle import OPEN
 from .support import (
@@ -36,7 +36,6 @@ from .support import (
     TASK_CODE,
     check_visible,
     coding,
-    instant,
     now_ms,
     parameters,
     read_current,
@@ -89,7 +88,7 @@ def transfer_operation(service: FhirService, ctx: RequestContext, plan_id: str,
             "resourceType": "Task", "status": "requested", "intent": "order",
             "code": coding(TASK_CODE, TRANSFER, "Overføring av ansvar for planen"),
             "focus": reference("CarePlan", plan_id), "for": plan.get("subject"),
-            "authoredOn": instant(now_ms()), "owner": reference("Organization", receiving),
+            "authoredOn": format_instant(now_ms()), "owner": reference("Organization", receiving),
             "description": "Overføring av ansvaret for individuell plan",
         }
         if current:

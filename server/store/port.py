@@ -68,12 +68,16 @@ class UniqueConflict(FhirError):
             f"{owner_type}/{owner_id} already holds the unique key '{key}'", code="duplicate")])
 
 
+def format_instant(ms: int) -> str:
+    """Epoch milliseconds as a FHIR instant (UTC, millisecond precision)."""
+    at = _dt.datetime.fromtimestamp(ms / 1000, _dt.UTC)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
 def now_instant() -> tuple[str, int]:
     """The current time as (FHIR instant string with ms, epoch milliseconds)."""
-    now = _dt.datetime.now(_dt.UTC)
-    ms = int(now.timestamp() * 1000)
-    text = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
-    return text, ms
+    ms = int(_dt.datetime.now(_dt.UTC).timestamp() * 1000)
+    return format_instant(ms), ms
 
 
 def stamp(resource: dict[str, Any], type_: str, id_: str, version: int, instant: str) -> dict:

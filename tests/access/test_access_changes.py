@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from access_kit import EMERGENCY, World
 from api.conftest import synthetic_fnr
-from conftest import EMERGENCY, World
 from world import FNR_SYSTEM, consent, withdrawn
 
 REASON = "Unconscious in the emergency room; needs the plan's medication list"

@@ -16,7 +16,7 @@ is neither counted nor returned.
 from __future__ import annotations
 
 import pytest
-from conftest import EMERGENCY, World
+from access_kit import EMERGENCY, World
 from world import KINDS, NOTICE_KINDS, STATES
 
 CALLERS = ("admin", "kommune", "nav", "hospital", "unrelated", "self:active", "doctor!")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import World
+from access_kit import World
 from world import FNR_SYSTEM, fnr
 
 ALL_PEOPLE = "Patient/active,Patient/limited,Patient/withdrawn,Patient/notice"

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from conftest import World
+from access_kit import World
 
 from server.fhir.model import validate
 from server.fhir.search.ast import Clause, ReferenceQuery, SearchQuery, SortKey

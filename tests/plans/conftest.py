@@ -3,41 +3,11 @@ only when MONGODB_URI is set) with tokens for every party, and a notification re
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from plansupport import Receiver, Running, start
-
-from server.config import Config
-
-MONGO_SKIP_REASON = ("MONGODB_URI is not set: the plan workflow suite on MongoDB needs a real "
-                     "MongoDB server (docker compose up mongo)")
-WORKFLOW = {"allow_loopback_endpoints": True, "delivery_backoff_s": 0.2,
-            "delivery_attempts": 3, "delivery_timeout_s": 5.0, "scan_interval_s": 3600.0}
-
-
-def engine_config(kind: str, data: Path, **workflow: Any) -> tuple[Config, Callable[[], None]]:
-    """A configuration of engine ``kind`` with the test workflow settings, and its cleanup."""
-    extra = {"workflow": {**WORKFLOW, **workflow}}
-    if kind == "embedded":
-        return Config(data_dir=data, extra=extra), lambda: None
-    uri = os.environ.get("MONGODB_URI")
-    if not uri:
-        pytest.skip(MONGO_SKIP_REASON)
-    db_name = f"planbro_plans_{uuid.uuid4().hex[:12]}"
-
-    def drop() -> None:
-        import pymongo
-
-        with pymongo.MongoClient(uri) as client:
-            client.drop_database(db_name)
-
-    return Config(data_dir=data, mongodb_uri=uri, mongodb_db=db_name, extra=extra), drop
-
+from plansupport import Receiver, Running, engine_config, start
 
 ENGINES = ["embedded", pytest.param("mongo", marks=pytest.mark.mongo)]
 

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import engine_config
 from plansupport import (
     REJECTION,
     TASK_CODE,
     TASK_OUTPUT,
     Running,
+    engine_config,
     notification_bundle,
     person,
     start,
@@ -24,7 +24,8 @@ from plansupport import (
 from server.plans.calendar import add_working_days, easter_sunday, is_working_day
 from server.plans.notification import REMINDER_SYSTEM, fill_due_date, send_reminders
 from server.plans.settings import WorkflowSettings
-from server.plans.support import instant, now_ms
+from server.plans.support import now_ms
+from server.store.port import format_instant as instant
 
 OSLO = WorkflowSettings().zone
 

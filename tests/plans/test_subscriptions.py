@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import engine_config
 from plansupport import (
     TASK_OUTPUT,
     Receiver,
     Running,
+    engine_config,
     notification_bundle,
     person,
     start,

@@ -12,7 +12,7 @@ from server.plans.careteam import appoint, end_participation, merge_participants
 from server.plans.invariants import current_coordinators
 from server.plans.notification import merge_plan
 from server.plans.settings import WorkflowSettings
-from server.plans.support import instant
+from server.store.port import format_instant as instant
 
 ROLE = "http://planbro.no/fhir/CodeSystem/participant-role"
 T0 = 1_800_000_000_000  # 2027-01-15T08:00:00Z
