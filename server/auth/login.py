@@ -25,10 +25,11 @@ from urllib.parse import urlencode
 from authlib.oauth2.rfc6749 import AccessDeniedError, OAuth2Error
 from flask import Blueprint, Response, redirect, render_template_string, request
 
+from ..plans.identifiers import parse_person_number
 from .grants import StoredAuthorizationRequest
 from .scopes import ScopeSet
 from .tokens import Subject
-from .upstream import UpstreamError, is_valid_fnr, pkce_pair
+from .upstream import UpstreamError, pkce_pair
 
 if TYPE_CHECKING:
     from .server import AuthServer
@@ -212,7 +213,7 @@ class Login:
         if self.config.acr_rank(acr) < self.config.acr_rank(self.config.min_acr):
             raise UpstreamError("The sign-in level (acr) is below the required minimum.")
         fnr = claims.get("pid")
-        if not is_valid_fnr(fnr):
+        if parse_person_number(fnr) is None:  # fødselsnummer or D-number
             raise UpstreamError("The identity provider sent no valid national identity number.")
         find = self.server.find_patient_by_fnr
         patient = find(fnr) if find else None

@@ -31,26 +31,9 @@ from .jwtutil import (
 )
 from .keys import KeyRing
 
-_WEIGHTS_1 = (3, 7, 6, 1, 8, 9, 4, 5, 2)
-_WEIGHTS_2 = (5, 4, 3, 2, 7, 6, 5, 4, 3, 2)
-
 
 class UpstreamError(Exception):
     """Sign-in at the upstream provider failed."""
-
-
-def is_valid_fnr(value: object) -> bool:
-    """An 11-digit Norwegian national identity number (fødselsnummer, D-number or synthetic
-    test number) with both modulus-11 check digits right."""
-    if not isinstance(value, str) or len(value) != 11 or not value.isdigit():
-        return False
-    digits = [int(c) for c in value]
-    for weights, position in ((_WEIGHTS_1, 9), (_WEIGHTS_2, 10)):
-        check = 11 - sum(w * d for w, d in zip(weights, digits, strict=False)) % 11
-        check = 0 if check == 11 else check
-        if check == 10 or check != digits[position]:
-            return False
-    return True
 
 
 def pkce_pair() -> tuple[str, str]:

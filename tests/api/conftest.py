@@ -4,6 +4,7 @@ storage engine (MongoDB only when MONGODB_URI is set)."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from live import LiveServer, system_token
 
 from server.app import Planbro, create_app
 from server.config import Config
+from server.plans import identifiers
 
 FHIR_JSON = "application/fhir+json"
 ADMIN_SCOPE = "system/*.cruds planbro/admin"
@@ -26,27 +28,10 @@ MAX_BODY = 64 * 1024
 MONGO_SKIP_REASON = ("MONGODB_URI is not set: the API suite on MongoDB needs a real MongoDB "
                      "server (docker compose up mongo)")
 
-_FNR_WEIGHTS_1 = (3, 7, 6, 1, 8, 9, 4, 5, 2)
-_FNR_WEIGHTS_2 = (5, 4, 3, 2, 7, 6, 5, 4, 3, 2)
-
-
-def _check_digit(digits: str, weights: tuple[int, ...]) -> int | None:
-    rest = 11 - sum(int(d) * w for d, w in zip(digits, weights, strict=True)) % 11
-    return 0 if rest == 11 else None if rest == 10 else rest
-
-
 def synthetic_fnr(seed: int) -> str:
-    """A synthetic Norwegian fødselsnummer (month + 80 marks test persons) that passes both
-    modulus-11 checks; different seeds give different numbers."""
-    n = seed
-    while True:
-        day, month, individual = 1 + n % 28, 1 + (n // 28) % 12, 500 + (n // 336) % 250
-        nine = f"{day:02d}{month + 80:02d}85{individual:03d}"
-        k1 = _check_digit(nine, _FNR_WEIGHTS_1)
-        k2 = None if k1 is None else _check_digit(nine + str(k1), _FNR_WEIGHTS_2)
-        if k1 is not None and k2 is not None:
-            return f"{nine}{k1}{k2}"
-        n += 7919  # skip numbers whose check digit would be 10
+    """A synthetic Norwegian fødselsnummer (month + 80) that passes both modulus-11 checks;
+    different seeds give different numbers."""
+    return identifiers.synthetic_fnr(dt.date(1985, 1, 1) + dt.timedelta(days=seed), seed // 5000)
 
 
 def patient(seed: int = 0, family: str = "Nordmann", **extra: Any) -> dict[str, Any]:

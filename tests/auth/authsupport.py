@@ -5,6 +5,7 @@ that build client assertions, DPoP proofs, PKCE pairs and synthetic fødselsnumr
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import re
 import secrets
@@ -24,6 +25,7 @@ from server.auth import AuthConfig, init_app
 from server.auth.demo import PATIENT_APP_ID
 from server.auth.server import AuthServer
 from server.fhir.outcome import FhirError
+from server.plans.identifiers import synthetic_fnr
 from server.store.port import Store
 
 
@@ -157,25 +159,8 @@ def pkce() -> tuple[str, str]:
 
 
 def make_fnr(serial: int) -> str:
-    """A synthetic fødselsnummer (month + 80, as synthetic test numbers have) that passes
-    both modulus-11 checks."""
-    w1 = (3, 7, 6, 1, 8, 9, 4, 5, 2)
-    w2 = (5, 4, 3, 2, 7, 6, 5, 4, 3, 2)
-    day = 1 + serial % 28
-    for individual in range(100 + serial * 7 % 800, 1000):
-        base = f"{day:02d}{81 + serial % 12:02d}90{individual:03d}"
-        d = [int(c) for c in base]
-        k1 = 11 - sum(a * b for a, b in zip(w1, d, strict=True)) % 11
-        k1 = 0 if k1 == 11 else k1
-        if k1 == 10:
-            continue
-        d.append(k1)
-        k2 = 11 - sum(a * b for a, b in zip(w2, d, strict=True)) % 11
-        k2 = 0 if k2 == 11 else k2
-        if k2 == 10:
-            continue
-        return base + f"{k1}{k2}"
-    raise AssertionError("no synthetic number found")
+    """A synthetic fødselsnummer (month + 80) that passes both modulus-11 checks."""
+    return synthetic_fnr(dt.date(1990, 1, 1) + dt.timedelta(days=serial), serial // 3000)
 
 
 def query_of(url: str) -> dict[str, str]:
