@@ -29,7 +29,7 @@ from .app import create_app
 from .auth import cli as auth_cli
 from .auth.demo import demo_token, ensure_demo_system_clients
 from .config import Config
-from .demo import KARI_FNR, ORGNR, SIP_PLAN, load_demo
+from .demo import KARI_FNR, ORGNR, load_demo
 from .fhir.search.registry import Registry
 from .plans.identifiers import FNR_SYSTEM
 from .store import open_store
@@ -167,18 +167,16 @@ def next_steps(base_url: str, config: Config) -> str:
         data = f" --data {config.data_dir}" if config.data_dir != Path("data") else ""
         auth = '-H "Authorization: Bearer $TOKEN"'
         lines += [
-            "  # a token for the demo hospital's system (private_key_jwt, key in "
+            "  # a token for the demo municipality's system (private_key_jwt, key in "
             f"{demo_clients_path(config)}):",
-            f"  TOKEN=$(planbro token demo-hospital-ehr{data})",
+            f"  TOKEN=$(planbro token demo-municipality{data})",
             "  # the demo person, by synthetic fødselsnummer:",
             f"  curl -s {auth} '{base_url}/Patient?identifier={kari}'",
             "  # her individual plan, with its goals and care team:",
             f"  curl -s {auth} '{base_url}/CarePlan?subject:Patient.identifier={kari}"
             "&_include=CarePlan:goal&_include=CarePlan:care-team'",
-            "  # the Swedish SIP example (Rut, 82):",
-            f"  curl -s {auth} '{base_url}/CarePlan?_id={SIP_PLAN}&_include=CarePlan:goal'",
-            "  # what the regulation asks of a plan, and what Rut's SIP lacks:",
-            f"  curl -s {auth} '{base_url}/CarePlan/{SIP_PLAN}/$completeness'",
+            "  # what the regulation asks of a plan, item by item:",
+            f"  curl -s {auth} '{base_url}/CarePlan/kari/$completeness'",
             "  # the patient app's sign-in (demo people):",
             f"  open {base_url.rsplit('/fhir', 1)[0]}/oauth/authorize (see README.md)",
         ]
