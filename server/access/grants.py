@@ -21,9 +21,12 @@ query. Three kinds:
     and the plan's responsible organisation also ``maintain`` the plan.
 ``notification``
     For each notification Task (``task-code#ip-notification``): its requester's and its
-    owner's organisations see the Task and what it carries (``for``, ``focus``, input and
-    output references), and nothing else of the person; the owner (the coordinating unit
-    it is addressed to) is marked ``received``.
+    owner's organisations see the Task and, while it is open, what it carries (``for``,
+    ``focus``, input and output references), and nothing else of the person; the owner (the
+    coordinating unit it is addressed to) is marked ``received`` while it is open. Once the
+    notification is answered (completed, rejected, cancelled, failed) both parties keep the
+    Task with its outcome and nothing more: what they see of the person from then on is what
+    the person's consent gives them as members of the care team.
 ``emergency``
     Opened when a practitioner states a reason for emergency access: that practitioner
     (``orgnr/HPR``) sees all of the person's data until it expires.
@@ -61,6 +64,8 @@ RESPONSIBLE_ORG_URLS = (
 )
 CARE_TEAM, NOTIFICATION, EMERGENCY = "care-team", "notification", "emergency"
 _OPEN_PLAN_STATUSES = "draft,active,on-hold"
+ENDED_TASK_STATUSES = frozenset({"completed", "rejected", "cancelled", "failed",
+                                 "entered-in-error"})
 _MAX_FOUND = 1000
 
 Lookup = Callable[[Reader, str, dict[str, str]], list[dict[str, Any]]]
@@ -294,16 +299,19 @@ def notification_grant(task: dict[str, Any], directory: Directory) -> dict[str, 
     requester = directory.member(task.get("requester"))[0]
     owner = directory.member(task.get("owner"))[0]
     holders = [h for h in dict.fromkeys((requester, owner)) if h]
-    carried = [task.get("for"), task.get("focus")]
-    for part in [*(task.get("input") or []), *(task.get("output") or [])]:
-        if isinstance(part, dict):
-            carried.append(part.get("valueReference"))
     covers = [f"Task/{task['id']}"]
-    covers += [f"{t}/{i}" for ref in carried if (found := _ref(ref)) for t, i in [found]]
+    open_ = task.get("status") not in ENDED_TASK_STATUSES
+    if open_:
+        carried = [task.get("for"), task.get("focus")]
+        for part in [*(task.get("input") or []), *(task.get("output") or [])]:
+            if isinstance(part, dict):
+                carried.append(part.get("valueReference"))
+        covers += [f"{t}/{i}" for ref in carried if (found := _ref(ref)) for t, i in [found]]
     person = _ref(task.get("for"))
     return _record(f"nt.{task['id']}", NOTIFICATION,
                    person[1] if person and person[0] == "Patient" else None, holders,
-                   covers=list(dict.fromkeys(covers)), received=[owner] if owner else [],
+                   covers=list(dict.fromkeys(covers)),
+                   received=[owner] if owner and open_ else [],
                    basis=[f"Task/{task['id']}"])
 
 

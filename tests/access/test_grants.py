@@ -119,6 +119,11 @@ def test_notification_grant_covers_what_it_carries() -> None:
     assert grant["holders"] == [SYKEHUS, KOMMUNE] and grant["received"] == [KOMMUNE]
     assert grant["covers"] == ["Task/n1", "Patient/p", "DocumentReference/d", "CareTeam/p"]
     assert notification_grant({**task, "code": {"text": "other"}}, Directory(_Reader())) is None
+    for status in ("completed", "rejected", "cancelled"):  # answered: the Task and its outcome
+        answered = notification_grant({**task, "status": status}, Directory(_Reader()))
+        assert answered is not None
+        assert answered["holders"] == [SYKEHUS, KOMMUNE]
+        assert answered["covers"] == ["Task/n1"] and "received" not in answered
 
 
 def test_partial_plan_view_and_merge_back() -> None:

@@ -445,11 +445,6 @@ def test_one_plan_from_discharge_to_a_new_municipality(
         step(story)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server/access: the grant of a notification Task keeps covering what it carries "
-    "(Task.for, Task.focus - the plan -, inputs and outputs - the care team) after the "
-    "notification is answered, so the hospital and the old municipality keep reading the plan "
-    "whatever the person's consent says (server/access/grants.py notification_grant)"))
 def test_the_notification_does_not_outlive_the_persons_consent(
         planbro: Running, story_receivers: tuple[Receiver, Receiver]) -> None:
     planbro.tokens["auditor"] = system_token(planbro.app.extensions["planbro"].auth,
@@ -459,3 +454,7 @@ def test_the_notification_does_not_outlive_the_persons_consent(
         step(story)
     assert planbro.get("kommune", f"CarePlan/{story.plan}").status_code == 404
     assert planbro.get("hospital", f"CarePlan/{story.plan}").status_code == 404
+    for party in ("hospital", "kommune"):  # both keep the notification with its outcome
+        answered = planbro.read(party, f"Task/{story.task}")
+        assert answered["status"] == "completed", (party, answered["status"])
+        assert planbro.get(party, f"CareTeam/{story.team}").status_code == 404, party
