@@ -39,6 +39,18 @@ class Caller:
         return self.kind in (INTERNAL, ADMIN)
 
     @property
+    def owner(self) -> str | None:
+        """The key an owned resource (a Subscription) of this caller is tagged with: the
+        client, and the person or health worker it acts for."""
+        if not self.client_id:
+            return None
+        if self.patient:
+            return f"{self.client_id}/Patient/{self.patient}"
+        if self.practitioner:
+            return f"{self.client_id}/hpr/{self.practitioner}"
+        return self.client_id
+
+    @property
     def holders(self) -> tuple[str, ...]:
         """The grant holders this caller answers to: the organisation, and the health worker
         within it."""

@@ -27,6 +27,9 @@ query. Three kinds:
     notification is answered (completed, rejected, cancelled, failed) both parties keep the
     Task with its outcome and nothing more: what they see of the person from then on is what
     the person's consent gives them as members of the care team.
+    A Communication about a notification Task (a reminder that the green form is overdue)
+    gets a notification grant of its own: its sender's and its recipients' organisations see
+    it.
 ``emergency``
     Opened when a practitioner states a reason for emergency access: that practitioner
     (``orgnr/HPR``) sees all of the person's data until it expires.
@@ -315,6 +318,23 @@ def notification_grant(task: dict[str, Any], directory: Directory) -> dict[str, 
                    basis=[f"Task/{task['id']}"])
 
 
+def message_grant(message: dict[str, Any], directory: Directory) -> dict[str, Any] | None:
+    """The grant of a Communication about a notification Task (None for other
+    Communications): its sender and recipients see it."""
+    about = [found for node in message.get("about") or []
+             if (found := _ref(node)) and found[0] == "Task"]
+    tasks = [task for _, id_ in about if (task := directory.resource("Task", id_))]
+    if not any(is_notification(task) for task in tasks):
+        return None
+    parties = [message.get("sender"), *(message.get("recipient") or [])]
+    holders = [h for h in dict.fromkeys(directory.member(p)[0] for p in parties) if h]
+    person = _ref(message.get("subject"))
+    return _record(f"nm.{message['id']}", NOTIFICATION,
+                   person[1] if person and person[0] == "Patient" else None, holders,
+                   covers=[f"Communication/{message['id']}"],
+                   basis=[f"Task/{id_}" for _, id_ in about])
+
+
 def emergency_grant(person: str, holder: str, reason: str, start: int,
                     end: int) -> dict[str, Any]:
     """A time-limited grant of everything of ``person`` to one health worker."""
@@ -372,14 +392,24 @@ class Grants:
 
     def sync_notification(self, uow: UnitOfWork, task_id: str) -> None:
         """Store (or remove) the grant of a notification Task as it is now."""
-        current = uow.read("Task", task_id)
-        task = None if current is None or current.deleted else current.resource
-        grant = notification_grant(task, Directory(uow)) if task is not None else None
-        stored = uow.read(GRANT_TYPE, f"nt.{task_id}")
+        self._sync_one(uow, "Task", task_id, f"nt.{task_id}", notification_grant)
+
+    def sync_message(self, uow: UnitOfWork, message_id: str) -> None:
+        """Store (or remove) the grant of a Communication about a notification as it is
+        now."""
+        self._sync_one(uow, "Communication", message_id, f"nm.{message_id}", message_grant)
+
+    @staticmethod
+    def _sync_one(uow: UnitOfWork, type_: str, id_: str, grant_id: str,
+                  derive: Callable[[dict[str, Any], Directory], dict[str, Any] | None]) -> None:
+        current = uow.read(type_, id_)
+        resource = None if current is None or current.deleted else current.resource
+        grant = derive(resource, Directory(uow)) if resource is not None else None
+        stored = uow.read(GRANT_TYPE, grant_id)
         live = stored is not None and not stored.deleted
         if grant is None:
             if live:
-                uow.delete(GRANT_TYPE, f"nt.{task_id}")
+                uow.delete(GRANT_TYPE, grant_id)
         elif not (live and stored is not None and _same(stored.resource, grant)):
             uow.update(GRANT_TYPE, grant["id"], grant)
 

@@ -60,9 +60,15 @@ PERSON_TYPES: frozenset[str] = frozenset(TYPE_CLASS) | {"AuditEvent"}
 """Types whose resources are a person's data (the Patient compartment and the plan's
 resources)."""
 
-OPEN_TYPES: frozenset[str] = frozenset({"Organization", "Practitioner", "PractitionerRole",
-                                        "Subscription"})
-"""Directory and technical types: any authenticated caller may read them (scopes permitting)."""
+OPEN_TYPES: frozenset[str] = frozenset({"Organization", "Practitioner", "PractitionerRole"})
+"""Directory types: any authenticated caller may read them (scopes permitting)."""
+
+OWNED_TYPES: frozenset[str] = frozenset({"Subscription"})
+"""Technical types that belong to the caller that created them: only that caller (and
+administrative systems) sees and changes them."""
+
+OWNER_SYSTEM = "http://planbro.no/fhir/CodeSystem/owner"
+"""``meta.tag`` system of the caller an owned resource belongs to (set by the server)."""
 
 RESPONSIBLE_PARAMS: dict[str, str] = {"Task": "owner", "ServiceRequest": "performer"}
 """The measures a party is responsible for: the reference parameter naming the party."""

@@ -6,7 +6,9 @@ resource itself that the storage engines answer from their index tables:
 
 - internal callers and administrative systems: none (everything; AuditEvents only with the
   auditor scope);
-- directory types (Organization, Practitioner, PractitionerRole, Subscription): none;
+- directory types (Organization, Practitioner, PractitionerRole): none;
+- Subscriptions: the caller's own (``meta.tag`` ``owner`` = the caller's key, set when it
+  wrote them);
 - the person (a patient token): ``_person`` is themself;
 - a health worker who states a reason for emergency access: any person's data (read
   interactions only: writes follow the ordinary rules);
@@ -18,6 +20,13 @@ resource itself that the storage engines answer from their index tables:
       any grant of the caller valid now;
     * a notification grant of the caller ``covers`` it;
 - anything else (AuditEvents without the auditor scope, stored Bundles): nothing.
+
+Identity resolution is the one exception: an organisation's conditional interaction whose
+only criteria are a national person identifier (``Patient?identifier=<fnr system>|<number>``:
+``If-None-Exist``, a transaction's conditional reference) matches every Patient, so that the
+same person is one Patient whoever registers them first. What the caller learns of a person
+it may not see is only the Patient's id with the identifier it already had (a stub labelled
+``REDACTED``); the access is audited like any other.
 
 :meth:`AccessControl.restrict` adds them to a search and to the types its chains and ``_has``
 reach; a search parameter that looks inside a plan's measures (``activity-code`` ...) only
@@ -45,7 +54,7 @@ from ..fhir.search.ast import (
     TokenQuery,
 )
 from ..fhir.service import FhirService, Reader, RequestContext
-from ..plans.identifiers import ENH_SYSTEM, HPR_SYSTEM
+from ..plans.identifiers import ENH_SYSTEM, HPR_SYSTEM, PERSON_SYSTEMS
 from ..store.port import now_instant
 from .caller import INTERNAL, PATIENT, Caller, caller_of
 from .grants import Grants, during
@@ -67,7 +76,10 @@ from .labels import (
     CONTENT_CLASS_SYSTEM,
     HEALTH,
     OPEN_TYPES,
+    OWNED_TYPES,
+    OWNER_SYSTEM,
     PERSON_TYPES,
+    REDACTED,
     RESPONSIBLE_PARAMS,
     TYPE_CLASS,
     activity_performers,
@@ -136,6 +148,8 @@ class AccessControl:
             return [self._person_is(caller.patient)] if caller.kind == PATIENT else [NOTHING]
         if caller.unrestricted or type_ in OPEN_TYPES:
             return None
+        if type_ in OWNED_TYPES:
+            return [self._owned_by(caller)]
         if type_ not in PERSON_TYPES:
             return [NOTHING]
         if caller.kind == PATIENT:
@@ -162,6 +176,15 @@ class AccessControl:
         if standing is None or f"CarePlan/{resource.get('id')}" in standing.covers:
             return resource
         return plan_view(resource, standing.classes, self.own(self.service.store, caller))
+
+    def matches(self, ctx: RequestContext, reader: Reader,
+                query: SearchQuery) -> list[dict[str, Any]]:
+        caller = self.caller(ctx)
+        wanted = _identities(query)
+        if not wanted or caller.kind == PATIENT or not (caller.holders or caller.unrestricted):
+            return [self.shown(ctx, r) for r in reader.search(self.restrict(ctx, query)).resources]
+        return [r if self.service.visible(ctx, reader, "Patient", str(r["id"]))
+                else _identity_stub(r, wanted) for r in reader.search(query).resources]
 
     # -- what a caller holds ----------------------------------------------------------------
 
@@ -226,6 +249,12 @@ class AccessControl:
                                "needs is missing", code="exception")
         return param
 
+    def _owned_by(self, caller: Caller) -> Condition:
+        if not caller.owner:
+            return NOTHING
+        return Clause(self._param("Subscription", "_tag"), None,
+                      (TokenQuery(OWNER_SYSTEM, caller.owner),))
+
     @staticmethod
     def _person_is(patient: str | None) -> Condition:
         if not patient:
@@ -283,3 +312,34 @@ class AccessControl:
                 and not caller.unrestricted and caller.kind != PATIENT and not caller.emergency):
             return AllOf((cond, self._person_holds(caller, FULL)))
         return cond
+
+
+def _identities(query: SearchQuery) -> set[tuple[str, str]]:
+    """The (system, number) pairs of a Patient query whose only criteria are national person
+    identifiers (empty for any other query)."""
+    if query.type != "Patient" or not query.conditions:
+        return set()
+    wanted: set[tuple[str, str]] = set()
+    for cond in query.conditions:
+        if not (isinstance(cond, Clause) and cond.param.code == "identifier"
+                and cond.modifier is None):
+            return set()
+        for value in cond.values:
+            if not (isinstance(value, TokenQuery) and value.system in PERSON_SYSTEMS
+                    and value.code):
+                return set()
+            wanted.add((value.system, value.code))
+    return wanted
+
+
+def _identity_stub(patient: dict[str, Any], wanted: set[tuple[str, str]]) -> dict[str, Any]:
+    """What identity resolution shows of a Patient the caller may not see: its id and the
+    identifiers the caller searched by."""
+    meta = patient.get("meta") or {}
+    return {
+        "resourceType": "Patient", "id": patient["id"],
+        "meta": {**{k: meta[k] for k in ("versionId", "lastUpdated") if k in meta},
+                 "security": [REDACTED]},
+        "identifier": [i for i in patient.get("identifier") or [] if isinstance(i, dict)
+                       and (i.get("system"), i.get("value")) in wanted],
+    }

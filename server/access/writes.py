@@ -6,6 +6,8 @@ Administrative systems and callers inside the server write anything. For everyon
   administrative systems only.
 - Directory: an organisation writes its own Organization (its organisation number) and the
   PractitionerRoles of it; Practitioners it may create, not change.
+- A Subscription belongs to the caller that created it (the server tags it with
+  ``owner`` = the caller's key): only that caller sees, changes and deletes it.
 - A person's data: a resource being changed or deleted must be one the caller sees (else
   404, as for a read), and the caller must keep it:
     * the plan's maintainers (the coordinator's and the responsible organisation) keep
@@ -23,8 +25,9 @@ Administrative systems and callers inside the server write anything. For everyon
   or a note, or be the person creating a goal, a note, an answer or a consent of their own.
 
 Every write of a CareTeam, Consent or CarePlan derives the person's care-team grants again,
-and every write of a notification Task its grant, in the same unit of work: a withdrawn
-consent stops access on the very next request. Changes to Organizations and
+every write of a notification Task its grant, and every write of a Communication about a
+notification (a reminder) the grant of its sender and recipients, in the same unit of work:
+a withdrawn consent stops access on the very next request. Changes to Organizations and
 PractitionerRoles derive again the grants that name them. Person's resources are labelled
 with their content class (:mod:`.labels`) before they are stored.
 """
@@ -45,6 +48,8 @@ from .grants import RESPONSIBLE_ORG_URLS, Directory, holder_key
 from .index import persons, responsible
 from .labels import (
     OPEN_TYPES,
+    OWNED_TYPES,
+    OWNER_SYSTEM,
     PERSON_TYPES,
     RESPONSIBLE_PARAMS,
     activity_performers,
@@ -90,9 +95,15 @@ class WriteRules:
         caller = self.control.caller(w.ctx)
         if w.resource is not None and w.type in PERSON_TYPES:
             w.resource = labelled(w.resource)
+        if w.resource is not None and w.type in OWNED_TYPES:
+            w.resource = _owned(w.resource, caller, w.previous)
         if caller.unrestricted:
             return
-        if w.type in _SERVER_WRITTEN or w.type not in PERSON_TYPES | OPEN_TYPES:
+        if w.type in OWNED_TYPES:
+            if w.previous is not None and not self.service.visible(w.ctx, w.uow, w.type, w.id):
+                raise not_found(w.type, w.id)
+            return
+        if w.type in _SERVER_WRITTEN or w.type not in PERSON_TYPES | OPEN_TYPES | OWNED_TYPES:
             raise forbidden(f"{w.type} resources are written by the server or by "
                             "administrative systems only")
         if w.type in OPEN_TYPES:
@@ -156,8 +167,6 @@ class WriteRules:
                             "themselves")
 
     def _directory_write(self, caller: Caller, w: WriteContext) -> None:
-        if w.type in ("Subscription",):
-            return
         if caller.kind == PATIENT:
             raise forbidden(f"A person does not write {w.type} resources")
         directory = Directory(w.uow)
@@ -187,6 +196,8 @@ class WriteRules:
                 self.control.grants.sync_person(w.uow, person)
         elif w.type == "Task" and any(is_notification(r) for r in resources):
             self.control.grants.sync_notification(w.uow, w.id)
+        elif w.type == "Communication" and any(_about_a_task(r) for r in resources):
+            self.control.grants.sync_message(w.uow, w.id)
         elif w.type in ("Organization", "PractitionerRole", "Practitioner"):
             self._directory_changed(w.uow, f"{w.type}/{w.id}")
 
@@ -294,6 +305,27 @@ def _grant_facts(plan: dict[str, Any]) -> tuple[Any, ...]:
     organisation."""
     return (plan.get("subject"), plan.get("status"),
             [e for e in plan.get("extension") or [] if e.get("url") in RESPONSIBLE_ORG_URLS])
+
+
+def _owned(resource: dict[str, Any], caller: Caller,
+           previous: Version | None) -> dict[str, Any]:
+    """``resource`` tagged with its owner: the caller that created it (an update keeps the
+    owner; a tag a client sends itself is replaced)."""
+    kept = [t for t in ((previous.resource or {}).get("meta") or {}).get("tag") or []
+            if isinstance(t, dict) and t.get("system") == OWNER_SYSTEM] if previous else []
+    owner = kept[:1] or ([{"system": OWNER_SYSTEM, "code": caller.owner}]
+                         if caller.owner else [])
+    meta = dict(resource.get("meta") or {})
+    tags = [t for t in meta.get("tag") or []
+            if not (isinstance(t, dict) and t.get("system") == OWNER_SYSTEM)]
+    if tags or owner:
+        meta["tag"] = [*tags, *owner]
+    return {**resource, "meta": meta} if meta else resource
+
+
+def _about_a_task(message: dict[str, Any]) -> bool:
+    return any(isinstance(node, dict) and str(node.get("reference", "")).startswith("Task/")
+               for node in message.get("about") or [])
 
 
 def _enh(resource: dict[str, Any]) -> str | None:

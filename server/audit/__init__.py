@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 
 from ..access.caller import INTERNAL, Caller
 from ..access.index import persons
-from ..access.labels import OPEN_TYPES, PERSON_TYPES, content_class
+from ..access.labels import OPEN_TYPES, OWNED_TYPES, PERSON_TYPES, content_class
 from ..access.policy import AccessControl
 from ..access.writes import touched
 from ..fhir.outcome import FhirError
@@ -85,17 +85,21 @@ class Auditor:
         caller = self.control.caller(interaction.ctx, strict=False)
         if caller.kind == INTERNAL or not self._concerns_people(interaction):
             return
-        if interaction.error is None and interaction.name in _WRITES:
+        matched = _matched(interaction)
+        if interaction.error is None and interaction.name in _WRITES and not matched:
             return  # recorded inside the write's unit of work
         outcome, text = "0", None
         if interaction.error is not None:
             outcome = "8" if _status(interaction.error) >= 500 else "4"
             text = _error_text(interaction.error)
-        if interaction.error is not None or interaction.name in _ON_AN_INSTANCE:
+        if matched:  # a conditional create that found the resource: a lookup, not a write
+            by_person = self._concerned(interaction, matched)
+        elif interaction.error is not None or interaction.name in _ON_AN_INSTANCE:
             by_person = self._concerned(interaction)
         else:
             by_person = _by_person(self.control, touched(interaction))
-        accesses = self._accesses(caller, interaction.name, by_person,
+        name = "search-type" if matched else interaction.name
+        accesses = self._accesses(caller, name, by_person,
                                   outcome=outcome, text=text, query=_query(interaction))
         try:
             self.commits.write([("AuditEvent", audit_event(a)) for a in accesses])
@@ -110,15 +114,18 @@ class Auditor:
         if interaction.name == "validate" and interaction.id is None:
             return False
         return interaction.type is None or interaction.type in PERSON_TYPES or (
-            interaction.type not in OPEN_TYPES and interaction.error is not None)
+            interaction.type not in OPEN_TYPES | OWNED_TYPES and interaction.error is not None)
 
-    def _concerned(self, interaction: Interaction) -> dict[str | None, list[str]]:
-        """Whose data a refused or failed interaction was about (the resource as stored)."""
-        if interaction.type is None or interaction.id is None:
+    def _concerned(self, interaction: Interaction,
+                   id_: str | None = None) -> dict[str | None, list[str]]:
+        """Whose data a refused or failed interaction (or the resource ``id_`` of its type it
+        found) was about (the resource as stored)."""
+        id_ = id_ or interaction.id
+        if interaction.type is None or id_ is None:
             return {None: []}
-        current = self.store.read(interaction.type, interaction.id)
+        current = self.store.read(interaction.type, id_)
         resource = current.resource if current is not None else None
-        ref = f"{interaction.type}/{interaction.id}"
+        ref = f"{interaction.type}/{id_}"
         people = persons(self.control.registry, resource) if resource else []
         return {p: [ref] for p in people} if people else {None: [ref]}
 
@@ -171,6 +178,16 @@ def _query(interaction: Interaction) -> str | None:
             or not interaction.params:
         return None
     return f"{interaction.type}?{urlencode(interaction.params)}"
+
+
+def _matched(interaction: Interaction) -> str | None:
+    """The id of the resource a successful conditional create found instead of creating."""
+    result = interaction.result
+    if interaction.name != "create" or result is None or result.status != 200:
+        return None
+    where = (result.headers or {}).get("Content-Location", "")
+    parts = where.split("/_history/")[0].rsplit("/", 1)
+    return parts[1] if len(parts) == 2 else None
 
 
 def _status(error: Exception) -> int:

@@ -126,6 +126,11 @@ class Access(Protocol):
     def shown(self, ctx: RequestContext, resource: dict[str, Any]) -> dict[str, Any]:
         """``resource`` as the caller may see it (a partial view hides parts of it)."""
 
+    def matches(self, ctx: RequestContext, reader: Reader,
+                query: SearchQuery) -> list[dict[str, Any]]:
+        """The resources a conditional interaction's criteria (``query``) match, as the
+        caller may see them."""
+
 
 class OpenAccess:
     """Shows everything: no access control (callers inside the server, unit tests)."""
@@ -138,6 +143,10 @@ class OpenAccess:
 
     def shown(self, ctx: RequestContext, resource: dict[str, Any]) -> dict[str, Any]:
         return resource
+
+    def matches(self, ctx: RequestContext, reader: Reader,
+                query: SearchQuery) -> list[dict[str, Any]]:
+        return list(reader.search(query).resources)
 
 
 @dataclass(frozen=True)
@@ -456,12 +465,26 @@ class FhirService:
                             max_count=self.config.max_count)
 
     def lookup(self, reader: Reader, type_: str, params: dict[str, str],
-               limit: int = 100) -> list[dict[str, Any]]:
+               limit: int = 100, *, ctx: RequestContext | None = None) -> list[dict[str, Any]]:
         """Resources of ``type_`` matching search ``params``, for rules inside the server
-        (no caller, no paging; reads through ``reader``, e.g. a unit of work)."""
-        parsed = parse_search(self.registry, type_, [*params.items(), ("_count", str(limit))],
+        (no paging; reads through ``reader``, e.g. a unit of work). Without ``ctx`` every
+        resource; with it, what that caller may see (its scopes and access: a type it may
+        not search has nothing for it)."""
+        restriction: list[tuple[str, str]] = []
+        if ctx is not None:
+            try:
+                self.guard.check(ctx, "search-type", type_)
+            except FhirError as exc:
+                if exc.status == 403:
+                    return []
+                raise
+            restriction = self.guard.restriction(ctx, type_, "s")
+        parsed = parse_search(self.registry, type_,
+                              [*params.items(), *restriction, ("_count", str(limit))],
                               max_count=max(limit, self.config.max_count))
-        return list(reader.search(parsed.query).resources)
+        if ctx is None:
+            return list(reader.search(parsed.query).resources)
+        return self._execute(ctx, reader, parsed.query).resources
 
     @observed("operation")
     def operation(self, ctx: RequestContext, type_: str, id_: str, name: str,
@@ -555,7 +578,9 @@ class FhirService:
                 raise _multiple_matches(type_, "create")
             if matches:
                 existing = uow.read(type_, str(matches[0]["id"]))
-                return Written(type_, existing, 200, matched=True)
+                assert existing is not None
+                shown = dataclasses.replace(existing, resource=matches[0])
+                return Written(type_, shown, 200, matched=True)
         if not validated:
             self._ensure_valid(resource, type_, None, "create")
         resource["id"] = id_ or new_id()
@@ -743,7 +768,7 @@ class FhirService:
         criteria = sorted(p for p in parsed.self_params if p[0] not in _PAGING_PARAMS)
         uow.lock(f"cond:{type_}?{urlencode(criteria)}")
         query = dataclasses.replace(parsed.query, count=2, offset=0, total=False)
-        return self._execute(ctx, uow, query).resources
+        return self.access.matches(ctx, uow, query)
 
     def _before(self, ctx: RequestContext, uow: UnitOfWork, interaction: str, type_: str,
                 id_: str, resource: dict[str, Any] | None,

@@ -1,13 +1,14 @@
 """Who a Subscription listens for: the caller that wrote it.
 
 A notification must never tell a subscriber more than it could read itself. So when a
-Subscription is written by a caller, who that caller is (kind, client, organisation, health
+Subscription is created by a caller, who that caller is (kind, client, organisation, health
 worker, person, scopes - never a reason for emergency access) is kept beside it as a
 server-internal record (:data:`SUBSCRIBER`, not a FHIR type, never served), in the same unit
 of work. Matching a write against the subscription's criteria and showing the resource in a
 notification then run as that caller: its scopes, and access control's view of what it may
-see (``FhirService.access``). A subscription written inside the server listens for
-everything.
+see (``FhirService.access``). Updates keep the subscriber (only its creator - or an
+administrative system - may change a Subscription: :mod:`server.access`). A subscription
+written inside the server listens for everything.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _remember(write: WriteContext, version: Version) -> None:
         return
     if version.deleted:
         write.uow.delete(SUBSCRIBER, write.id)
-    elif write.ctx.principal is not None:
+    elif write.ctx.principal is not None and write.previous is None:
         remember(write.uow, write.id, write.ctx.principal)
 
 

@@ -35,6 +35,8 @@ ENH_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.101"
 RESH_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.102"
 HER_SYSTEM = "urn:oid:2.16.578.1.12.4.1.2"
 SE_PERSONNUMMER_SYSTEM = "urn:oid:1.2.752.129.2.1.3.1"
+PERSON_SYSTEMS = (FNR_SYSTEM, DNR_SYSTEM, SE_PERSONNUMMER_SYSTEM)
+"""The systems of national person identifiers: a value in one of them names one person."""
 
 _K1_WEIGHTS = (3, 7, 6, 1, 8, 9, 4, 5, 2)
 _K2_WEIGHTS = (5, 4, 3, 2, 7, 6, 5, 4, 3, 2)

@@ -29,7 +29,7 @@ from typing import Any
 from ..fhir.outcome import FhirError, Issue, issue
 from ..fhir.service import FhirService, RequestContext, WriteContext
 from ..store.port import Version, format_instant
-from .identifiers import DNR_SYSTEM, FNR_SYSTEM, SE_PERSONNUMMER_SYSTEM
+from .identifiers import PERSON_SYSTEMS
 from .invariants import INDIVIDUAL_PLAN, consent_in_force, plan_kind
 from .support import (
     EXT_STATUS_REASON,
@@ -46,7 +46,6 @@ from .support import (
 
 OPEN = ("draft", "active", "on-hold")
 CLOSED = ("completed", "revoked", "entered-in-error")
-PERSON_SYSTEMS = (FNR_SYSTEM, DNR_SYSTEM, SE_PERSONNUMMER_SYSTEM)
 COMPLETION_REASONS = ("periode-utlopt", "ikke-behov", "brukers-onske")
 REVOCATION_REASONS = ("samtykke-trukket", "samtykke-avslatt")
 _KIND_TEXT = {INDIVIDUAL_PLAN: "individual plan", "sip": "SIP"}

@@ -6,7 +6,8 @@
   and - on the change to active - every required content item of the checklist
   (``completeness``); a SIP's gaps are reported, not refused;
 - ``GET CarePlan/{id}/$completeness`` returns the checklist report, and ``$validate`` of a
-  CarePlan includes it.
+  CarePlan includes it; both judge the plan on what the caller may see (its partial view, its
+  scopes), so the report tells nobody of content hidden from them.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ def install(service: FhirService, conformance: Conformance | None = None) -> Con
     service.operations[("CarePlan", "completeness")] = (
         lambda ctx, id_, _body: _completeness_operation(service, ctx, id_))
     service.report_hooks.append(lambda ctx, reader, resource:
-                                _completeness_issues(service, reader, resource))
+                                _completeness_issues(service, ctx, reader, resource))
     return conformance
 
 
-def _lookup(service: FhirService, reader: Reader):  # type: ignore[no-untyped-def]
-    return lambda type_, params: service.lookup(reader, type_, params)
+def _lookup(service: FhirService, reader: Reader,  # type: ignore[no-untyped-def]
+            ctx: RequestContext | None = None):
+    """Searches for the rules: everything, or (``ctx``) what that caller may see."""
+    return lambda type_, params: service.lookup(reader, type_, params, ctx=ctx)
 
 
 def _check_plan(service: FhirService, write: WriteContext) -> None:
@@ -77,15 +80,16 @@ def _missing_items(report: Mapping[str, Any]) -> list[Issue]:
 def _completeness_operation(service: FhirService, ctx: RequestContext, id_: str) -> Result:
     found = service.read(ctx, "CarePlan", id_)
     plan = found.body or {}
-    return Result(200, completeness(plan, gather_related(plan, _lookup(service,
-                                                                         service.store))))
+    related = gather_related(plan, _lookup(service, service.store, ctx))
+    return Result(200, completeness(plan, related))
 
 
-def _completeness_issues(service: FhirService, reader: Reader,
+def _completeness_issues(service: FhirService, ctx: RequestContext, reader: Reader,
                          resource: Mapping[str, Any]) -> list[Issue]:
-    """The checklist inside ``$validate`` of a CarePlan: missing items as warnings."""
+    """The checklist inside ``$validate`` of a CarePlan: missing items as warnings (judged
+    on what the caller may see)."""
     if resource.get("resourceType") != "CarePlan" or plan_kind(resource) is None:
         return []
-    report = completeness(resource, gather_related(resource, _lookup(service, reader)))
+    report = completeness(resource, gather_related(resource, _lookup(service, reader, ctx)))
     return [Issue("warning", i.code, i.diagnostics, i.expression)
             for i in _missing_items(report)]

@@ -7,7 +7,12 @@ from typing import Any
 
 from world import care_team, consent, plan
 
-from server.access.grants import Directory, care_team_grants, notification_grant
+from server.access.grants import (
+    Directory,
+    care_team_grants,
+    message_grant,
+    notification_grant,
+)
 from server.access.labels import CONTENT_CLASS_SYSTEM, activity_class
 from server.access.views import merge_hidden, plan_view
 from server.fhir.search.normalize import period_range
@@ -124,6 +129,25 @@ def test_notification_grant_covers_what_it_carries() -> None:
         assert answered is not None
         assert answered["holders"] == [SYKEHUS, KOMMUNE]
         assert answered["covers"] == ["Task/n1"] and "received" not in answered
+
+
+def test_a_message_about_a_notification_is_seen_by_its_sender_and_recipients() -> None:
+    reader = _Reader()
+    reader.data[("Task", "n1")] = {
+        "resourceType": "Task", "id": "n1",
+        "code": {"coding": [{"system": "http://planbro.no/fhir/CodeSystem/task-code",
+                             "code": "ip-notification"}]}}
+    reader.data[("Task", "t2")] = {"resourceType": "Task", "id": "t2"}
+    message = {"resourceType": "Communication", "id": "m1",
+               "subject": {"reference": "Patient/p"}, "about": [{"reference": "Task/n1"}],
+               "sender": {"reference": "Organization/sykehus"},
+               "recipient": [{"reference": "Organization/kommune"}]}
+    grant = message_grant(message, Directory(reader))
+    assert grant is not None and grant["person"] == "p"
+    assert grant["holders"] == [SYKEHUS, KOMMUNE]
+    assert grant["covers"] == ["Communication/m1"] and grant["basis"] == ["Task/n1"]
+    ordinary = {**message, "about": [{"reference": "Task/t2"}]}  # not about a notification
+    assert message_grant(ordinary, Directory(reader)) is None
 
 
 def test_partial_plan_view_and_merge_back() -> None:

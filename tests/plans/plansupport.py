@@ -54,6 +54,7 @@ EXT = f"{CANON}/StructureDefinition"
 CONTENT_CLASS = f"{CANON}/CodeSystem/content-class"
 FHIR_JSON = "application/fhir+json"
 ADMIN_SCOPE = "system/*.cruds planbro/admin"
+AUDITOR_SCOPE = "system/AuditEvent.rs planbro/audit"
 ORG_SCOPE = "system/*.cruds"
 NAV_SCOPE = ("system/CarePlan.rus system/CareTeam.rs system/Goal.rs system/Task.cruds "
              "system/Patient.rs system/Organization.rs system/PractitionerRole.rs "
@@ -466,6 +467,7 @@ def start(config: Config, *, load_directory: bool = True) -> Running:
     server = Running(live, app)
     auth = app.extensions["planbro"].auth
     server.tokens["admin"] = system_token(auth, scope=ADMIN_SCOPE)
+    server.tokens["auditor"] = system_token(auth, scope=AUDITOR_SCOPE)
     for key, (number, _) in ORGS.items():
         scope = NAV_SCOPE if key == "nav" else ORG_SCOPE
         server.tokens[key] = system_token(auth, scope=scope, organization=number)

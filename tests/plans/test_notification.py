@@ -11,16 +11,20 @@ from typing import Any
 
 import pytest
 from plansupport import (
+    ORGS,
     REJECTION,
     TASK_CODE,
     TASK_OUTPUT,
+    Receiver,
     Running,
     engine_config,
     notification_bundle,
     person,
     start,
+    subscription,
 )
 
+from server.access.labels import REDACTED
 from server.plans.calendar import add_working_days, easter_sunday, is_working_day
 from server.plans.notification import REMINDER_SYSTEM, fill_due_date, send_reminders
 from server.plans.settings import WorkflowSettings
@@ -322,26 +326,50 @@ def test_no_reminder_once_answered(planbro: Running, status: str) -> None:
     assert planbro.workflow.send_reminders() == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server/access: a conditional create's search is limited to what the caller may see, so "
-    "an organisation not yet taking part in the person's care does not find the Patient by "
-    "fødselsnummer and cannot send a notification about a person Planbro already knows; "
-    "identity resolution needs to see every Patient"))
 def test_another_organisation_finds_the_person_by_national_identity_number(
         planbro: Running) -> None:
     kari = person("kari", 46)
     first = _notify(planbro, notification_bundle(kari))
+    patient_id = first["for"]["reference"].split("/")[1]
     found = planbro.post("nykommune", "Patient", kari.patient(),
                          **{"If-None-Exist": kari.criteria})
     assert found.status_code == 200, found.text
-    assert found.json()["id"] == first["for"]["reference"].split("/")[1]
+    stub = found.json()
+    assert stub["id"] == patient_id
+    # it learns the id behind the number it had, nothing more, and the lookup is logged
+    assert stub["meta"]["security"] == [REDACTED] and "name" not in stub
+    assert [i["value"] for i in stub["identifier"]] == [kari.fnr]
+    assert planbro.get("nykommune", f"Patient/{patient_id}").status_code == 404
+    assert planbro.search("admin", f"Patient?{kari.criteria}") == [
+        planbro.read("admin", f"Patient/{patient_id}")]
+    log = planbro.search("auditor", f"AuditEvent?patient=Patient/{patient_id}&_count=100")
+    lookups = [e for e in log if e["subtype"][0]["code"] == "search-type"
+               and ORGS["nykommune"][0] in str(e["agent"])]
+    assert len(lookups) == 1, log
+    # a search by the same number shows nothing: only conditional writes resolve identity
+    assert planbro.search("nykommune", f"Patient?{kari.criteria}") == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server/access: a Communication's recipient does not see it unless it takes part in the "
-    "person's care with their consent, so the municipality a reminder is addressed to can "
-    "neither read it nor hear of it by subscription"))
-def test_the_municipality_reads_its_reminder(planbro: Running) -> None:
+def test_the_notification_finds_a_person_registered_before(planbro: Running) -> None:
+    """The hospital sees nothing of a person registered by someone else (here an
+    administrative system), yet its notification names that Patient, not a second one."""
+    kari = person("kari", 48)
+    registered = planbro.post("admin", "Patient", kari.patient())
+    assert registered.status_code == 201, registered.text
+    task = _notify(planbro, notification_bundle(kari))
+    assert task["for"]["reference"] == f"Patient/{registered.json()['id']}"
+    assert len(planbro.search("admin", f"Patient?{kari.criteria}")) == 1
+
+
+def test_the_municipality_reads_its_reminder(planbro: Running, receiver: Receiver) -> None:
+    planbro.ok(planbro.post("kommune", "Subscription", subscription(
+        "Communication?recipient=Organization/kommune", receiver.url)))
     late = _overdue(planbro, 47)
     assert planbro.workflow.send_reminders() == 1
-    assert len(_reminders(planbro, "kommune", late)) == 1
+    reminder = _reminders(planbro, "kommune", late)
+    assert len(reminder) == 1
+    got = receiver.wait_for(1)[0]  # and hears of it
+    assert got.path == f"/hook/Communication/{reminder[0]['id']}", got.path
+    assert len(_reminders(planbro, "hospital", late)) == 1  # the sender sees it too
+    assert _reminders(planbro, "nykommune", late) == []
+    assert planbro.get("legekontor", f"Communication/{reminder[0]['id']}").status_code == 404

@@ -22,6 +22,7 @@ from plansupport import (
     subscription,
 )
 
+from server.access.labels import OWNER_SYSTEM
 from server.notify import outbox
 from server.notify.subscriptions import endpoint_problem
 from server.notify.worker import Job, Worker
@@ -80,6 +81,33 @@ def test_a_requested_subscription_becomes_active(planbro: Running) -> None:
     created = _subscribe(planbro, "kommune", "Task?owner=Organization/kommune",
                          "https://example.org/hook")
     assert created["status"] == "active"
+
+
+def test_a_subscription_belongs_to_the_caller_that_created_it(planbro: Running) -> None:
+    body = subscription("Task?owner=Organization/kommune", "https://kommune.example/hook")
+    body["meta"] = {"tag": [{"system": OWNER_SYSTEM, "code": "someone-else"}]}  # replaced
+    mine = _subscribe(planbro, "kommune", body["criteria"], "https://kommune.example/hook")
+    forged = planbro.ok(planbro.post("kommune", "Subscription", body), 201)
+    owner = [t["code"] for t in mine["meta"]["tag"] if t["system"] == OWNER_SYSTEM]
+    assert owner and [t["code"] for t in forged["meta"]["tag"]
+                      if t["system"] == OWNER_SYSTEM] == owner
+    path = f"Subscription/{mine['id']}"
+    assert planbro.read("kommune", path)["id"] == mine["id"]
+    assert {s["id"] for s in planbro.search("kommune", "Subscription")} == {
+        mine["id"], forged["id"]}
+    # another organisation neither sees, changes nor deletes it
+    assert planbro.get("hospital", path).status_code == 404
+    assert planbro.search("hospital", "Subscription") == []
+    stolen = {**mine, "channel": {**mine["channel"], "endpoint": "https://thief.example/h"}}
+    assert planbro.put("hospital", stolen).status_code == 404
+    assert planbro.request("hospital", "DELETE", path).status_code == 404
+    assert planbro.read("kommune", path)["channel"]["endpoint"] == \
+        "https://kommune.example/hook"
+    # its owner changes it, and it stays the owner's; administrative systems see it too
+    changed = planbro.ok(planbro.put("kommune", {**mine, "status": "off"}), 200)
+    assert [t["code"] for t in changed["meta"]["tag"] if t["system"] == OWNER_SYSTEM] == owner
+    assert planbro.read("admin", path)["status"] == "off"
+    assert planbro.request("kommune", "DELETE", path).status_code in (200, 204)
 
 
 def test_endpoints_are_https_or_loopback_when_allowed() -> None:
