@@ -194,6 +194,11 @@ VARIANTS: tuple[Variant, ...] = (
               "code": "landsting"}]}}),),
       "CarePlan.activity[0].extension[1].valueCodeableConcept.coding", "value",
       "sip-responsibility"),
+    V("careplan-unknown-content-class", "CarePlan-kari.json", "ip-careplan",
+      "A measure's content class is plan, goal, measure or health",
+      (replace("/activity/2/extension/0/valueCodeableConcept/coding/0/code", "hemmelig"),),
+      "CarePlan.activity[2].extension[0].valueCodeableConcept.coding", "value",
+      "content-class"),
     # -- a profile the server does not know
     V("unknown-profile", "CarePlan-kari.json", "ip-careplan-unknown",
       "A resource claiming a profile the server does not know is refused",

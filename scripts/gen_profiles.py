@@ -244,6 +244,25 @@ TERMINOLOGY: tuple[Terminology, ...] = (
               sv="Annan än kommunen eller regionen"),
         ),
     ),
+    Terminology(
+        "content-class", "Innholdsklasse",
+        "Hva slags innhold en ressurs (eller et tiltak i planen) er, slik at et samtykke kan "
+        "dele noen klasser med en aktør og ikke andre (Consent.provision.securityLabel). "
+        "Serveren setter klassen i meta.security på hver ressurs med personens opplysninger.",
+        (
+            C("plan", "Plan og samarbeid", "Plan and collaboration",
+              "Planens ramme og hvem som deltar: personen, pårørende, planen selv (periode, "
+              "ansvarlig virksomhet, evalueringer), ansvarsgruppen med koordinatoren, "
+              "samtykker og meldinger til ansvarsgruppen."),
+            C("goal", "Mål", "Goals", "Personens mål og delmål."),
+            C("measure", "Tiltak", "Measures",
+              "Tiltak (Task, tiltak i planen) som ikke er helsehjelp."),
+            C("health", "Helseopplysninger", "Health information",
+              "Helseopplysninger: tilstander, kliniske dokumenter, svar på skjema, "
+              "henvisninger til helsetjenester, helsehjelp som tiltak og meldingen fra "
+              "sykehuset."),
+        ),
+    ),
 )
 
 
@@ -439,6 +458,14 @@ EXTENSIONS: tuple[Extension, ...] = (
         "Når personen trakk samtykket tilbake. Samtykket har da status inactive.",
         ("Consent",), [{"code": "dateTime"}]),
     Extension(
+        "activity-content-class", "Tiltakets innholdsklasse",
+        "Hva slags innhold et tiltak i planen er. health (helsehjelp) gjør at bare den som "
+        "personen har delt helseopplysninger med, ser tiltaket; uten utvidelsen avgjør "
+        "serveren klassen ut fra tiltaket (en helsehenvisning eller helsepersonell som utfører "
+        "det er helsehjelp).",
+        ("CarePlan.activity",), [{"code": "CodeableConcept"}],
+        binding=required("content-class", "Innholdsklassene"), jurisdiction=(NO, SE)),
+    Extension(
         "sip-overall-responsible", "Huvudman med övergripande ansvar",
         "Huvudmannen (kommunen eller regionen) som har det övergripande ansvaret för planen.",
         ("CarePlan",), ref("Organization"), jurisdiction=(SE,)),
@@ -488,6 +515,13 @@ IP_CAREPLAN = Profile(
            short="Deltakerne i arbeidet med planen, med koordinatoren"),
         el("CarePlan.goal", "1..*", type=ref("ip-goal"), short="Personens mål og delmål"),
         el("CarePlan.activity", short="Tiltak"),
+        el("CarePlan.activity.extension",
+           slicing=slicing_by("value", "url", "Utvidelser skilles ut ved url")),
+        el("CarePlan.activity.extension:evaluationDate", "0..*",
+           type=ext_type("ip-evaluation-date"), short="Tidspunkt for oppfølging av tiltaket"),
+        el("CarePlan.activity.extension:contentClass", "0..1",
+           type=ext_type("activity-content-class"),
+           short="Tiltakets innholdsklasse (health: helsehjelp)"),
         el("CarePlan.activity.detail", "1..1", short="Tiltaket beskrevet i planen"),
         el("CarePlan.activity.detail.description", "1..1",
            short="Hvordan tiltaket skal gjennomføres"),
@@ -527,6 +561,9 @@ SIP_CAREPLAN = Profile(
         el("CarePlan.activity.extension:responsibility", "0..1",
            type=ext_type("sip-responsibility"),
            short="Huvudman som svarar för insatsen, eller annan"),
+        el("CarePlan.activity.extension:contentClass", "0..1",
+           type=ext_type("activity-content-class"),
+           short="Insatsens innehållsklass (health: hälso- och sjukvård)"),
         el("CarePlan.activity.detail", "1..1", short="Insatsen"),
         el("CarePlan.activity.detail.description", "1..1", short="Insats/åtgärd"),
         el("CarePlan.activity.detail.performer", "1..*",

@@ -15,9 +15,10 @@ A resource's class follows from its type (:data:`TYPE_CLASS`); a writer may mark
 as health information with ``meta.security`` = ``content-class#health`` (it can only narrow,
 never widen). The server writes the class it assigned into ``meta.security`` of every
 person's resource it stores. A plan activity is health information when its writer marks it
-(``activity.detail.category`` = ``content-class#health``), when it is a health request (its
-``detail.kind`` or ``reference``), or when a health worker in person (a ``Practitioner``)
-performs it; otherwise it is a ``measure``.
+(the extension :data:`ACTIVITY_CLASS_URL` = ``content-class#health``), when it is a health
+request (its ``detail.kind`` or ``reference``), or when a health worker in person (a
+``Practitioner``) performs it; otherwise it is a ``measure``. The code system, its value set
+and the extension are published in ``profiles/``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Iterable
 from typing import Any
 
 CONTENT_CLASS_SYSTEM = "http://planbro.no/fhir/CodeSystem/content-class"
+ACTIVITY_CLASS_URL = "http://planbro.no/fhir/StructureDefinition/activity-content-class"
 PLAN, GOAL, MEASURE, HEALTH = "plan", "goal", "measure", "health"
 CLASSES: tuple[str, ...] = (PLAN, GOAL, MEASURE, HEALTH)
 CLASS_DISPLAY = {PLAN: "Plan og samarbeid", GOAL: "Mål", MEASURE: "Tiltak",
@@ -131,8 +133,10 @@ def _reference_type(node: Any) -> str:
 def activity_class(activity: dict[str, Any]) -> str:
     """The content class of one ``CarePlan.activity``: ``health`` or ``measure``."""
     detail = activity.get("detail") or {}
-    category = (detail.get("category") or {}).get("coding") or []
-    if HEALTH in _codes(category):
+    marks = [c for ext in activity.get("extension") or []
+             if isinstance(ext, dict) and ext.get("url") == ACTIVITY_CLASS_URL
+             for c in (ext.get("valueCodeableConcept") or {}).get("coding") or []]
+    if HEALTH in _codes(marks):
         return HEALTH
     if detail.get("kind") in _HEALTH_REQUESTS:
         return HEALTH
