@@ -34,9 +34,11 @@ from server.fhir.search.ast import (
     TokenQuery,
     UriQuery,
 )
+from server.store import embedded as embedded_engine
 from server.store import open_store
 from server.store.embedded import SCHEMA_VERSION, EmbeddedStore
 from server.store.port import UniqueConflict
+from server.store.sql_query import compile_search
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,6 +133,59 @@ def test_searches_use_indexes(embedded: EmbeddedStore, name: str) -> None:
         if line.startswith("SEARCH t"):
             assert "(type=? AND param=?" in line or "(pk=? AND param=?)" in line \
                 or "(type=? AND id=?)" in line or "INTEGER PRIMARY KEY" in line, plan
+
+
+def _tasks(store: EmbeddedStore, n: int) -> None:
+    with store.unit_of_work() as uow:
+        for i in range(n):
+            uow.update("Task", f"t{i:04}", {
+                "resourceType": "Task", "status": ("ready", "requested", "completed")[i % 3],
+                "for": {"reference": f"Patient/p{i % 7 if i < n // 2 else 99}"}})
+
+
+def _pages(store: EmbeddedStore, conditions: list[Condition]) -> list[list[object]]:
+    return [[r["id"] for r in store.search(SearchQuery(
+        "Task", conditions, count=count, offset=offset, total=True)).resources]
+        for count, offset in ((1, 0), (20, 0), (20, 40), (100, 150), (50, 2000), (0, 0))]
+
+
+@pytest.mark.parametrize("window", [5000, 40])
+def test_the_ordered_plan_returns_the_driven_plans_pages(
+        embedded: EmbeddedStore, monkeypatch: pytest.MonkeyPatch, window: int) -> None:
+    """A large driver (>= ORDERED_PLAN_FROM index rows) walks the default order instead of
+    sorting every match; with a small window a sparse page falls back to the driven plan.
+    Either way the pages are the driven plan's."""
+    _tasks(embedded, 1500)
+    many = [_clause("Task.status", TokenQuery(None, "ready"))]
+    sparse = [*many, _clause("Task.for", ReferenceQuery("Patient", "99"))]
+    late = [*many, _clause("Task.for", ReferenceQuery("Patient", "3"))]
+    monkeypatch.setattr(embedded_engine, "ORDERED_WINDOW", window)
+    walked = {name: _pages(embedded, c) for name, c in
+              (("many", many), ("sparse", sparse), ("late", late))}
+    monkeypatch.setattr(embedded_engine, "ORDERED_PLAN_FROM", 10**9)
+    for name, conditions in (("many", many), ("sparse", sparse), ("late", late)):
+        assert walked[name] == _pages(embedded, conditions), name
+    assert len(walked["many"][3]) == 100 and walked["many"][5] == []
+    plan = embedded.explain(SearchQuery("Task", many))  # the driven plan, for comparison
+    assert any("idx_token_code" in line for line in plan), plan
+
+
+def test_the_ordered_plan_walks_the_update_order_index(embedded: EmbeddedStore) -> None:
+    compiled = compile_search(SearchQuery("Task", [
+        _clause("Task.status", TokenQuery(None, "ready")),
+        _clause("Task.for", ReferenceQuery("Patient", "3"))]), 0)
+    assert compiled.window is not None and compiled.estimate is not None
+    conn = sqlite3.connect(embedded.path)
+    plan = [row[3] for row in conn.execute(
+        "EXPLAIN QUERY PLAN " + compiled.window,
+        {**compiled.params, "wms": 0, "wid": ""}).fetchall()]
+    conn.close()
+    assert any(line.startswith(("SEARCH r USING INDEX resource_updated",
+                                "SEARCH r USING COVERING INDEX resource_updated"))
+               for line in plan), plan
+    # the walk is in index order (no sort); only the page itself is sorted, once read
+    assert [line for line in plan if "TEMP B-TREE" in line] == [plan[-1]], plan
+    assert not any(line.startswith("SCAN") for line in plan), plan
 
 
 def test_history_and_read_many_use_indexes(embedded: EmbeddedStore) -> None:

@@ -42,7 +42,7 @@ from typing import Any
 
 from ..fhir import jsonio
 from ..fhir.outcome import FhirError, conflict
-from ..fhir.search.ast import IndexValues, SearchQuery, SearchResult
+from ..fhir.search.ast import MAX_MS, IndexValues, SearchQuery, SearchResult
 from .port import (
     Indexer,
     Store,
@@ -54,7 +54,14 @@ from .port import (
     now_instant,
     stamp,
 )
-from .sql_query import compile_scope, compile_search
+from .sql_query import MAX_CHAR, CompiledSearch, compile_scope, compile_search
+
+ORDERED_PLAN_FROM = 500
+"""A search in the default order walks the order (the ordered plan) when its driving index
+condition has at least this many rows; fewer are read and sorted (the driven plan)."""
+ORDERED_WINDOW = 5000
+"""How far the ordered plan walks (resources of the type, in page order) before the driven
+plan answers instead: it bounds the cost of a page whose matches are sparse."""
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
@@ -253,9 +260,27 @@ class _Reader:
             total = None
             if compiled.count is not None:
                 total = self.conn.execute(compiled.count, compiled.params).fetchone()[0]
-            rows = (self.conn.execute(compiled.select, compiled.params).fetchall()
-                    if query.count > 0 else [])
+            rows = self._page(query, compiled) if query.count > 0 else []
         return SearchResult([jsonio.loads(text) for (text,) in rows], total)
+
+    def _page(self, query: SearchQuery, compiled: CompiledSearch) -> list[tuple[str]]:
+        """The page: by the ordered plan when the driver is large and a bounded prefix of the
+        order holds the whole page, else by the driven plan (see :mod:`.sql_query`)."""
+        params = compiled.params
+        if compiled.window is not None and compiled.estimate is not None:
+            size = self.conn.execute(compiled.estimate, {**params, "cap": ORDERED_PLAN_FROM}
+                                     ).fetchone()[0]
+            if size >= ORDERED_PLAN_FROM:
+                bound = self.conn.execute(
+                    "SELECT last_updated_ms, id FROM resource WHERE type = ? AND deleted = 0 "
+                    "ORDER BY last_updated_ms, id LIMIT 1 OFFSET ?",
+                    (query.type, ORDERED_WINDOW)).fetchone()
+                wms, wid = bound if bound is not None else (MAX_MS, MAX_CHAR)
+                rows = self.conn.execute(compiled.window,
+                                         {**params, "wms": wms, "wid": wid}).fetchall()
+                if len(rows) == query.count or bound is None:
+                    return rows
+        return self.conn.execute(compiled.select, params).fetchall()
 
 
 class _EmbeddedUnitOfWork(UnitOfWork):

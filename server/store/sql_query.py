@@ -61,6 +61,16 @@ by value, ``_id``, ``_lastUpdated``); a multi-valued parameter sorts by its smal
 ascending and its largest descending; resources without a value come last either way; the
 resource id breaks ties. Without sort keys: last update, then id. ``count``/``offset`` page
 the ordered result.
+
+Two plans for a search without sort keys (:class:`CompiledSearch`): the driven plan reads
+every match from the most selective index condition and sorts them (its cost grows with the
+number of matches); the ordered plan walks the type's resources in page order through the
+``(type, deleted, last_updated_ms, id)`` index and tests each row against every condition,
+stopping when the page is full (its cost grows with the page and how sparse the matches
+are). The engine estimates the driver's size (``estimate``: at most ``cap`` index rows) and
+walks only a bounded prefix of the order (``window``: rows up to ``:wms``/``:wid``); a prefix
+that holds the whole page holds exactly the page the driven plan would return, otherwise the
+driven plan answers.
 """
 
 from __future__ import annotations
@@ -127,11 +137,17 @@ _SORT_COLUMNS: dict[str, tuple[str, str]] = {
 @dataclass(frozen=True)
 class CompiledSearch:
     """``select`` returns the ``json`` of the requested page; ``count`` (when a total was
-    asked for) the number of matches. Both take ``params`` (named parameters)."""
+    asked for) the number of matches. Both take ``params`` (named parameters).
+
+    For a search in the default order with an index condition: ``estimate`` counts the
+    driver's index rows up to ``:cap``; ``window`` is the ordered plan, returning the page
+    among the resources up to ``(:wms, :wid)`` in page order (see the module doc)."""
 
     select: str
     count: str | None
     params: dict[str, Any]
+    estimate: str | None = None
+    window: str | None = None
 
 
 def compile_search(query: SearchQuery, now_ms: int) -> CompiledSearch:
@@ -140,7 +156,8 @@ def compile_search(query: SearchQuery, now_ms: int) -> CompiledSearch:
         raise FhirError.of(400, "Searching across all resource types is not supported; "
                                 "search one resource type", code="not-supported")
     compiler = _Compiler(now_ms)
-    where = compiler.matches(query.type, "r", query.conditions, query.ids)
+    parts = compiler.parts(query.type, "r", query.conditions, query.ids)
+    where = compiler.where(query.type, "r", parts)
     order = compiler.order_by(query.sort)
     params = compiler.params
     params["limit"] = query.count
@@ -151,7 +168,22 @@ def compile_search(query: SearchQuery, now_ms: int) -> CompiledSearch:
     select = (f"{ctes}SELECT r.json FROM resource AS r WHERE r.pk IN (SELECT r.pk FROM resource "
               f"AS r WHERE {where} ORDER BY {order} LIMIT :limit OFFSET :offset) ORDER BY {order}")
     count = f"{ctes}SELECT count(*) FROM resource AS r WHERE {where}" if query.total else None
-    return CompiledSearch(select, count, params)
+    driver = _driver(parts)
+    if query.sort or driver is None:
+        return CompiledSearch(select, count, params)
+    walk = compiler.where(query.type, "r", parts, ordered=True)
+    window = (f"{ctes}SELECT r.json FROM resource AS r WHERE r.pk IN (SELECT r.pk FROM resource "
+              f"AS r INDEXED BY resource_updated WHERE {walk} "
+              f"AND (r.last_updated_ms, r.id) <= (:wms, :wid) "
+              f"ORDER BY {order} LIMIT :limit OFFSET :offset) ORDER BY {order}")
+    estimate = f"{ctes}SELECT count(*) FROM (SELECT 1 FROM ({driver.sql}) LIMIT :cap)"
+    return CompiledSearch(select, count, params, estimate, window)
+
+
+def _driver(parts: list[_Part]) -> _Part | None:
+    """The index condition that drives the driven plan (the most selective by rank)."""
+    indexed = sorted((p for p in parts if p.pks), key=lambda p: p.rank)
+    return indexed[0] if indexed else None
 
 
 def compile_scope(types: Sequence[str], within: Sequence[SearchQuery],
@@ -254,16 +286,26 @@ class _Compiler:
         ``r.pk IN (...)`` and let SQLite drive the search from the index tables. When there is
         one, ``r.type`` is written ``+r.type`` so that SQLite does not prefer walking every
         resource of the type in update order (which the default sort would reward)."""
+        return self.where(type_, r, self.parts(type_, r, conditions, ids))
+
+    def parts(self, type_: str, r: str, conditions: list[Condition],
+              ids: frozenset[str] | None = None) -> list[_Part]:
+        """The compiled conditions (and ``ids``) of a search of ``type_`` on alias ``r``."""
         parts = [self._condition(type_, r, c) for c in _flatten(conditions)]
         if ids is not None:
             listed = self.bind(jsonio.dumps(sorted(ids)))
             parts.append(self._ids(type_, f"SELECT value FROM json_each({listed})"))
-        # The most selective index condition drives the search; the other index conditions
-        # are tested row by row on what it finds (instead of each being read in full).
+        return parts
+
+    def where(self, type_: str, r: str, parts: list[_Part], *, ordered: bool = False) -> str:
+        """The predicate of ``parts``. Driven (default): the most selective index condition
+        drives the search and the other index conditions are tested row by row on what it
+        finds (instead of each being read in full). ``ordered``: every condition is tested
+        row by row (the rows come in page order from the caller's scan)."""
         indexed = sorted((p for p in parts if p.pks), key=lambda p: p.rank)
-        drivers = [f"{r}.pk IN ({p.sql})" if i == 0 or p.probe is None else p.probe
-                   for i, p in enumerate(indexed)]
-        kind = f"+{r}.type" if drivers else f"{r}.type"
+        drivers = [f"{r}.pk IN ({p.sql})" if (i == 0 and not ordered) or p.probe is None
+                   else p.probe for i, p in enumerate(indexed)]
+        kind = f"+{r}.type" if drivers and not ordered else f"{r}.type"
         where = [f"{kind} = {self.bind(type_)}", f"{r}.deleted = 0", *drivers]
         return _all(where + [p.sql for p in parts if not p.pks])
 
