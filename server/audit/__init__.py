@@ -136,8 +136,9 @@ class Auditor:
         out = []
         for person, refs in by_person.items():
             emergency = caller.emergency is not None
+            # only a health worker holds emergency grants (``orgnr/HPR``)
             if person is not None and not emergency and not caller.unrestricted \
-                    and caller.kind != "patient" and caller.holders:
+                    and caller.kind != "patient" and caller.practitioner:
                 standing = self.control.standing(self.store, caller, person)
                 emergency = standing.emergency and not standing.ordinary
             purpose = purpose_of(caller, emergency)
