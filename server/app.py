@@ -50,7 +50,9 @@ def create_app(config: Config | None = None) -> Flask:
     service = FhirService(store, registry, config)
     service.guard = ScopeGuard()
     plan_rules.install(service)
-    app.extensions["planbro.workflow"] = plan_workflow.install(service)
+    app.extensions["planbro.workflow"] = workflow = plan_workflow.install(service)
+    # atexit runs last-registered first: the background worker stops before the store closes
+    atexit.register(workflow.worker.stop)
     auth = init_app(
         app, store,
         AuthConfig.from_env(data_dir=config.data_dir, demo=config.demo, base_url=config.base_url),

@@ -149,3 +149,23 @@ def test_resources_carry_their_content_class(world: World) -> None:
     search = "Goal?_security=http://planbro.no/fhir/CodeSystem/content-class|goal&_total=accurate"
     assert world.bundle("nav", search)["total"] == world.bundle("nav", "Goal?_total=accurate")[
         "total"]
+
+
+def _checklist(world: World, caller: str, plan: str) -> dict[str, bool]:
+    report = world.get(caller, f"CarePlan/{plan}/$completeness")
+    assert report.status_code == 200, report.text
+    return {item["part"][0]["valueCode"]: item["part"][3]["valueBoolean"]
+            for item in report.json()["parameter"] if item["name"] == "item"}
+
+
+def test_the_checklist_judges_what_the_caller_sees(world: World) -> None:
+    """NAV's limited view hides the person's own measure, so NAV's checklist says that item
+    is missing instead of telling NAV it exists; those who see the whole plan see it
+    fulfilled; those who see nothing get 404."""
+    whole = _checklist(world, "kommune", "limited")
+    assert all(whole.values()), whole
+    assert _checklist(world, "admin", "limited") == whole
+    limited = _checklist(world, "nav", "limited")
+    assert limited == {**whole, "ip-4": False}
+    assert _checklist(world, "nav", "active") == whole  # NAV sees the whole of this plan
+    assert world.get("hospital", "CarePlan/limited/$completeness").status_code == 404
