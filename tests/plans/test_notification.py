@@ -348,6 +348,13 @@ def test_another_organisation_finds_the_person_by_national_identity_number(
     assert len(lookups) == 1, log
     # a search by the same number shows nothing: only conditional writes resolve identity
     assert planbro.search("nykommune", f"Patient?{kari.criteria}") == []
+    # resolving the identity gives no right to change or delete the person
+    renamed = {**kari.patient(), "name": [{"family": "Endret", "given": ["Kari"]}]}
+    changed = planbro.request("nykommune", "PUT", f"Patient?{kari.criteria}", renamed)
+    assert changed.status_code == 404, changed.text
+    deleted = planbro.request("nykommune", "DELETE", f"Patient?{kari.criteria}")
+    assert deleted.status_code == 404, deleted.text
+    assert planbro.read("admin", f"Patient/{patient_id}")["name"] == kari.patient()["name"]
 
 
 def test_the_notification_finds_a_person_registered_before(planbro: Running) -> None:
