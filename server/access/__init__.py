@@ -4,11 +4,14 @@ A valid token with the right scope is not enough to see a person's data (the res
 their Patient compartment and of their plan). An organisation - its systems and its health
 workers - sees a person's data only while it is a current participant of the person's care
 team AND an active consent of the person permits it, and then only the content classes the
-consent allows (:mod:`.labels`, :mod:`.views`); before a plan exists, the hospital that sent a
-notification and the coordinating unit it is addressed to see that notification and what it
-carries. The person sees all of their own data. A health worker may read a person's data
-without consent by stating a reason (emergency access: time-limited, audited, shown to the
-person). Everything else is "not found".
+consent allows (:mod:`.labels`, :mod:`.views`); while a notification is open, the hospital
+that sent it and the coordinating unit it is addressed to see it and what it carries (once it
+is answered, the Task with its outcome and the reminders about it). The person sees all of
+their own data. A health worker may read a person's data without consent by stating a reason
+(emergency access: time-limited, audited, shown to the person). Identity resolution by a
+national person number in a conditional write finds any Patient, showing an unseen one as a
+stub (:meth:`.policy.AccessControl.matches`). Subscriptions are their creator's. Everything
+else is "not found".
 
 How: at write time the person, content class and responsible party of every resource are
 indexed (:mod:`.index`) and who may see whom is materialised as grants (:mod:`.grants`) in the
