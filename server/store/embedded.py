@@ -398,9 +398,10 @@ class _EmbeddedUnitOfWork(UnitOfWork):
                 "DELETE FROM unique_key WHERE owner_type = ? AND owner_id = ? "
                 "AND key NOT IN (SELECT value FROM json_each(?))",
                 (type_, id_, jsonio.dumps(wanted)))
-        self._conn.executemany(
-            "INSERT OR IGNORE INTO unique_key (key, owner_type, owner_id) VALUES (?, ?, ?)",
-            [(key, type_, id_) for key in wanted])
+        if wanted:
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO unique_key (key, owner_type, owner_id) VALUES (?, ?, ?)",
+                [(key, type_, id_) for key in wanted])
 
     def _write(self, type_: str, id_: str, number: int, resource: dict[str, Any],
                method: str, *, pk: int | None) -> Version:
