@@ -20,6 +20,7 @@ from .fhir.service import FhirService
 from .plans import rules as plan_rules
 from .plans import workflow as plan_workflow
 from .plans.people import listed_people, patient_by_national_id
+from .plans.workflow import Workflow
 from .store import open_store
 from .store.port import Store
 
@@ -33,6 +34,13 @@ class Planbro:
     registry: Registry
     service: FhirService
     auth: AuthServer
+    workflow: Workflow
+
+    def close(self) -> None:
+        """Stop the background worker, then close the store (in that order: a job must not
+        run on a closed store)."""
+        self.workflow.stop()
+        self.store.close()
 
 
 def create_app(config: Config | None = None) -> Flask:
@@ -52,7 +60,7 @@ def create_app(config: Config | None = None) -> Flask:
     plan_rules.install(service)
     app.extensions["planbro.workflow"] = workflow = plan_workflow.install(service)
     # atexit runs last-registered first: the background worker stops before the store closes
-    atexit.register(workflow.worker.stop)
+    atexit.register(workflow.stop)
     auth = init_app(
         app, store,
         AuthConfig.from_env(data_dir=config.data_dir, demo=config.demo, base_url=config.base_url),
@@ -60,7 +68,7 @@ def create_app(config: Config | None = None) -> Flask:
         find_patient_by_fnr=lambda number: patient_by_national_id(service, number))
     app.extensions["planbro.access"] = access_control = access.install(service, auth)
     app.extensions["planbro.audit"] = audit.install(service, access_control)
-    app.extensions["planbro"] = Planbro(config, store, registry, service, auth)
+    app.extensions["planbro"] = Planbro(config, store, registry, service, auth, workflow)
     app.register_blueprint(fhir_api.bp)
     fhir_api.register_error_handlers(app)
     return app

@@ -177,6 +177,10 @@ def next_steps(base_url: str, config: Config) -> str:
             "&_include=CarePlan:goal&_include=CarePlan:care-team'",
             "  # what the regulation asks of a plan, item by item:",
             f"  curl -s {auth} '{base_url}/CarePlan/kari/$completeness'",
+            "  # NAV's view of the same plan: her consent shares no health information with NAV,",
+            "  # so the measures of the nurse and the GP are left out:",
+            f"  curl -s -H \"Authorization: Bearer $(planbro token demo-nav{data})\" "
+            f"'{base_url}/CarePlan/kari'",
             "  # the patient app's sign-in (demo people):",
             f"  open {base_url.rsplit('/fhir', 1)[0]}/oauth/authorize (see README.md)",
         ]
@@ -207,7 +211,7 @@ def _load_demo(config: Config, base_url: str) -> None:
         ensure_demo_system_clients(planbro.auth.clients, planbro.auth.config, ORGNR,
                                    demo_clients_path(config))
     finally:
-        planbro.store.close()
+        planbro.close()
     print(f"Demo data: {counts['created']} resources created, {counts['existing']} "
           f"already there. Demo clients and their keys: {demo_clients_path(config)}",
           flush=True)

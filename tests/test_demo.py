@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from server.app import create_app
+from server.auth.principal import Principal
+from server.auth.scopes import ScopeSet
 from server.config import Config
 from server.demo import KARI_FNR, ORGNR, SIP_PLAN, demo_bundle, examples, load_demo
 from server.fhir.service import FhirService, RequestContext
@@ -21,7 +23,7 @@ CTX = RequestContext(base_url="http://localhost/fhir")
 def service(tmp_path: Path) -> Iterator[FhirService]:
     planbro = create_app(Config(data_dir=tmp_path)).extensions["planbro"]
     yield planbro.service
-    planbro.store.close()
+    planbro.close()
 
 
 def test_the_bundle_carries_every_example_once() -> None:
@@ -60,3 +62,21 @@ def test_the_plans_are_found_and_conform(service: FhirService) -> None:
     sip = service.read(CTX, "CarePlan", SIP_PLAN).body or {}
     assert plan_kind(sip) == "sip"
     assert "http://planbro.no/fhir/StructureDefinition/sip-careplan" in sip["meta"]["profile"]
+
+
+def test_the_demo_consent_keeps_health_information_from_nav(service: FhirService) -> None:
+    """What `planbro serve --demo` suggests: NAV reads Kari's plan without the measures of
+    the psychiatric nurse and the GP (her consent shares plan, goals and measures with NAV);
+    the municipality, which maintains the plan, reads all of it."""
+    load_demo(service, CTX.base_url)
+
+    def plan_as(org: str) -> list[str]:
+        principal = Principal(kind="system", client_id=f"demo-{org}", scopes=ScopeSet.parse(
+            "system/CarePlan.rs"), issuer="https://elsewhere.example", subject=f"demo-{org}",
+            organization=ORGNR[org])
+        body = service.read(RequestContext(CTX.base_url, principal), "CarePlan", "kari").body
+        assert body is not None
+        return [a["detail"]["description"].split()[0] for a in body["activity"]]
+
+    assert plan_as("kommune") == ["Arbeidstrening", "Kari", "Samtaler", "Anne", "Legetime"]
+    assert plan_as("nav") == ["Arbeidstrening", "Kari", "Anne"]

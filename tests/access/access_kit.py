@@ -104,7 +104,7 @@ class World:
         for session in self.sessions.values():
             session.close()
         self.live.close()
-        self.planbro.store.close()
+        self.planbro.close()
 
 
 def _write_people(world: World) -> None:

@@ -80,9 +80,10 @@ def consent(key: str, state: str) -> dict[str, Any]:
     c = _retarget(example("Consent-kari"), key)
     c["id"] = key
     nested = _without(c["provision"]["provision"], "RelatedPerson/anne")
-    if state == "limited":
-        for provision in nested:
-            if "Organization/nav" in json.dumps(provision):
+    for provision in nested:  # NAV: everything, or (limited) the plan and the goals
+        if "Organization/nav" in json.dumps(provision):
+            provision.pop("securityLabel", None)
+            if state == "limited":
                 provision["securityLabel"] = [
                     {"system": CONTENT_CLASS_SYSTEM, "code": "plan"},
                     {"system": CONTENT_CLASS_SYSTEM, "code": "goal"}]

@@ -148,6 +148,6 @@ def fhir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fhir]:
     finally:
         client.http.close()
         live.close()
-        client.planbro.store.close()
+        client.planbro.close()
         if engine.cleanup:
             engine.cleanup()

@@ -444,11 +444,10 @@ class Running:
         self.sessions.pop("person", None)
 
     def close(self) -> None:
-        self.workflow.stop()
         for session in self.sessions.values():
             session.close()
         self.live.close()
-        self.app.extensions["planbro"].store.close()
+        self.app.extensions["planbro"].close()
 
 
 def start(config: Config, *, load_directory: bool = True) -> Running:
