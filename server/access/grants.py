@@ -55,6 +55,7 @@ from ..fhir.search.ast import (
 from ..fhir.search.normalize import parse_reference, period_range
 from ..fhir.service import Reader
 from ..plans.identifiers import ENH_SYSTEM, HPR_SYSTEM
+from ..plans.tasks import FINAL as FINAL_TASK_STATUSES
 from ..store.port import UnitOfWork
 from .index import GRANT_KIND, GRANT_PERIOD, GRANT_PERSON, GRANT_SCOPE, GRANT_TYPE
 from .labels import CLASSES, CONTENT_CLASS_SYSTEM, is_notification
@@ -67,8 +68,6 @@ RESPONSIBLE_ORG_URLS = (
 )
 CARE_TEAM, NOTIFICATION, EMERGENCY = "care-team", "notification", "emergency"
 _OPEN_PLAN_STATUSES = "draft,active,on-hold"
-ENDED_TASK_STATUSES = frozenset({"completed", "rejected", "cancelled", "failed",
-                                 "entered-in-error"})
 _MAX_FOUND = 1000
 
 Lookup = Callable[[Reader, str, dict[str, str]], list[dict[str, Any]]]
@@ -87,6 +86,18 @@ def _ref(node: Any) -> tuple[str, str] | None:
     if parts is None or not parts.target_type or not parts.target_id:
         return None
     return parts.target_type, parts.target_id
+
+
+def _patient_id(node: Any) -> str | None:
+    """The id of the Patient a Reference names (None for anything else)."""
+    found = _ref(node)
+    return found[1] if found and found[0] == "Patient" else None
+
+
+def about_tasks(message: dict[str, Any]) -> list[str]:
+    """The ids of the Tasks a Communication is ``about``."""
+    return [found[1] for node in message.get("about") or []
+            if (found := _ref(node)) and found[0] == "Task"]
 
 
 def _identifier(resource: dict[str, Any] | None, system: str) -> str | None:
@@ -303,16 +314,14 @@ def notification_grant(task: dict[str, Any], directory: Directory) -> dict[str, 
     owner = directory.member(task.get("owner"))[0]
     holders = [h for h in dict.fromkeys((requester, owner)) if h]
     covers = [f"Task/{task['id']}"]
-    open_ = task.get("status") not in ENDED_TASK_STATUSES
+    open_ = task.get("status") not in FINAL_TASK_STATUSES
     if open_:
         carried = [task.get("for"), task.get("focus")]
         for part in [*(task.get("input") or []), *(task.get("output") or [])]:
             if isinstance(part, dict):
                 carried.append(part.get("valueReference"))
         covers += [f"{t}/{i}" for ref in carried if (found := _ref(ref)) for t, i in [found]]
-    person = _ref(task.get("for"))
-    return _record(f"nt.{task['id']}", NOTIFICATION,
-                   person[1] if person and person[0] == "Patient" else None, holders,
+    return _record(f"nt.{task['id']}", NOTIFICATION, _patient_id(task.get("for")), holders,
                    covers=list(dict.fromkeys(covers)),
                    received=[owner] if owner and open_ else [],
                    basis=[f"Task/{task['id']}"])
@@ -321,18 +330,15 @@ def notification_grant(task: dict[str, Any], directory: Directory) -> dict[str, 
 def message_grant(message: dict[str, Any], directory: Directory) -> dict[str, Any] | None:
     """The grant of a Communication about a notification Task (None for other
     Communications): its sender and recipients see it."""
-    about = [found for node in message.get("about") or []
-             if (found := _ref(node)) and found[0] == "Task"]
-    tasks = [task for _, id_ in about if (task := directory.resource("Task", id_))]
-    if not any(is_notification(task) for task in tasks):
+    about = about_tasks(message)
+    if not any(is_notification(task) for id_ in about
+               if (task := directory.resource("Task", id_))):
         return None
     parties = [message.get("sender"), *(message.get("recipient") or [])]
     holders = [h for h in dict.fromkeys(directory.member(p)[0] for p in parties) if h]
-    person = _ref(message.get("subject"))
-    return _record(f"nm.{message['id']}", NOTIFICATION,
-                   person[1] if person and person[0] == "Patient" else None, holders,
-                   covers=[f"Communication/{message['id']}"],
-                   basis=[f"Task/{id_}" for _, id_ in about])
+    return _record(f"nm.{message['id']}", NOTIFICATION, _patient_id(message.get("subject")),
+                   holders, covers=[f"Communication/{message['id']}"],
+                   basis=[f"Task/{id_}" for id_ in about])
 
 
 def emergency_grant(person: str, holder: str, reason: str, start: int,

@@ -44,7 +44,7 @@ from ..fhir.service import FhirService, Interaction, RequestContext, WriteContex
 from ..plans.identifiers import ENH_SYSTEM
 from ..store.port import UnitOfWork, Version, now_instant
 from .caller import PATIENT, Caller
-from .grants import RESPONSIBLE_ORG_URLS, Directory, holder_key
+from .grants import RESPONSIBLE_ORG_URLS, Directory, about_tasks, holder_key
 from .index import persons, responsible
 from .labels import (
     OPEN_TYPES,
@@ -196,7 +196,7 @@ class WriteRules:
                 self.control.grants.sync_person(w.uow, person)
         elif w.type == "Task" and any(is_notification(r) for r in resources):
             self.control.grants.sync_notification(w.uow, w.id)
-        elif w.type == "Communication" and any(_about_a_task(r) for r in resources):
+        elif w.type == "Communication" and any(about_tasks(r) for r in resources):
             self.control.grants.sync_message(w.uow, w.id)
         elif w.type in ("Organization", "PractitionerRole", "Practitioner"):
             self._directory_changed(w.uow, f"{w.type}/{w.id}")
@@ -321,11 +321,6 @@ def _owned(resource: dict[str, Any], caller: Caller,
     if tags or owner:
         meta["tag"] = [*tags, *owner]
     return {**resource, "meta": meta} if meta else resource
-
-
-def _about_a_task(message: dict[str, Any]) -> bool:
-    return any(isinstance(node, dict) and str(node.get("reference", "")).startswith("Task/")
-               for node in message.get("about") or [])
 
 
 def _enh(resource: dict[str, Any]) -> str | None:
