@@ -49,7 +49,6 @@ def create_app(config: Config | None = None) -> Flask:
     config.validate()
     registry = Registry.load_default()
     store = open_store(config, registry.extract)
-    atexit.register(store.close)
 
     app = Flask(__name__)
     # One byte more than allowed: a streamed body that is too large is then detectable
@@ -59,8 +58,6 @@ def create_app(config: Config | None = None) -> Flask:
     service.guard = ScopeGuard()
     plan_rules.install(service)
     app.extensions["planbro.workflow"] = workflow = plan_workflow.install(service)
-    # atexit runs last-registered first: the background worker stops before the store closes
-    atexit.register(workflow.stop)
     auth = init_app(
         app, store,
         AuthConfig.from_env(data_dir=config.data_dir, demo=config.demo, base_url=config.base_url),
@@ -68,7 +65,9 @@ def create_app(config: Config | None = None) -> Flask:
         find_patient_by_fnr=lambda number: patient_by_national_id(service, number))
     app.extensions["planbro.access"] = access_control = access.install(service, auth)
     app.extensions["planbro.audit"] = audit.install(service, access_control)
-    app.extensions["planbro"] = Planbro(config, store, registry, service, auth, workflow)
+    app.extensions["planbro"] = planbro = Planbro(config, store, registry, service, auth,
+                                                  workflow)
+    atexit.register(planbro.close)
     app.register_blueprint(fhir_api.bp)
     fhir_api.register_error_handlers(app)
     return app
