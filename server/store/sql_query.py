@@ -162,28 +162,30 @@ def compile_search(query: SearchQuery, now_ms: int) -> CompiledSearch:
     params = compiler.params
     params["limit"] = query.count
     params["offset"] = query.offset
-    # Page first on the narrow columns, then read the JSON of that page only: SQLite's sorter
-    # would otherwise carry every match's JSON.
     ctes = compiler.with_clause()
-    select = (f"{ctes}SELECT r.json FROM resource AS r WHERE r.pk IN (SELECT r.pk FROM resource "
-              f"AS r WHERE {where} ORDER BY {order} LIMIT :limit OFFSET :offset) ORDER BY {order}")
+
+    def paged(rows: str) -> str:
+        # Page first on the narrow columns, then read the JSON of that page only: SQLite's
+        # sorter would otherwise carry every match's JSON.
+        return (f"{ctes}SELECT r.json FROM resource AS r WHERE r.pk IN (SELECT r.pk FROM "
+                f"{rows} ORDER BY {order} LIMIT :limit OFFSET :offset) ORDER BY {order}")
+
+    select = paged(f"resource AS r WHERE {where}")
     count = f"{ctes}SELECT count(*) FROM resource AS r WHERE {where}" if query.total else None
-    driver = _driver(parts)
-    if query.sort or driver is None:
+    indexed = _indexed(parts)
+    if query.sort or not indexed:
         return CompiledSearch(select, count, params)
     walk = compiler.where(query.type, "r", parts, ordered=True)
-    window = (f"{ctes}SELECT r.json FROM resource AS r WHERE r.pk IN (SELECT r.pk FROM resource "
-              f"AS r INDEXED BY resource_updated WHERE {walk} "
-              f"AND (r.last_updated_ms, r.id) <= (:wms, :wid) "
-              f"ORDER BY {order} LIMIT :limit OFFSET :offset) ORDER BY {order}")
-    estimate = f"{ctes}SELECT count(*) FROM (SELECT 1 FROM ({driver.sql}) LIMIT :cap)"
+    window = paged(f"resource AS r INDEXED BY resource_updated WHERE {walk} "
+                   "AND (r.last_updated_ms, r.id) <= (:wms, :wid)")
+    estimate = f"{ctes}SELECT count(*) FROM (SELECT 1 FROM ({indexed[0].sql}) LIMIT :cap)"
     return CompiledSearch(select, count, params, estimate, window)
 
 
-def _driver(parts: list[_Part]) -> _Part | None:
-    """The index condition that drives the driven plan (the most selective by rank)."""
-    indexed = sorted((p for p in parts if p.pks), key=lambda p: p.rank)
-    return indexed[0] if indexed else None
+def _indexed(parts: list[_Part]) -> list[_Part]:
+    """The index conditions, most selective (by rank) first: the first drives the driven
+    plan."""
+    return sorted((p for p in parts if p.pks), key=lambda p: p.rank)
 
 
 def compile_scope(types: Sequence[str], within: Sequence[SearchQuery],
@@ -302,7 +304,7 @@ class _Compiler:
         drives the search and the other index conditions are tested row by row on what it
         finds (instead of each being read in full). ``ordered``: every condition is tested
         row by row (the rows come in page order from the caller's scan)."""
-        indexed = sorted((p for p in parts if p.pks), key=lambda p: p.rank)
+        indexed = _indexed(parts)
         drivers = [f"{r}.pk IN ({p.sql})" if (i == 0 and not ordered) or p.probe is None
                    else p.probe for i, p in enumerate(indexed)]
         kind = f"+{r}.type" if drivers and not ordered else f"{r}.type"
