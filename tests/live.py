@@ -17,6 +17,13 @@ from server.auth.assertion import client_assertion_form
 from server.auth.clients import ClientRecord
 from server.auth.server import AuthServer
 
+ADMIN_SCOPE = "system/*.cruds planbro/admin"
+"""An administrative system's scopes: every person's data (Planbro's own issuer only)."""
+AUDITOR_SCOPE = "system/AuditEvent.rs planbro/audit"
+"""An auditor's scopes: every AuditEvent."""
+ORG_SCOPE = "system/*.cruds"
+"""An organisation's system: every type, limited by the access layer."""
+
 
 class LiveServer:
     """A WSGI server on a free loopback port; the app is mounted after the port is known."""
@@ -38,7 +45,7 @@ class LiveServer:
         self._server.server_close()
 
 
-def register_system(auth: AuthServer, *, scope: str = "system/*.cruds",
+def register_system(auth: AuthServer, *, scope: str = ORG_SCOPE,
                     organization: str | None = None,
                     client_id: str | None = None) -> tuple[str, jwk.Key]:
     """Register a private_key_jwt system client; returns its id and private key."""
@@ -63,7 +70,7 @@ def client_token(auth: AuthServer, client_id: str, key: jwk.Key, scope: str) -> 
     return token
 
 
-def system_token(auth: AuthServer, *, scope: str = "system/*.cruds",
+def system_token(auth: AuthServer, *, scope: str = ORG_SCOPE,
                  organization: str | None = None) -> str:
     """Register a system client with ``scope`` and return an access token for it."""
     client_id, key = register_system(auth, scope=scope, organization=organization)

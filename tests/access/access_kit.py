@@ -20,7 +20,7 @@ from typing import Any
 import requests
 from flask import Flask
 from joserfc import jwk
-from live import LiveServer, system_token
+from live import ADMIN_SCOPE, AUDITOR_SCOPE, ORG_SCOPE, LiveServer, system_token
 from world import (
     ORGS,
     STATES,
@@ -39,9 +39,6 @@ from server.config import Config
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "auth"))
 from authsupport import APP_REDIRECT, Env, Flow  # noqa: E402 - the patient sign-in helpers
 
-ADMIN_SCOPE = "system/*.cruds planbro/admin"
-AUDITOR_SCOPE = "system/AuditEvent.rs planbro/audit"
-ORG_SCOPE = "system/*.cruds"
 PERSON_SCOPE = ("openid fhirUser launch/patient offline_access patient/*.rs patient/Goal.cu "
                 "patient/Consent.cu patient/Communication.c")
 DOCTOR_HPR = "9144889"

@@ -15,14 +15,13 @@ from typing import Any
 import pytest
 import requests
 from flask import Flask
-from live import LiveServer, system_token
+from live import ADMIN_SCOPE, LiveServer, system_token
 
 from server.app import Planbro, create_app
 from server.config import Config
 from server.plans import identifiers
 
 FHIR_JSON = "application/fhir+json"
-ADMIN_SCOPE = "system/*.cruds planbro/admin"
 FNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.1"
 MAX_BODY = 64 * 1024
 MONGO_SKIP_REASON = ("MONGODB_URI is not set: the API suite on MongoDB needs a real MongoDB "

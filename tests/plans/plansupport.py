@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import requests
 from flask import Flask
-from live import LiveServer, system_token
+from live import ADMIN_SCOPE, AUDITOR_SCOPE, ORG_SCOPE, LiveServer, system_token
 
 from server.app import create_app
 from server.config import Config
@@ -53,9 +53,6 @@ REJECTION = f"{CANON}/CodeSystem/notification-rejection-reason"
 EXT = f"{CANON}/StructureDefinition"
 CONTENT_CLASS = f"{CANON}/CodeSystem/content-class"
 FHIR_JSON = "application/fhir+json"
-ADMIN_SCOPE = "system/*.cruds planbro/admin"
-AUDITOR_SCOPE = "system/AuditEvent.rs planbro/audit"
-ORG_SCOPE = "system/*.cruds"
 NAV_SCOPE = ("system/CarePlan.rus system/CareTeam.rs system/Goal.rs system/Task.cruds "
              "system/Patient.rs system/Organization.rs system/PractitionerRole.rs "
              "system/Consent.rs system/Subscription.cruds")
