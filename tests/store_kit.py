@@ -60,6 +60,7 @@ PARAMS: dict[str, SearchParam] = {
         _param("status", "token", "Communication"),
         _param("based-on", "reference", "Communication", "Task"),
         _param("url", "uri", "Subscription"),
+        _param("patient", "reference", "AuditEvent", "Patient"),
     )
 }
 ID = SearchParam("_id", "token", ("Resource",))
@@ -212,7 +213,14 @@ def _index_subscription(r: dict[str, Any], out: IndexValues) -> None:
         out.uris.append(UriValue("url", endpoint))
 
 
+def _index_audit_event(r: dict[str, Any], out: IndexValues) -> None:
+    for entity in r.get("entity", []):
+        if entity.get("what", {}).get("reference", "").startswith("Patient/"):
+            out.references += _reference("patient", entity["what"])
+
+
 _INDEXERS = {
+    "AuditEvent": _index_audit_event,
     "Patient": _index_patient,
     "Practitioner": _index_practitioner,
     "Task": _index_task,

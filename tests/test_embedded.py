@@ -444,3 +444,105 @@ def test_a_writer_that_waits_too_long_gets_503(db: Path, monkeypatch: pytest.Mon
     assert busy.value.status == 503 and busy.value.headers == {"Retry-After": "1"}
     _put(store, "Patient", "after")  # the lock is free again
     store.close()
+
+
+# -- the journal of records ------------------------------------------------------------------
+
+_EVENT = {"resourceType": "AuditEvent", "outcome": "0",
+          "entity": [{"what": {"reference": "Patient/p1"}}]}
+
+
+def _journalled(store: EmbeddedStore) -> int:
+    return store._connection().execute("SELECT count(*) FROM journal").fetchone()[0]
+
+
+def _stored_events(store: EmbeddedStore) -> int:
+    return store._connection().execute(
+        "SELECT count(*) FROM resource WHERE type = 'AuditEvent'").fetchone()[0]
+
+
+def _record(store: EmbeddedStore, n: int) -> None:
+    with store.unit_of_work() as uow:
+        for _ in range(n):
+            uow.record("AuditEvent", _EVENT)
+
+
+def test_a_read_moves_what_the_background_has_not(embedded: EmbeddedStore,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(EmbeddedStore, "_wake_drainer", lambda self: None)
+    monkeypatch.setattr(embedded_engine, "DRAIN_BATCH", 7)  # several batches
+    _record(embedded, 30)
+    _put(embedded, "Patient", "p1")
+    assert (_journalled(embedded), _stored_events(embedded)) == (30, 0)
+    assert embedded.read("Patient", "p1") is not None and _journalled(embedded) == 30
+    result = embedded.search(SearchQuery("AuditEvent", count=0, total=True))
+    assert result.total == 30 and (_journalled(embedded), _stored_events(embedded)) == (0, 30)
+    _record(embedded, 2)
+    assert embedded.history()[1] == 1 + 32  # a system history concerns records too
+    assert _journalled(embedded) == 0
+
+
+def test_the_background_moves_records_without_a_read(embedded: EmbeddedStore) -> None:
+    _record(embedded, 250)
+    deadline = time.monotonic() + 30
+    while _journalled(embedded) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert (_journalled(embedded), _stored_events(embedded)) == (0, 250)
+    embedded.close()
+    assert not [t for t in threading.enumerate() if t.name == "planbro-journal"]
+
+
+def test_journalled_records_survive_reopening(db: Path, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    monkeypatch.setattr(EmbeddedStore, "_wake_drainer", lambda self: None)
+    first = embedded_store(db)
+    _record(first, 3)
+    first.close()
+    second = embedded_store(db)
+    assert _journalled(second) == 3
+    assert second.search(SearchQuery("AuditEvent", count=0, total=True)).total == 3
+    second.close()
+
+
+def test_a_version_1_file_gets_the_journal(db: Path) -> None:
+    embedded_store(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TABLE journal")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    store = embedded_store(db)
+    assert store._connection().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    _record(store, 1)
+    assert store.search(SearchQuery("AuditEvent", count=0, total=True)).total == 1
+    store.close()
+
+
+_RECORDER = """
+import sys
+from server.fhir.search.ast import IndexValues
+from server.store.embedded import EmbeddedStore
+store = EmbeddedStore(lambda resource: IndexValues(), sys.argv[1])
+while True:
+    with store.unit_of_work() as uow:
+        uow.record("AuditEvent", {"resourceType": "AuditEvent", "outcome": "0"})
+    print("recorded", flush=True)
+"""
+
+
+def test_acknowledged_records_survive_kill_9(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    child = _python(_RECORDER, str(db), stdout=subprocess.PIPE)
+    acknowledged = 0
+    try:
+        assert child.stdout is not None
+        while acknowledged < 300:
+            assert child.stdout.readline(), "the recorder stopped early"
+            acknowledged += 1
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    store = embedded_store(db)
+    assert store.search(SearchQuery("AuditEvent", count=0, total=True)).total >= acknowledged
+    assert _journalled(store) == 0
+    assert store._connection().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    store.close()

@@ -335,6 +335,58 @@ def test_read_many(store: Store) -> None:
     assert len(store.read_many(many + [("Patient", "a")])) == 1201
 
 
+# -- records (the server's AuditEvents and Provenances) --------------------------------------
+
+
+def _event(person: str) -> dict[str, Any]:
+    return {"resourceType": "AuditEvent", "outcome": "0",
+            "entity": [{"what": {"reference": f"Patient/{person}"}}]}
+
+
+def _events_of(reader: Any, person: str) -> list[dict[str, Any]]:
+    query = SearchQuery("AuditEvent", [c("AuditEvent.patient", ref(f"Patient/{person}"))])
+    return reader.search(query).resources
+
+
+def test_records_are_in_every_read_once_committed(store: Store) -> None:
+    put(store, "Patient", "p1")
+    put(store, "Patient", "p2")
+    with store.unit_of_work() as uow:
+        uow.record("AuditEvent", _event("p1"))
+        uow.record("AuditEvent", _event("p1"))
+        uow.record("Provenance", {"resourceType": "Provenance", "target": [
+            {"reference": "Patient/p1/_history/1"}]})
+        assert len(_events_of(uow, "p1")) == 2  # its own unit of work sees them
+        with pytest.raises(ValueError, match="not a record type"):
+            uow.record("Patient", {"resourceType": "Patient"})
+    events = _events_of(store, "p1")
+    assert len(events) == 2 and events[0]["id"] != events[1]["id"]
+    for event in events:
+        assert event["meta"]["versionId"] == "1" and INSTANT.match(event["meta"]["lastUpdated"])
+        assert event["entity"] == _event("p1")["entity"]
+        stored = store.read("AuditEvent", event["id"])
+        assert stored is not None and stored.resource == event and stored.method == "POST"
+        assert store.vread("AuditEvent", event["id"], 1) == stored
+    assert _events_of(store, "p2") == []
+    assert found(store, "Patient", Has("AuditEvent", param("AuditEvent.patient"),
+                                       c("_id", tok(events[0]["id"])))) == {"p1"}
+    assert {v.id for v in store.read_many([("AuditEvent", e["id"]) for e in events])} == {
+        e["id"] for e in events}
+    assert store.history("AuditEvent")[1] == 2
+    assert store.search(SearchQuery("Provenance", count=0, total=True)).total == 1
+
+
+def test_records_roll_back_with_their_unit_of_work(store: Store) -> None:
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), store.unit_of_work() as uow:
+        uow.record("AuditEvent", _event("p1"))
+        raise Boom
+    assert _events_of(store, "p1") == []
+    assert store.history("AuditEvent")[1] == 0
+
+
 # -- history ---------------------------------------------------------------------------------
 
 

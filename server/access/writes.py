@@ -42,7 +42,7 @@ from typing import Any
 from ..fhir.outcome import FhirError, not_found
 from ..fhir.service import FhirService, Interaction, RequestContext, WriteContext
 from ..plans.identifiers import ENH_SYSTEM
-from ..store.port import UnitOfWork, Version, now_instant
+from ..store.port import RECORD_TYPES, UnitOfWork, Version, now_instant
 from .caller import PATIENT, Caller
 from .grants import RESPONSIBLE_ORG_URLS, Directory, about_tasks, holder_key
 from .index import persons, responsible
@@ -60,7 +60,6 @@ from .policy import AccessControl, Own, Standing
 from .views import merge_hidden
 
 _GRANT_SOURCES = ("CareTeam", "Consent", "CarePlan")
-_SERVER_WRITTEN = ("AuditEvent", "Provenance")
 _MEASURES = tuple(RESPONSIBLE_PARAMS)
 _PERSON_KEEPS = ("Goal", "Consent", "CarePlan", "QuestionnaireResponse")
 _PERSON_CREATES = ("Goal", "Consent", "Communication", "QuestionnaireResponse")
@@ -103,7 +102,7 @@ class WriteRules:
             if w.previous is not None and not self.service.visible(w.ctx, w.uow, w.type, w.id):
                 raise not_found(w.type, w.id)
             return
-        if w.type in _SERVER_WRITTEN or w.type not in PERSON_TYPES | OPEN_TYPES | OWNED_TYPES:
+        if w.type in RECORD_TYPES or w.type not in PERSON_TYPES | OPEN_TYPES | OWNED_TYPES:
             raise forbidden(f"{w.type} resources are written by the server or by "
                             "administrative systems only")
         if w.type in OPEN_TYPES:

@@ -7,6 +7,9 @@
   together (:mod:`.commit`).
 - Writes are recorded by a write hook inside the unit of work of the write (the AuditEvent
   and the Provenance commit or roll back with it).
+- Records are written with :meth:`~server.store.port.UnitOfWork.record`: durable when the
+  request ends, indexed by the engine off the request's path (the embedded engine's journal),
+  and in every answer that begins later.
 - Refused and failed interactions (404 for what the caller may not see, 403, 412, ...) are
   recorded when they end, with the person they concerned when the resource exists.
 - Interactions of callers inside the server are not a person's access (no AuditEvent); their
@@ -32,13 +35,12 @@ from ..access.policy import AccessControl
 from ..access.writes import touched
 from ..fhir.outcome import FhirError
 from ..fhir.service import FhirService, Interaction, WriteContext
-from ..store.port import Store, UnitOfWork, Version, now_instant
+from ..store.port import RECORD_TYPES, Store, UnitOfWork, Version, now_instant
 from .commit import GroupCommit
 from .events import Access, audit_event, provenance, purpose_of
 
 __all__ = ["Auditor", "install"]
 
-AUDIT_TYPES = frozenset({"AuditEvent", "Provenance"})
 _WRITES = frozenset({"create", "update", "patch", "delete"})
 _OPERATIONS = {"CREATE": "create", "UPDATE": "update", "DELETE": "delete"}
 _ON_AN_INSTANCE = frozenset({"operation", "validate"})  # their answers are not the resource
@@ -49,7 +51,7 @@ def install(service: FhirService, control: AccessControl) -> Auditor:
     auditor = Auditor(service.store, control)
     service.after_write.append(auditor.after_write)
     service.observers.append(auditor.observe)
-    service.server_records |= AUDIT_TYPES
+    service.server_records |= RECORD_TYPES
     return auditor
 
 
@@ -70,7 +72,7 @@ class Auditor:
         target = f"{version.type}/{version.id}/_history/{version.version}"
         activity = ("DELETE" if version.deleted else
                     "CREATE" if w.previous is None else "UPDATE")
-        w.uow.create("Provenance", provenance(
+        w.uow.record("Provenance", provenance(
             target=target, activity=activity, recorded=version.last_updated, caller=caller,
             people=people, content_class=content_class(stored)))
         if caller.kind == INTERNAL:
@@ -150,7 +152,7 @@ class Auditor:
     @staticmethod
     def _write(uow: UnitOfWork, accesses: Iterable[Access]) -> None:
         for access in accesses:
-            uow.create("AuditEvent", audit_event(access))
+            uow.record("AuditEvent", audit_event(access))
 
 
 def _by_person(control: AccessControl, resources: list[dict[str, Any]]

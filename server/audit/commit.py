@@ -79,4 +79,4 @@ class GroupCommit:
 
 def _create(uow: UnitOfWork, records: list[Record]) -> None:
     for type_, resource in records:
-        uow.create(type_, resource)
+        uow.record(type_, resource)

@@ -8,7 +8,16 @@ Layout (schema version in ``PRAGMA user_version``):
 * ``idx_token``, ``idx_reference``, ``idx_date``, ``idx_string``, ``idx_uri``, ``idx_number``,
   ``idx_quantity`` - the index values of the current, non-deleted versions, filled at write
   time from the indexer and keyed by resource ``pk``, resource ``type`` and parameter code;
-* ``unique_key`` - the unique keys current resources hold.
+* ``unique_key`` - the unique keys current resources hold;
+* ``journal`` - records the server wrote (:meth:`UnitOfWork.record`: AuditEvents and
+  Provenances) that are not yet in the tables above.
+
+Records: a request's AuditEvent (and a write's Provenance) is one row appended to
+``journal`` in the request's own transaction, so it is as durable as any write when the
+answer is returned. A background thread of each process that records moves the journal into
+``resource``, ``history`` and the index tables in batches, one transaction each; every read,
+search or history that concerns a record type first does the same for everything journalled
+before it began, so nothing recorded is ever missing from an answer.
 
 Concurrency: the file is in WAL mode, so readers never block the writer nor each other. Each
 thread uses its own connection (``isolation_level=None``: transactions are explicit). Writers
@@ -34,7 +43,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +51,9 @@ from typing import Any
 
 from ..fhir import jsonio
 from ..fhir.outcome import FhirError, conflict
-from ..fhir.search.ast import MAX_MS, IndexValues, SearchQuery, SearchResult
+from ..fhir.search.ast import MAX_MS, IndexValues, SearchQuery, SearchResult, types_read
 from .port import (
+    RECORD_TYPES,
     Indexer,
     Store,
     UniqueConflict,
@@ -63,9 +73,23 @@ ORDERED_WINDOW = 5000
 """How far the ordered plan walks (resources of the type, in page order) before the driven
 plan answers instead: it bounds the cost of a page whose matches are sparse."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+DRAIN_BATCH = 100
+"""Journalled records moved into the tables per transaction (it holds the write lock)."""
+DRAIN_DELAY_S = 0.01
+"""How long the background thread lets records gather before it moves them."""
 BUSY_TIMEOUT_S = 60.0
 READ_MANY_CHUNK = 400
+
+_JOURNAL = ("""CREATE TABLE journal (
+        seq INTEGER PRIMARY KEY,
+        type TEXT NOT NULL,
+        id TEXT NOT NULL,
+        last_updated TEXT NOT NULL,
+        last_updated_ms INTEGER NOT NULL,
+        json TEXT NOT NULL)""",)
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _JOURNAL}
+"""The statements that bring a file from a schema version to the next one."""
 
 _SCHEMA: tuple[str, ...] = (
     """CREATE TABLE resource (
@@ -134,6 +158,7 @@ _SCHEMA: tuple[str, ...] = (
     """CREATE TABLE kv (ns TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
         expires_ms INTEGER, PRIMARY KEY (ns, key)) WITHOUT ROWID""",
     "CREATE INDEX kv_expiry ON kv (expires_ms) WHERE expires_ms IS NOT NULL",
+    *_JOURNAL,
 )
 
 _INDEX_TABLES = ("idx_token", "idx_reference", "idx_date", "idx_string", "idx_uri",
@@ -292,6 +317,7 @@ class _EmbeddedUnitOfWork(UnitOfWork):
         self._conn = conn
         self._indexer = indexer
         self._open = True
+        self.recorded = False  # whether record() added to the journal
 
     def close(self) -> None:
         self._open = False
@@ -316,11 +342,44 @@ class _EmbeddedUnitOfWork(UnitOfWork):
 
     def read(self, type_: str, id_: str) -> Version | None:
         self._check_open()
+        if type_ in RECORD_TYPES:
+            self.drain()
         return self._reader.read(type_, id_)
 
     def search(self, query: SearchQuery) -> SearchResult:
         self._check_open()
+        if types_read(query) & RECORD_TYPES:
+            self.drain()
         return self._reader.search(query)
+
+    # -- records ---------------------------------------------------------------------------------
+
+    def record(self, type_: str, resource: dict[str, Any]) -> None:
+        self._check_open()
+        if type_ not in RECORD_TYPES:
+            raise ValueError(f"{type_} is not a record type")
+        instant, ms = now_instant()
+        id_ = str(uuid.uuid4())
+        self._conn.execute(
+            "INSERT INTO journal (type, id, last_updated, last_updated_ms, json) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (type_, id_, instant, ms, jsonio.dumps(stamp(resource, type_, id_, 1, instant))))
+        self.recorded = True
+
+    def drain(self, limit: int | None = None, upto: int | None = None) -> int:
+        """Move journalled records (the oldest ``limit``, those up to ``upto``; all by
+        default) into the resource, history and index tables. Returns how many."""
+        self._check_open()
+        rows = self._conn.execute(
+            "SELECT seq, type, id, last_updated, last_updated_ms, json FROM journal "
+            "WHERE seq <= ? ORDER BY seq LIMIT ?",
+            (upto if upto is not None else 2**62, limit if limit is not None else -1)
+        ).fetchall()
+        for _, type_, id_, instant, ms, text in rows:
+            self._write(type_, id_, 1, jsonio.loads(text), "POST", pk=None, at=(instant, ms))
+        if rows:
+            self._conn.execute("DELETE FROM journal WHERE seq <= ?", (rows[-1][0],))
+        return len(rows)
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -404,8 +463,8 @@ class _EmbeddedUnitOfWork(UnitOfWork):
                 [(key, type_, id_) for key in wanted])
 
     def _write(self, type_: str, id_: str, number: int, resource: dict[str, Any],
-               method: str, *, pk: int | None) -> Version:
-        instant, ms = now_instant()
+               method: str, *, pk: int | None, at: tuple[str, int] | None = None) -> Version:
+        instant, ms = at or now_instant()
         stored = stamp(resource, type_, id_, number, instant)
         index = _index_rows(self._indexer(stored))
         text = jsonio.dumps(stored)
@@ -478,6 +537,10 @@ class EmbeddedStore(Store):
         self._lock_file = -1
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._connections_lock = threading.Lock()
+        self._journal = threading.Event()  # set: records were journalled
+        self._drainer: threading.Thread | None = None
+        self._drainer_guard = threading.Lock()
+        self._drainer_pid = 0
         self._create_schema()
 
     # -- connections ---------------------------------------------------------------------------
@@ -528,7 +591,13 @@ class EmbeddedStore(Store):
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif found != SCHEMA_VERSION:
+                found = SCHEMA_VERSION
+            while found in _MIGRATIONS and found < SCHEMA_VERSION:
+                for statement in _MIGRATIONS[found]:
+                    conn.execute(statement)
+                found += 1
+                conn.execute(f"PRAGMA user_version = {found}")
+            if found != SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path} has schema version {found}; this server "
                                    f"knows version {SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -538,7 +607,13 @@ class EmbeddedStore(Store):
 
     def close(self) -> None:
         """Close every connection this process opened (at shutdown, when no request is
-        running); later calls open new ones."""
+        running); later calls open new ones. Records still journalled stay in the journal
+        (the next reader or drainer moves them)."""
+        with self._drainer_guard:
+            drainer, self._drainer = self._drainer, None
+        if drainer is not None and self._drainer_pid == os.getpid():
+            self._journal.set()
+            drainer.join(timeout=BUSY_TIMEOUT_S)
         with self._connections_lock:
             conns = [c for c in self._connections if c.pid == os.getpid()]
             self._connections = weakref.WeakSet()
@@ -569,6 +644,7 @@ class EmbeddedStore(Store):
         with self._writer_lock():
             _begin_immediate(conn)
             local.depth += 1
+            local.recorded = False
             uow = _EmbeddedUnitOfWork(conn, self.indexer)
             try:
                 yield uow
@@ -585,6 +661,8 @@ class EmbeddedStore(Store):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+        if uow.recorded or local.recorded:
+            self._wake_drainer()
 
     def _nested(self, conn: _Connection) -> Iterator[UnitOfWork]:
         local = self._local
@@ -602,6 +680,56 @@ class EmbeddedStore(Store):
         uow.close()
         local.depth -= 1
         conn.execute("RELEASE unit")
+        local.recorded = local.recorded or uow.recorded
+
+    # -- the journal of records ----------------------------------------------------------------
+
+    def _wake_drainer(self) -> None:
+        """Have this process's background thread move the journal into the tables."""
+        with self._drainer_guard:
+            if self._drainer is None or not self._drainer.is_alive() \
+                    or self._drainer_pid != os.getpid():
+                self._drainer_pid = os.getpid()
+                self._drainer = threading.Thread(
+                    target=self._drain_loop, name="planbro-journal", daemon=True)
+                self._drainer.start()
+        self._journal.set()
+
+    def _drain_loop(self) -> None:
+        me = threading.current_thread()
+        while True:
+            self._journal.wait(timeout=1.0)
+            if self._drainer is not me:  # closed
+                return
+            if not self._journal.is_set():
+                continue
+            time.sleep(DRAIN_DELAY_S)
+            self._journal.clear()
+            try:
+                while self._drain(DRAIN_BATCH) == DRAIN_BATCH:
+                    pass
+            except Exception:  # noqa: BLE001 - left in the journal; the next try moves them
+                time.sleep(1.0)
+                self._journal.set()
+
+    def _drain(self, limit: int | None = None, upto: int | None = None) -> int:
+        with self.unit_of_work() as uow:
+            assert isinstance(uow, _EmbeddedUnitOfWork)
+            return uow.drain(limit, upto)
+
+    def _catch_up(self, wanted: Iterable[str | None]) -> None:
+        """Before a read that concerns a record type: move everything journalled so far into
+        the tables (in this thread, if the background thread has not yet). Inside a unit of
+        work, in it (it holds the write lock): its own records included."""
+        types = set(wanted)
+        if not (types & RECORD_TYPES or None in types):
+            return
+        if self.in_unit_of_work():
+            _EmbeddedUnitOfWork(self._connection(), self.indexer).drain()
+            return
+        row = self._connection().execute("SELECT max(seq) FROM journal").fetchone()
+        while row[0] is not None and self._drain(DRAIN_BATCH, row[0]) == DRAIN_BATCH:
+            pass
 
     @contextmanager
     def _writer_lock(self) -> Iterator[None]:
@@ -644,21 +772,31 @@ class EmbeddedStore(Store):
         return _Reader(self._connection())
 
     def read(self, type_: str, id_: str) -> Version | None:
+        self._catch_up({type_})
         return self._reader().read(type_, id_)
 
     def vread(self, type_: str, id_: str, version: int) -> Version | None:
+        self._catch_up({type_})
         return self._reader().vread(type_, id_, version)
 
     def read_many(self, refs: list[tuple[str, str]]) -> list[Version]:
+        self._catch_up({type_ for type_, _ in refs})
         return self._reader().read_many(refs)
 
     def history(self, type_: str | None = None, id_: str | None = None, *,
                 since_ms: int | None = None, count: int = 20, offset: int = 0,
                 types: Sequence[str] | None = None,
                 within: Sequence[SearchQuery] | None = None) -> tuple[list[Version], int]:
+        if type_ is not None:
+            self._catch_up({type_})
+        elif types is None and within is None:
+            self._catch_up({None})
+        else:
+            self._catch_up(set(types or ()).union(*(types_read(q) for q in within or ())))
         return self._reader().history(type_, id_, since_ms, count, offset, types, within)
 
     def search(self, query: SearchQuery) -> SearchResult:
+        self._catch_up(types_read(query))
         return self._reader().search(query)
 
     def explain(self, query: SearchQuery) -> list[str]:
@@ -711,5 +849,6 @@ class EmbeddedStore(Store):
     def drop_all(self) -> None:
         with self.unit_of_work():
             conn = self._connection()
-            for table in ("resource", "history", "unique_key", "kv", *_INDEX_TABLES):
+            for table in ("resource", "history", "unique_key", "kv", "journal",
+                          *_INDEX_TABLES):
                 conn.execute(f"DELETE FROM {table}")

@@ -9,6 +9,11 @@ are written in one unit of work.
 All writes go through a :class:`UnitOfWork`, which is atomic: either everything it did is
 committed or nothing is. Reads inside a unit of work see its own writes.
 
+The records the server writes about what happened (:data:`RECORD_TYPES`: the AuditEvent of
+every access, the Provenance of every write) are written with :meth:`UnitOfWork.record`: they
+are never changed afterwards, so an engine may index them after the commit, off the request's
+path, as long as every read and search that begins after the commit sees them.
+
 Engines:
 - :mod:`server.store.embedded` - stdlib sqlite3 (the default, one file, no server);
 - :mod:`server.store.mongo` - pymongo (production; transactions need a replica set).
@@ -25,6 +30,9 @@ from typing import Any
 
 from ..fhir.outcome import FhirError, issue
 from ..fhir.search.ast import IndexValues, SearchQuery, SearchResult
+
+RECORD_TYPES = frozenset({"AuditEvent", "Provenance"})
+"""The types of :meth:`UnitOfWork.record` (records the server writes, never changed)."""
 
 Indexer = Callable[[dict[str, Any]], IndexValues]
 """Extracts the index values of one resource (given its JSON, with ``resourceType``)."""
@@ -140,6 +148,15 @@ class UnitOfWork(abc.ABC):
     def delete(self, type_: str, id_: str, *, if_match: int | None = None) -> Version | None:
         """Write a tombstone version and release the resource's unique keys. Returns the
         tombstone, or None when there was nothing current to delete."""
+
+    def record(self, type_: str, resource: dict[str, Any]) -> None:
+        """Store a record the server writes about what happened (one of
+        :data:`RECORD_TYPES`; version 1 with a server-assigned id, never changed). It
+        commits or rolls back with this unit of work; every read and search that begins
+        after the commit sees it (the engine may index it later, but before such a read)."""
+        if type_ not in RECORD_TYPES:
+            raise ValueError(f"{type_} is not a record type")
+        self.create(type_, resource)
 
     @abc.abstractmethod
     def lock(self, key: str) -> None:

@@ -121,10 +121,10 @@ class _FailingUnit:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._uow, name)
 
-    def create(self, type_: str, resource: dict[str, Any], **kwargs: Any) -> Any:
+    def record(self, type_: str, resource: dict[str, Any]) -> None:
         if type_ == "AuditEvent":
             raise sqlite3.OperationalError("disk I/O error")
-        return self._uow.create(type_, resource, **kwargs)
+        self._uow.record(type_, resource)
 
 
 def test_a_failure_to_audit_fails_the_request(fresh: World,

@@ -296,3 +296,20 @@ class SearchQuery:
 class SearchResult:
     resources: list[dict[str, object]]  # current resource JSON, in sort order
     total: int | None = None
+
+
+def types_read(query: SearchQuery) -> set[str]:
+    """The resource types a search reads: its own and those its chains and ``_has`` reach."""
+    out = {query.type}
+    pending: list[Condition] = list(query.conditions)
+    while pending:
+        cond = pending.pop()
+        if isinstance(cond, Chain):
+            out.add(cond.target_type)
+            pending.append(cond.inner)
+        elif isinstance(cond, Has):
+            out.add(cond.other_type)
+            pending.append(cond.inner)
+        elif isinstance(cond, AllOf | AnyOf):
+            pending.extend(cond.conditions)
+    return out
