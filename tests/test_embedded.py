@@ -508,6 +508,7 @@ def test_a_version_1_file_gets_the_journal(db: Path) -> None:
     embedded_store(db).close()
     conn = sqlite3.connect(db)
     conn.execute("DROP TABLE journal")
+    conn.execute("DROP TABLE journal_mark")
     conn.execute("PRAGMA user_version = 1")
     conn.close()
     store = embedded_store(db)
@@ -515,6 +516,53 @@ def test_a_version_1_file_gets_the_journal(db: Path) -> None:
     _record(store, 1)
     assert store.search(SearchQuery("AuditEvent", count=0, total=True)).total == 1
     store.close()
+
+
+def _count_events(store: EmbeddedStore) -> int | None:
+    return store.search(SearchQuery("AuditEvent", count=0, total=True)).total
+
+
+def test_records_of_reads_do_not_wait_for_writes(db: Path, monkeypatch: pytest.MonkeyPatch
+                                                 ) -> None:
+    monkeypatch.setattr(EmbeddedStore, "_wake_drainer", lambda self: None)
+    monkeypatch.setattr(embedded_engine, "BUSY_TIMEOUT_S", 0.2)
+    embedded = embedded_store(db)
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process is writing the main file
+    try:
+        embedded.record([("AuditEvent", _EVENT), ("AuditEvent", _EVENT)])
+        with pytest.raises(FhirError):  # while a write would wait (and give up)
+            _put(embedded, "Patient", "p1")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert _journalled(embedded) == 0 and embedded._records.last() == 2
+    assert _count_events(embedded) == 2 and embedded._records.last() == 0
+    embedded.record([("AuditEvent", _EVENT)])  # numbers go on after the file was emptied
+    assert _count_events(embedded) == 3
+    with pytest.raises(ValueError, match="not a record type"):
+        embedded.record([("Patient", {"resourceType": "Patient"})])
+    embedded.close()
+
+
+def test_records_moved_before_a_crash_are_not_moved_twice(
+        embedded: EmbeddedStore, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(EmbeddedStore, "_wake_drainer", lambda self: None)
+    from server.store.journal import RecordFile
+
+    monkeypatch.setattr(RecordFile, "forget", lambda self, upto: None)  # the crash
+    embedded.record([("AuditEvent", _EVENT)] * 3)
+    assert _count_events(embedded) == 3 and embedded._records.last() == 3
+    embedded.record([("AuditEvent", _EVENT)])
+    assert _count_events(embedded) == 4
+    embedded.close()
+    Path(f"{db}.records").unlink()  # a lost records file is a new journal, not a skipped one
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}.records{suffix}").unlink(missing_ok=True)
+    again = embedded_store(db)
+    again.record([("AuditEvent", _EVENT)])
+    assert _count_events(again) == 5
+    again.close()
 
 
 _RECORDER = """

@@ -1,8 +1,8 @@
 """Group commit of audit records: the records of requests that end at the same time in one
-process are written in one unit of work.
+process are stored together (one :meth:`~server.store.port.Store.record`).
 
 Every read of a person's data must be recorded before its answer is returned, so every read
-becomes a write. With the embedded engine writes are serialised; committing the records of
+becomes a write, and an engine commits one write at a time per file. Storing the records of
 concurrent requests together keeps reads from queueing behind one another's commits. The
 first request to arrive writes everything queued at that moment (its own records and those of
 the requests that came while the previous group was being written); the others wait for the
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..store.port import Store, UnitOfWork
+from ..store.port import Store
 
 Record = tuple[str, dict[str, Any]]  # (resource type, resource)
 
@@ -45,8 +45,7 @@ class GroupCommit:
         """Store ``records``; returns when they are committed (raises when they are not)."""
         store = self._store()
         if store.in_unit_of_work():
-            with store.unit_of_work() as uow:
-                _create(uow, records)
+            store.record(records)
             return
         job = _Job(records)
         with self._turn:
@@ -65,9 +64,7 @@ class GroupCommit:
     def _commit(self, store: Store, group: list[_Job]) -> None:
         error: BaseException | None = None
         try:
-            with store.unit_of_work() as uow:
-                for job in group:
-                    _create(uow, job.records)
+            store.record([record for job in group for record in job.records])
         except BaseException as exc:  # every request of the group fails with it
             error = exc
         with self._turn:
@@ -75,8 +72,3 @@ class GroupCommit:
                 job.error, job.finished = error, True
             self._writing = False
             self._turn.notify_all()
-
-
-def _create(uow: UnitOfWork, records: list[Record]) -> None:
-    for type_, resource in records:
-        uow.record(type_, resource)

@@ -9,15 +9,18 @@ Layout (schema version in ``PRAGMA user_version``):
   ``idx_quantity`` - the index values of the current, non-deleted versions, filled at write
   time from the indexer and keyed by resource ``pk``, resource ``type`` and parameter code;
 * ``unique_key`` - the unique keys current resources hold;
-* ``journal`` - records the server wrote (:meth:`UnitOfWork.record`: AuditEvents and
-  Provenances) that are not yet in the tables above.
+* ``journal`` - records the server wrote in a unit of work (:meth:`UnitOfWork.record`: a
+  write's Provenance and AuditEvent) that are not yet in the tables above;
+* ``journal_mark`` - how far the records file has been moved into the tables.
 
-Records: a request's AuditEvent (and a write's Provenance) is one row appended to
-``journal`` in the request's own transaction, so it is as durable as any write when the
-answer is returned. A background thread of each process that records moves the journal into
-``resource``, ``history`` and the index tables in batches, one transaction each; every read,
-search or history that concerns a record type first does the same for everything journalled
-before it began, so nothing recorded is ever missing from an answer.
+Records: a write's records are rows appended to ``journal`` in the write's own transaction;
+the AuditEvents of reads (:meth:`EmbeddedStore.record`) are appended to the records file
+``<file>.records``, which has a writer lock of its own, so reads never queue behind writes
+(:mod:`.journal`). Either way a record is durable when the answer is returned. A background
+thread of each process that records moves both journals into ``resource``, ``history`` and
+the index tables in batches, one transaction each; every read, search or history that
+concerns a record type first does the same for everything journalled before it began, so
+nothing recorded is ever missing from an answer.
 
 Concurrency: the file is in WAL mode, so readers never block the writer nor each other. Each
 thread uses its own connection (``isolation_level=None``: transactions are explicit). Writers
@@ -36,7 +39,7 @@ operating-system crash or power loss may lose the last transactions. Pass
 
 from __future__ import annotations
 
-import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -50,8 +53,17 @@ from pathlib import Path
 from typing import Any
 
 from ..fhir import jsonio
-from ..fhir.outcome import FhirError, conflict
+from ..fhir.outcome import conflict
 from ..fhir.search.ast import MAX_MS, IndexValues, SearchQuery, SearchResult, types_read
+from .journal import (
+    JOURNAL_COLUMNS,
+    JOURNAL_TABLE,
+    RecordFile,
+    Row,
+    WriterLock,
+    begin_immediate,
+    enable_wal,
+)
 from .port import (
     RECORD_TYPES,
     Indexer,
@@ -73,6 +85,8 @@ ORDERED_WINDOW = 5000
 """How far the ordered plan walks (resources of the type, in page order) before the driven
 plan answers instead: it bounds the cost of a page whose matches are sparse."""
 
+_log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 2
 DRAIN_BATCH = 100
 """Journalled records moved into the tables per transaction (it holds the write lock)."""
@@ -81,13 +95,8 @@ DRAIN_DELAY_S = 0.01
 BUSY_TIMEOUT_S = 60.0
 READ_MANY_CHUNK = 400
 
-_JOURNAL = ("""CREATE TABLE journal (
-        seq INTEGER PRIMARY KEY,
-        type TEXT NOT NULL,
-        id TEXT NOT NULL,
-        last_updated TEXT NOT NULL,
-        last_updated_ms INTEGER NOT NULL,
-        json TEXT NOT NULL)""",)
+_JOURNAL = (JOURNAL_TABLE.format(autoincrement=""),
+            "CREATE TABLE journal_mark (file TEXT PRIMARY KEY, seq INTEGER NOT NULL)")
 _MIGRATIONS: dict[int, tuple[str, ...]] = {1: _JOURNAL}
 """The statements that bring a file from a schema version to the next one."""
 
@@ -371,15 +380,18 @@ class _EmbeddedUnitOfWork(UnitOfWork):
         default) into the resource, history and index tables. Returns how many."""
         self._check_open()
         rows = self._conn.execute(
-            "SELECT seq, type, id, last_updated, last_updated_ms, json FROM journal "
-            "WHERE seq <= ? ORDER BY seq LIMIT ?",
+            f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE seq <= ? ORDER BY seq LIMIT ?",
             (upto if upto is not None else 2**62, limit if limit is not None else -1)
         ).fetchall()
-        for _, type_, id_, instant, ms, text in rows:
-            self._write(type_, id_, 1, jsonio.loads(text), "POST", pk=None, at=(instant, ms))
+        self.enter(rows)
         if rows:
             self._conn.execute("DELETE FROM journal WHERE seq <= ?", (rows[-1][0],))
         return len(rows)
+
+    def enter(self, rows: Sequence[Row]) -> None:
+        """Write journalled records into the resource, history and index tables."""
+        for _, type_, id_, instant, ms, text in rows:
+            self._write(type_, id_, 1, jsonio.loads(text), "POST", pk=None, at=(instant, ms))
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -499,21 +511,6 @@ class _EmbeddedUnitOfWork(UnitOfWork):
              int(version.deleted), version.method, text))
 
 
-def _busy() -> FhirError:
-    return FhirError.of(503, "The database is busy with other writes; retry the request",
-                        code="transient", headers={"Retry-After": "1"})
-
-
-def _begin_immediate(conn: sqlite3.Connection) -> None:
-    """Take the write lock, waiting up to :data:`BUSY_TIMEOUT_S` for other writers."""
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as exc:
-        if "locked" not in str(exc) and "busy" not in str(exc):
-            raise
-        raise _busy() from exc
-
-
 class EmbeddedStore(Store):
     """The embedded engine on the SQLite file at ``path`` (its folder is created)."""
 
@@ -531,10 +528,7 @@ class EmbeddedStore(Store):
         self._local = threading.local()
         self._generation = 0
         self._kv_writes = 0
-        self._thread_lock = threading.Lock()
-        self._fd_guard = threading.Lock()
-        self._lock_owner = 0
-        self._lock_file = -1
+        self._writer = WriterLock(self.path, lambda: BUSY_TIMEOUT_S)
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._connections_lock = threading.Lock()
         self._journal = threading.Event()  # set: records were journalled
@@ -542,6 +536,8 @@ class EmbeddedStore(Store):
         self._drainer_guard = threading.Lock()
         self._drainer_pid = 0
         self._create_schema()
+        self._records = RecordFile(Path(f"{self.path}.records"), self._open,
+                                   lambda: BUSY_TIMEOUT_S)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -550,12 +546,14 @@ class EmbeddedStore(Store):
         local = self._local
         conn: _Connection | None = getattr(local, "conn", None)
         if conn is None or conn.pid != os.getpid() or local.generation != self._generation:
-            conn = self._connect()
+            conn = self._open(self.path)
             local.conn, local.generation, local.depth = conn, self._generation, 0
         return conn
 
-    def _connect(self) -> _Connection:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+    def _open(self, path: Path) -> _Connection:
+        """A new connection to ``path`` (this file or its records file), closed by
+        :meth:`close`."""
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                check_same_thread=False, factory=_Connection)
         conn.pid = os.getpid()
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
@@ -563,28 +561,10 @@ class EmbeddedStore(Store):
             self._connections.add(conn)
         return conn
 
-    def _enable_wal(self, conn: sqlite3.Connection) -> None:
-        """Switch the file to WAL (a lasting property of the file). Processes that open a new
-        file together may see ``database is locked`` here without SQLite's busy wait, so
-        this retries for as long as a writer would wait."""
-        deadline = time.monotonic() + BUSY_TIMEOUT_S
-        while True:
-            try:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
-                continue
-            if mode.lower() != "wal":
-                raise RuntimeError(f"{self.path}: the file system does not support SQLite's "
-                                   f"WAL mode (journal_mode is {mode})")
-            return
-
     def _create_schema(self) -> None:
         conn = self._connection()
-        self._enable_wal(conn)
-        _begin_immediate(conn)
+        enable_wal(conn, self.path, BUSY_TIMEOUT_S)
+        begin_immediate(conn)
         try:
             found = conn.execute("PRAGMA user_version").fetchone()[0]
             if found == 0:
@@ -614,6 +594,7 @@ class EmbeddedStore(Store):
         if drainer is not None and self._drainer_pid == os.getpid():
             self._journal.set()
             drainer.join(timeout=BUSY_TIMEOUT_S)
+        self._records.forget_connections()
         with self._connections_lock:
             conns = [c for c in self._connections if c.pid == os.getpid()]
             self._connections = weakref.WeakSet()
@@ -641,8 +622,8 @@ class EmbeddedStore(Store):
         if local.depth > 0:
             yield from self._nested(conn)
             return
-        with self._writer_lock():
-            _begin_immediate(conn)
+        with self._writer.hold():
+            begin_immediate(conn)
             local.depth += 1
             local.recorded = False
             uow = _EmbeddedUnitOfWork(conn, self.indexer)
@@ -705,68 +686,77 @@ class EmbeddedStore(Store):
                 continue
             time.sleep(DRAIN_DELAY_S)
             self._journal.clear()
+            if self._drainer is not me:  # closed while the records gathered
+                return
             try:
-                while self._drain(DRAIN_BATCH) == DRAIN_BATCH:
+                while self._drain(DRAIN_BATCH):
                     pass
-            except Exception:  # noqa: BLE001 - left in the journal; the next try moves them
+            except Exception:  # left in the journal; the next try moves them
+                _log.exception("moving journalled records into %s failed; retrying", self.path)
                 time.sleep(1.0)
                 self._journal.set()
 
-    def _drain(self, limit: int | None = None, upto: int | None = None) -> int:
+    def record(self, records: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Outside a unit of work (the AuditEvents of reads): appended to the records file,
+        which does not wait for the writes of this file."""
+        if self.in_unit_of_work():
+            super().record(records)
+            return
+        rows = []
+        for type_, resource in records:
+            if type_ not in RECORD_TYPES:
+                raise ValueError(f"{type_} is not a record type")
+            instant, ms = now_instant()
+            id_ = str(uuid.uuid4())
+            rows.append((type_, id_, instant, ms,
+                         jsonio.dumps(stamp(resource, type_, id_, 1, instant))))
+        if rows:
+            self._records.append(rows)
+            self._wake_drainer()
+
+    def _drain(self, limit: int, upto: tuple[int, int] | None = None) -> bool:
+        """Move up to ``limit`` records of each journal (those up to ``upto``: the journal's
+        and the records file's numbers) into the tables; True when more may be left."""
         with self.unit_of_work() as uow:
             assert isinstance(uow, _EmbeddedUnitOfWork)
-            return uow.drain(limit, upto)
+            moved = uow.drain(limit, upto[0] if upto else None)
+            side = self._enter_records_file(uow, limit, upto[1] if upto else None)
+        if side:  # the tables hold them now (a crash before this: the mark skips them)
+            self._records.forget(side[-1][0])
+        return moved == limit or len(side) == limit
+
+    def _enter_records_file(self, uow: _EmbeddedUnitOfWork, limit: int | None,
+                            upto: int | None) -> list[Row]:
+        """In ``uow``: the records file's records after this file's mark (up to ``upto``,
+        at most ``limit``) into the tables, and the mark moved past them."""
+        conn = self._connection()
+        mark = conn.execute("SELECT seq FROM journal_mark WHERE file = ?",
+                            (self._records.id,)).fetchone()
+        side = self._records.after(mark[0] if mark else 0, upto, limit)
+        if side:
+            uow.enter(side)
+            conn.execute("INSERT OR REPLACE INTO journal_mark (file, seq) VALUES (?, ?)",
+                         (self._records.id, side[-1][0]))
+        return side
 
     def _catch_up(self, wanted: Iterable[str | None]) -> None:
         """Before a read that concerns a record type: move everything journalled so far into
         the tables (in this thread, if the background thread has not yet). Inside a unit of
-        work, in it (it holds the write lock): its own records included."""
+        work, in it (it holds the write lock), its own records included."""
         types = set(wanted)
         if not (types & RECORD_TYPES or None in types):
             return
         if self.in_unit_of_work():
-            _EmbeddedUnitOfWork(self._connection(), self.indexer).drain()
+            uow = _EmbeddedUnitOfWork(self._connection(), self.indexer)
+            uow.drain()
+            self._enter_records_file(uow, None, None)
             return
-        row = self._connection().execute("SELECT max(seq) FROM journal").fetchone()
-        while row[0] is not None and self._drain(DRAIN_BATCH, row[0]) == DRAIN_BATCH:
-            pass
-
-    @contextmanager
-    def _writer_lock(self) -> Iterator[None]:
-        """Queue writers before they reach SQLite: threads of this process on a mutex, and
-        processes on an advisory lock of ``<file>.lock``. SQLite's own busy handler sleeps
-        in steps of up to 100 ms, which would make writers that merely queue wait far
-        longer than the writes take."""
-        deadline = time.monotonic() + BUSY_TIMEOUT_S
-        fd = self._lock_fd()
-        if not self._thread_lock.acquire(timeout=BUSY_TIMEOUT_S):
-            raise _busy()
-        try:
-            pause = 0.0001
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise _busy() from None
-                    time.sleep(pause)
-                    pause = min(pause * 2, 0.002)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            self._thread_lock.release()
-
-    def _lock_fd(self) -> int:
-        """This process's descriptor of the lock file. A forked child opens its own: a
-        descriptor inherited through fork shares its lock with the parent's."""
-        with self._fd_guard:
-            if self._lock_owner != os.getpid():
-                self._lock_file = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-                self._lock_owner = os.getpid()
-            return self._lock_file
+        last = self._connection().execute(
+            "SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
+        upto = (last, self._records.last())
+        if upto != (0, 0):
+            while self._drain(DRAIN_BATCH, upto):
+                pass
 
     def _reader(self) -> _Reader:
         return _Reader(self._connection())
@@ -850,5 +840,6 @@ class EmbeddedStore(Store):
         with self.unit_of_work():
             conn = self._connection()
             for table in ("resource", "history", "unique_key", "kv", "journal",
-                          *_INDEX_TABLES):
+                          "journal_mark", *_INDEX_TABLES):
                 conn.execute(f"DELETE FROM {table}")
+            self._records.clear()

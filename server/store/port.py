@@ -242,6 +242,14 @@ class Store(abc.ABC):
         """Live entries of a namespace, ordered by key."""
         raise NotImplementedError
 
+    def record(self, records: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Store records the server writes about what happened (:meth:`UnitOfWork.record`)
+        on their own, e.g. the AuditEvents of a read: durable when this returns. Inside a
+        unit of work of this thread they are part of it."""
+        with self.unit_of_work() as uow:
+            for type_, resource in records:
+                uow.record(type_, resource)
+
     def in_unit_of_work(self) -> bool:
         """Whether the calling thread is inside a unit of work of this store (a new one would
         then be part of it). Engines whose units of work are independent of the thread say

@@ -113,6 +113,11 @@ class _AuditFails:
         with self._store.unit_of_work() as uow:
             yield _FailingUnit(uow)  # type: ignore[misc]
 
+    def record(self, records: list[tuple[str, dict[str, Any]]]) -> None:
+        if any(type_ == "AuditEvent" for type_, _ in records):
+            raise sqlite3.OperationalError("disk I/O error")
+        self._store.record(records)
+
 
 class _FailingUnit:
     def __init__(self, uow: UnitOfWork) -> None:

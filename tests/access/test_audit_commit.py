@@ -1,12 +1,12 @@
-"""Group commit of audit records: concurrent requests share units of work, each returns only
-once its own records are committed, and a failed group fails every request in it."""
+"""Group commit of audit records: concurrent requests store their records together, each
+returns only once its own records are committed, and a failed group fails every request in
+it."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,6 @@ from store_kit import embedded_store
 from server.audit.commit import GroupCommit
 from server.fhir.search.ast import SearchQuery
 from server.store.embedded import EmbeddedStore
-from server.store.port import UnitOfWork
 
 
 @pytest.fixture
@@ -37,7 +36,7 @@ def _count(store: EmbeddedStore) -> int:
 
 
 class _Slow:
-    """A store whose first unit of work waits until released, counting its units of work."""
+    """A store whose first storing of records waits until released, counting them."""
 
     def __init__(self, inner: EmbeddedStore) -> None:
         self.inner, self.units = inner, 0
@@ -46,14 +45,12 @@ class _Slow:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    @contextmanager
-    def unit_of_work(self) -> Iterator[UnitOfWork]:
+    def record(self, records: list[tuple[str, dict[str, Any]]]) -> None:
         self.units += 1
-        with self.inner.unit_of_work() as uow:
-            if self.units == 1:
-                self.entered.set()
-                assert self.release.wait(10)
-            yield uow
+        if self.units == 1:
+            self.entered.set()
+            assert self.release.wait(10)
+        self.inner.record(records)
 
 
 def test_requests_arriving_during_a_commit_share_the_next(store: EmbeddedStore) -> None:

@@ -1,0 +1,198 @@
+"""Pieces of the embedded engine that several SQLite files share: the writer lock, and the
+records file (the AuditEvents of reads, journalled beside the main file).
+
+A read changes nothing but must leave an AuditEvent before its answer is returned. Appending
+it to the main file would queue every read behind every write (SQLite has one writer per
+file). The records file has a writer lock of its own: a read appends its records there (one
+short transaction, shared by the reads of a process that end together), and the main file's
+background thread moves them into the main file later, recording in the main file how far it
+got, so a crash between the two files neither loses nor repeats a record.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..fhir.outcome import FhirError
+
+Row = tuple[int, str, str, str, int, str]
+"""A journalled record: (seq, type, id, last_updated, last_updated_ms, json)."""
+
+JOURNAL_TABLE = """CREATE TABLE journal (
+        seq INTEGER PRIMARY KEY{autoincrement},
+        type TEXT NOT NULL,
+        id TEXT NOT NULL,
+        last_updated TEXT NOT NULL,
+        last_updated_ms INTEGER NOT NULL,
+        json TEXT NOT NULL)"""
+JOURNAL_COLUMNS = "seq, type, id, last_updated, last_updated_ms, json"
+
+
+def busy() -> FhirError:
+    return FhirError.of(503, "The database is busy with other writes; retry the request",
+                        code="transient", headers={"Retry-After": "1"})
+
+
+def begin_immediate(conn: sqlite3.Connection) -> None:
+    """Take the file's write lock (SQLite's), or fail with 503 when it stays taken."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise
+        raise busy() from exc
+
+
+def enable_wal(conn: sqlite3.Connection, path: Path, timeout: float) -> None:
+    """Switch the file to WAL (a lasting property of the file). Processes that open a new
+    file together may see ``database is locked`` here without SQLite's busy wait, so this
+    retries for as long as a writer would wait."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+            continue
+        if mode.lower() != "wal":
+            raise RuntimeError(f"{path}: the file system does not support SQLite's WAL mode "
+                               f"(journal_mode is {mode})")
+        return
+
+
+class WriterLock:
+    """Queues the writers of one SQLite file before they reach SQLite: threads of this
+    process on a mutex, processes on an advisory lock of ``<file>.lock``. SQLite's own busy
+    handler sleeps in steps of up to 100 ms, which would make writers that merely queue wait
+    far longer than the writes take."""
+
+    def __init__(self, path: Path, timeout: Callable[[], float]) -> None:
+        self._path = Path(f"{path}.lock")
+        self._timeout = timeout
+        self._thread_lock = threading.Lock()
+        self._fd_guard = threading.Lock()
+        self._owner = 0
+        self._fd = -1
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        wait = self._timeout()
+        deadline = time.monotonic() + wait
+        fd = self._descriptor()
+        if not self._thread_lock.acquire(timeout=wait):
+            raise busy()
+        try:
+            pause = 0.0001
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise busy() from None
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.002)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def _descriptor(self) -> int:
+        """This process's descriptor of the lock file. A forked child opens its own: a
+        descriptor inherited through fork shares its lock with the parent's."""
+        with self._fd_guard:
+            if self._owner != os.getpid():
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._owner = os.getpid()
+            return self._fd
+
+
+class RecordFile:
+    """The records file ``<main file>.records``: a journal table and the file's identity
+    (a new file is a new journal, so the main file's progress mark of an old one never
+    skips its records)."""
+
+    def __init__(self, path: Path, connect: Callable[[Path], sqlite3.Connection],
+                 timeout: Callable[[], float]) -> None:
+        self.path = path
+        self._connect = connect
+        self._local = threading.local()
+        self._lock = WriterLock(path, timeout)
+        conn = self._connection()
+        enable_wal(conn, path, timeout())
+        with self._lock.hold():
+            begin_immediate(conn)
+            try:
+                if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                    # numbers are never reused: the main file's mark must not skip a record
+                    conn.execute(JOURNAL_TABLE.format(autoincrement=" AUTOINCREMENT"))
+                    conn.execute("CREATE TABLE identity (id TEXT NOT NULL)")
+                    conn.execute("INSERT INTO identity VALUES (?)", (str(uuid.uuid4()),))
+                    conn.execute("PRAGMA user_version = 1")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        self.id: str = conn.execute("SELECT id FROM identity").fetchone()[0]
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            conn = self._connect(self.path)
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def forget_connections(self) -> None:
+        """After the store closed its connections (this thread opens a new one)."""
+        self._local = threading.local()
+
+    def append(self, rows: Sequence[tuple[str, str, str, int, str]]) -> None:
+        """Journal records (type, id, last_updated, last_updated_ms, json): durable when
+        this returns."""
+        conn = self._connection()
+        with self._lock.hold():
+            begin_immediate(conn)
+            try:
+                conn.executemany("INSERT INTO journal (type, id, last_updated, last_updated_ms, "
+                                 "json) VALUES (?, ?, ?, ?, ?)", rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def last(self) -> int:
+        """The newest record's number (0 when the journal is empty)."""
+        return self._connection().execute(
+            "SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
+
+    def after(self, mark: int, upto: int | None, limit: int | None) -> list[Row]:
+        """The records after ``mark`` (up to ``upto``), oldest first, at most ``limit``."""
+        return self._connection().execute(
+            f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE seq > ? AND seq <= ? "
+            "ORDER BY seq LIMIT ?", (mark, upto if upto is not None else 2**62,
+                                      limit if limit is not None else -1)
+        ).fetchall()
+
+    def forget(self, upto: int) -> None:
+        """Delete the records up to ``upto`` (the main file holds them now)."""
+        conn = self._connection()
+        with self._lock.hold():
+            conn.execute("DELETE FROM journal WHERE seq <= ?", (upto,))
+
+    def clear(self) -> None:
+        conn = self._connection()
+        with self._lock.hold():
+            conn.execute("DELETE FROM journal")
