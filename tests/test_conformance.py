@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 import sys
 from functools import cache
 from pathlib import Path
@@ -112,6 +113,58 @@ def test_broken_variants_fail_without_being_told_the_profile(conformance: Confor
     """The claimed and the assigned profiles are enough: no variant passes a write."""
     for name in EXPECTATIONS:
         assert _errors(conformance.validate(_load(INVALID / name))), name
+
+
+def _mutated(resource: Json, rng: random.Random) -> Json:
+    """``resource`` with one to three random changes: an element dropped, given a value of
+    another JSON type, added, or a list item dropped or repeated."""
+    out = copy.deepcopy(resource)
+    for _ in range(rng.randint(1, 3)):
+        node: Any = out
+        while True:
+            if isinstance(node, dict) and node:
+                key, roll = rng.choice(sorted(node)), rng.random()
+                if roll < 0.3:
+                    del node[key]
+                elif roll < 0.5:
+                    node[key] = rng.choice([True, "x", 1, 1.5, [], {}, None, "true"])
+                elif roll < 0.6:
+                    node["unknownElement"] = 1
+                else:
+                    node = node[key]
+                    continue
+            elif isinstance(node, list) and node:
+                index, roll = rng.randrange(len(node)), rng.random()
+                if roll < 0.3:
+                    node.pop(index)
+                elif roll < 0.4:
+                    node.append(copy.deepcopy(node[index]))
+                else:
+                    node = node[index]
+                    continue
+            break
+    return out
+
+
+def test_the_compiled_schema_check_agrees_with_the_detailed_one(
+        conformance: Conformance) -> None:
+    """A write passes the schema when ``jsonschema-rs`` says it is valid, and only a resource
+    it refuses is walked by ``jsonschema`` for the report: both must judge alike, on the
+    examples, the broken variants and thousands of random changes of them."""
+    rng = random.Random(4242)
+    resources = [*_examples().values(), *(_load(INVALID / name) for name in EXPECTATIONS)]
+    judged = 0
+    for resource in resources:
+        for url in conformance.profiles_for(resource):
+            profile = conformance.profile(url)
+            if profile is None:  # claimed, but not ours (the report says not-supported)
+                continue
+            for trial in range(150):
+                candidate = resource if trial == 0 else _mutated(resource, rng)
+                detailed = profile.schema.is_valid(candidate)
+                assert profile.compiled.is_valid(candidate) is detailed, (url, candidate)
+                judged += 1
+    assert judged > 3000
 
 
 # -- profile selection and the validator API ------------------------------------------------------
