@@ -34,7 +34,11 @@ seconds for the lock, then gets a 503 (retry) instead.
 Durability: ``synchronous=NORMAL`` (the default) makes every committed transaction survive a
 crash or ``kill -9`` of the process (the WAL is written before ``COMMIT`` returns); only an
 operating-system crash or power loss may lose the last transactions. Pass
-``synchronous="FULL"`` to fsync the WAL on every commit and survive those too.
+``synchronous="FULL"`` to fsync the WAL on every commit and survive those too. The WAL is
+copied into the file (a checkpoint, with its fsync) by the background thread every
+:data:`CHECKPOINT_EVERY_S` seconds, not by the committing request while it holds the writer
+lock; a commit checkpoints itself only when the WAL has grown past
+:data:`AUTOCHECKPOINT_PAGES` pages.
 """
 
 from __future__ import annotations
@@ -88,8 +92,14 @@ plan answers instead: it bounds the cost of a page whose matches are sparse."""
 _log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-DRAIN_BATCH = 100
-"""Journalled records moved into the tables per transaction (it holds the write lock)."""
+DRAIN_BATCH = 25
+"""Journalled records moved into the tables per transaction (about 1 ms each: the
+transaction holds the write lock, so writes wait for at most one batch)."""
+CHECKPOINT_EVERY_S = 0.5
+"""How often the background thread copies the write-ahead logs into the files."""
+AUTOCHECKPOINT_PAGES = 20000
+"""A commit that finds the write-ahead log this long checkpoints it itself (only when the
+background thread does not: a process that never records)."""
 DRAIN_DELAY_S = 0.01
 """How long the background thread lets records gather before it moves them."""
 BUSY_TIMEOUT_S = 60.0
@@ -391,7 +401,8 @@ class _EmbeddedUnitOfWork(UnitOfWork):
     def enter(self, rows: Sequence[Row]) -> None:
         """Write journalled records into the resource, history and index tables."""
         for _, type_, id_, instant, ms, text in rows:
-            self._write(type_, id_, 1, jsonio.loads(text), "POST", pk=None, at=(instant, ms))
+            self._write(type_, id_, 1, jsonio.loads(text), "POST", pk=None,
+                        journalled=(instant, ms, text))
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -475,11 +486,16 @@ class _EmbeddedUnitOfWork(UnitOfWork):
                 [(key, type_, id_) for key in wanted])
 
     def _write(self, type_: str, id_: str, number: int, resource: dict[str, Any],
-               method: str, *, pk: int | None, at: tuple[str, int] | None = None) -> Version:
-        instant, ms = at or now_instant()
-        stored = stamp(resource, type_, id_, number, instant)
+               method: str, *, pk: int | None,
+               journalled: tuple[str, int, str] | None = None) -> Version:
+        """``journalled``: the record's time, epoch ms and text, ``resource`` as stamped."""
+        if journalled is None:
+            instant, ms = now_instant()
+            stored = stamp(resource, type_, id_, number, instant)
+            text = jsonio.dumps(stored)
+        else:
+            (instant, ms, text), stored = journalled, resource
         index = _index_rows(self._indexer(stored))
-        text = jsonio.dumps(stored)
         if pk is None:
             pk = self._conn.execute(
                 "INSERT INTO resource (type, id, version, last_updated, last_updated_ms, "
@@ -557,6 +573,7 @@ class EmbeddedStore(Store):
                                check_same_thread=False, factory=_Connection)
         conn.pid = os.getpid()
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
         with self._connections_lock:
             self._connections.add(conn)
         return conn
@@ -678,10 +695,14 @@ class EmbeddedStore(Store):
 
     def _drain_loop(self) -> None:
         me = threading.current_thread()
+        checkpointed = time.monotonic()
         while True:
-            self._journal.wait(timeout=1.0)
+            self._journal.wait(timeout=CHECKPOINT_EVERY_S)
             if self._drainer is not me:  # closed
                 return
+            if time.monotonic() - checkpointed >= CHECKPOINT_EVERY_S:
+                checkpointed = time.monotonic()
+                self._checkpoint()
             if not self._journal.is_set():
                 continue
             time.sleep(DRAIN_DELAY_S)
@@ -695,6 +716,16 @@ class EmbeddedStore(Store):
                 _log.exception("moving journalled records into %s failed; retrying", self.path)
                 time.sleep(1.0)
                 self._journal.set()
+
+    def _checkpoint(self) -> None:
+        """Copy the write-ahead logs into the files here, in the background, so that no
+        request waits for it (and its fsync) while it holds a writer lock. PASSIVE: it
+        neither waits for nor blocks readers and writers."""
+        for conn in (self._connection(), self._records.connection()):
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.OperationalError:  # busy: the next round does it
+                _log.debug("checkpoint of %s deferred", self.path, exc_info=True)
 
     def record(self, records: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Outside a unit of work (the AuditEvents of reads): appended to the records file,

@@ -130,7 +130,7 @@ class RecordFile:
         self._connect = connect
         self._local = threading.local()
         self._lock = WriterLock(path, timeout)
-        conn = self._connection()
+        conn = self.connection()
         enable_wal(conn, path, timeout())
         with self._lock.hold():
             begin_immediate(conn)
@@ -147,7 +147,8 @@ class RecordFile:
                 raise
         self.id: str = conn.execute("SELECT id FROM identity").fetchone()[0]
 
-    def _connection(self) -> sqlite3.Connection:
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection to the records file."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
             conn = self._connect(self.path)
@@ -161,7 +162,7 @@ class RecordFile:
     def append(self, rows: Sequence[tuple[str, str, str, int, str]]) -> None:
         """Journal records (type, id, last_updated, last_updated_ms, json): durable when
         this returns."""
-        conn = self._connection()
+        conn = self.connection()
         with self._lock.hold():
             begin_immediate(conn)
             try:
@@ -175,12 +176,12 @@ class RecordFile:
 
     def last(self) -> int:
         """The newest record's number (0 when the journal is empty)."""
-        return self._connection().execute(
+        return self.connection().execute(
             "SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
 
     def after(self, mark: int, upto: int | None, limit: int | None) -> list[Row]:
         """The records after ``mark`` (up to ``upto``), oldest first, at most ``limit``."""
-        return self._connection().execute(
+        return self.connection().execute(
             f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE seq > ? AND seq <= ? "
             "ORDER BY seq LIMIT ?", (mark, upto if upto is not None else 2**62,
                                       limit if limit is not None else -1)
@@ -188,11 +189,11 @@ class RecordFile:
 
     def forget(self, upto: int) -> None:
         """Delete the records up to ``upto`` (the main file holds them now)."""
-        conn = self._connection()
+        conn = self.connection()
         with self._lock.hold():
             conn.execute("DELETE FROM journal WHERE seq <= ?", (upto,))
 
     def clear(self) -> None:
-        conn = self._connection()
+        conn = self.connection()
         with self._lock.hold():
             conn.execute("DELETE FROM journal")
