@@ -565,6 +565,21 @@ def test_records_moved_before_a_crash_are_not_moved_twice(
     again.close()
 
 
+def test_requests_help_when_the_background_falls_behind(
+        embedded: EmbeddedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(EmbeddedStore, "_wake_drainer", lambda self: None)  # it is behind
+    monkeypatch.setattr(embedded_engine, "BACKLOG_LIMIT", 20)
+    monkeypatch.setattr(embedded_engine, "DRAIN_BATCH", 5)
+    for n in range(60):
+        if n % 2:
+            embedded.record([("AuditEvent", _EVENT)] * 3)  # reads
+        else:
+            _record(embedded, 3)  # writes
+        assert embedded._backlog() <= 20 + 3
+    assert _stored_events(embedded) >= 180 - 23
+    assert _count_events(embedded) == 180
+
+
 _RECORDER = """
 import sys
 from server.fhir.search.ast import IndexValues

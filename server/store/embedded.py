@@ -95,6 +95,9 @@ SCHEMA_VERSION = 2
 DRAIN_BATCH = 25
 """Journalled records moved into the tables per transaction (about 1 ms each: the
 transaction holds the write lock, so writes wait for at most one batch)."""
+BACKLOG_LIMIT = 500
+"""Records the background thread may be behind (about half a second of work) before the
+requests that record help it: a reader of the records never waits longer than that."""
 CHECKPOINT_EVERY_S = 0.5
 """How often the background thread copies the write-ahead logs into the files."""
 AUTOCHECKPOINT_PAGES = 20000
@@ -660,7 +663,7 @@ class EmbeddedStore(Store):
                     conn.execute("ROLLBACK")
                 raise
         if uow.recorded or local.recorded:
-            self._wake_drainer()
+            self._recorded()
 
     def _nested(self, conn: _Connection) -> Iterator[UnitOfWork]:
         local = self._local
@@ -692,6 +695,24 @@ class EmbeddedStore(Store):
                     target=self._drain_loop, name="planbro-journal", daemon=True)
                 self._drainer.start()
         self._journal.set()
+
+    def _recorded(self) -> None:
+        """After records were stored: the background thread moves them; when it is more than
+        :data:`BACKLOG_LIMIT` records behind, the request that recorded moves a batch itself
+        (so the journal cannot outgrow what a reader of the records waits for)."""
+        self._wake_drainer()
+        if self._backlog() > BACKLOG_LIMIT:
+            self._drain(DRAIN_BATCH)
+
+    def _backlog(self) -> int:
+        """How many records wait in the journal and the records file (about: the numbers
+        between the oldest and the newest)."""
+        conn = self._connection()
+        lo, hi = conn.execute("SELECT min(seq), max(seq) FROM journal").fetchone()
+        mark = conn.execute("SELECT seq FROM journal_mark WHERE file = ?",
+                            (self._records.id,)).fetchone()
+        waiting = self._records.last() - (mark[0] if mark else 0)
+        return (hi - lo + 1 if lo is not None else 0) + max(waiting, 0)
 
     def _drain_loop(self) -> None:
         me = threading.current_thread()
@@ -743,7 +764,7 @@ class EmbeddedStore(Store):
                          jsonio.dumps(stamp(resource, type_, id_, 1, instant))))
         if rows:
             self._records.append(rows)
-            self._wake_drainer()
+            self._recorded()
 
     def _drain(self, limit: int, upto: tuple[int, int] | None = None) -> bool:
         """Move up to ``limit`` records of each journal (those up to ``upto``: the journal's
