@@ -701,8 +701,12 @@ class EmbeddedStore(Store):
         :data:`BACKLOG_LIMIT` records behind, the request that recorded moves a batch itself
         (so the journal cannot outgrow what a reader of the records waits for)."""
         self._wake_drainer()
-        if self._backlog() > BACKLOG_LIMIT:
-            self._drain(DRAIN_BATCH)
+        try:
+            if self._backlog() > BACKLOG_LIMIT:
+                self._drain(DRAIN_BATCH)
+        except Exception:  # the records are stored; the background thread moves them later
+            _log.warning("could not help move journalled records into %s", self.path,
+                         exc_info=True)
 
     def _backlog(self) -> int:
         """How many records wait in the journal and the records file (about: the numbers
