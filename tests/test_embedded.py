@@ -545,6 +545,15 @@ def test_records_of_reads_do_not_wait_for_writes(db: Path, monkeypatch: pytest.M
     embedded.close()
 
 
+def test_a_unit_of_work_sees_the_records_of_reads(embedded: EmbeddedStore,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(EmbeddedStore, "_wake_drainer", lambda self: None)
+    embedded.record([("AuditEvent", _EVENT)] * 2)
+    with embedded.unit_of_work() as uow:
+        uow.record("AuditEvent", _EVENT)
+        assert len(uow.search(SearchQuery("AuditEvent", count=10)).resources) == 3
+
+
 def test_records_moved_before_a_crash_are_not_moved_twice(
         embedded: EmbeddedStore, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(EmbeddedStore, "_wake_drainer", lambda self: None)

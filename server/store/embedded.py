@@ -76,6 +76,7 @@ from .port import (
     UnitOfWork,
     Version,
     VersionConflict,
+    check_record_type,
     iter_chunks,
     now_instant,
     stamp,
@@ -334,10 +335,11 @@ class _EmbeddedUnitOfWork(UnitOfWork):
     """Reads and writes inside one SQLite transaction. Each write runs in a savepoint, so a
     write that fails (a conflict) leaves nothing behind even when the caller goes on."""
 
-    def __init__(self, conn: sqlite3.Connection, indexer: Indexer) -> None:
+    def __init__(self, conn: sqlite3.Connection, indexer: Indexer, records: RecordFile) -> None:
         self._reader = _Reader(conn)
         self._conn = conn
         self._indexer = indexer
+        self._records = records
         self._open = True
         self.recorded = False  # whether record() added to the journal
 
@@ -365,28 +367,40 @@ class _EmbeddedUnitOfWork(UnitOfWork):
     def read(self, type_: str, id_: str) -> Version | None:
         self._check_open()
         if type_ in RECORD_TYPES:
-            self.drain()
+            self.catch_up()
         return self._reader.read(type_, id_)
 
     def search(self, query: SearchQuery) -> SearchResult:
         self._check_open()
         if types_read(query) & RECORD_TYPES:
-            self.drain()
+            self.catch_up()
         return self._reader.search(query)
 
     # -- records ---------------------------------------------------------------------------------
 
     def record(self, type_: str, resource: dict[str, Any]) -> None:
         self._check_open()
-        if type_ not in RECORD_TYPES:
-            raise ValueError(f"{type_} is not a record type")
-        instant, ms = now_instant()
-        id_ = str(uuid.uuid4())
         self._conn.execute(
             "INSERT INTO journal (type, id, last_updated, last_updated_ms, json) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (type_, id_, instant, ms, jsonio.dumps(stamp(resource, type_, id_, 1, instant))))
+            "VALUES (?, ?, ?, ?, ?)", _journal_row(type_, resource))
         self.recorded = True
+
+    def catch_up(self) -> None:
+        """Move every record of both journals into the tables, in this unit of work (it
+        holds the write lock): its own records included."""
+        self.drain()
+        self.enter_records_file(None, None)
+
+    def enter_records_file(self, limit: int | None, upto: int | None) -> list[Row]:
+        """The records file's records after the mark (up to ``upto``, at most ``limit``)
+        into the tables, and the mark moved past them. The records file keeps them until
+        the caller has committed (:meth:`RecordFile.forget`)."""
+        rows = self._records.after(_mark(self._conn, self._records), upto, limit)
+        if rows:
+            self.enter(rows)
+            self._conn.execute("INSERT OR REPLACE INTO journal_mark (file, seq) VALUES (?, ?)",
+                               (self._records.id, rows[-1][0]))
+        return rows
 
     def drain(self, limit: int | None = None, upto: int | None = None) -> int:
         """Move journalled records (the oldest ``limit``, those up to ``upto``; all by
@@ -530,6 +544,21 @@ class _EmbeddedUnitOfWork(UnitOfWork):
              int(version.deleted), version.method, text))
 
 
+def _journal_row(type_: str, resource: dict[str, Any]) -> tuple[str, str, str, int, str]:
+    """A record as journalled: (type, id, last_updated, last_updated_ms, JSON as stored),
+    with its server-assigned id and time."""
+    check_record_type(type_)
+    instant, ms = now_instant()
+    id_ = str(uuid.uuid4())
+    return type_, id_, instant, ms, jsonio.dumps(stamp(resource, type_, id_, 1, instant))
+
+
+def _mark(conn: sqlite3.Connection, records: RecordFile) -> int:
+    """How far the main file holds the records file's records (a record number)."""
+    row = conn.execute("SELECT seq FROM journal_mark WHERE file = ?", (records.id,)).fetchone()
+    return row[0] if row else 0
+
+
 class EmbeddedStore(Store):
     """The embedded engine on the SQLite file at ``path`` (its folder is created)."""
 
@@ -646,7 +675,7 @@ class EmbeddedStore(Store):
             begin_immediate(conn)
             local.depth += 1
             local.recorded = False
-            uow = _EmbeddedUnitOfWork(conn, self.indexer)
+            uow = _EmbeddedUnitOfWork(conn, self.indexer, self._records)
             try:
                 yield uow
             except BaseException:
@@ -669,7 +698,7 @@ class EmbeddedStore(Store):
         local = self._local
         conn.execute("SAVEPOINT unit")
         local.depth += 1
-        uow = _EmbeddedUnitOfWork(conn, self.indexer)
+        uow = _EmbeddedUnitOfWork(conn, self.indexer, self._records)
         try:
             yield uow
         except BaseException:
@@ -713,9 +742,7 @@ class EmbeddedStore(Store):
         between the oldest and the newest)."""
         conn = self._connection()
         lo, hi = conn.execute("SELECT min(seq), max(seq) FROM journal").fetchone()
-        mark = conn.execute("SELECT seq FROM journal_mark WHERE file = ?",
-                            (self._records.id,)).fetchone()
-        waiting = self._records.last() - (mark[0] if mark else 0)
+        waiting = self._records.last() - _mark(conn, self._records)
         return (hi - lo + 1 if lo is not None else 0) + max(waiting, 0)
 
     def _drain_loop(self) -> None:
@@ -758,14 +785,7 @@ class EmbeddedStore(Store):
         if self.in_unit_of_work():
             super().record(records)
             return
-        rows = []
-        for type_, resource in records:
-            if type_ not in RECORD_TYPES:
-                raise ValueError(f"{type_} is not a record type")
-            instant, ms = now_instant()
-            id_ = str(uuid.uuid4())
-            rows.append((type_, id_, instant, ms,
-                         jsonio.dumps(stamp(resource, type_, id_, 1, instant))))
+        rows = [_journal_row(type_, resource) for type_, resource in records]
         if rows:
             self._records.append(rows)
             self._recorded()
@@ -776,24 +796,10 @@ class EmbeddedStore(Store):
         with self.unit_of_work() as uow:
             assert isinstance(uow, _EmbeddedUnitOfWork)
             moved = uow.drain(limit, upto[0] if upto else None)
-            side = self._enter_records_file(uow, limit, upto[1] if upto else None)
+            side = uow.enter_records_file(limit, upto[1] if upto else None)
         if side:  # the tables hold them now (a crash before this: the mark skips them)
             self._records.forget(side[-1][0])
         return moved == limit or len(side) == limit
-
-    def _enter_records_file(self, uow: _EmbeddedUnitOfWork, limit: int | None,
-                            upto: int | None) -> list[Row]:
-        """In ``uow``: the records file's records after this file's mark (up to ``upto``,
-        at most ``limit``) into the tables, and the mark moved past them."""
-        conn = self._connection()
-        mark = conn.execute("SELECT seq FROM journal_mark WHERE file = ?",
-                            (self._records.id,)).fetchone()
-        side = self._records.after(mark[0] if mark else 0, upto, limit)
-        if side:
-            uow.enter(side)
-            conn.execute("INSERT OR REPLACE INTO journal_mark (file, seq) VALUES (?, ?)",
-                         (self._records.id, side[-1][0]))
-        return side
 
     def _catch_up(self, wanted: Iterable[str | None]) -> None:
         """Before a read that concerns a record type: move everything journalled so far into
@@ -803,9 +809,7 @@ class EmbeddedStore(Store):
         if not (types & RECORD_TYPES or None in types):
             return
         if self.in_unit_of_work():
-            uow = _EmbeddedUnitOfWork(self._connection(), self.indexer)
-            uow.drain()
-            self._enter_records_file(uow, None, None)
+            _EmbeddedUnitOfWork(self._connection(), self.indexer, self._records).catch_up()
             return
         last = self._connection().execute(
             "SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
@@ -898,4 +902,4 @@ class EmbeddedStore(Store):
             for table in ("resource", "history", "unique_key", "kv", "journal",
                           "journal_mark", *_INDEX_TABLES):
                 conn.execute(f"DELETE FROM {table}")
-            self._records.clear()
+            self._records.forget()

@@ -187,13 +187,10 @@ class RecordFile:
                                       limit if limit is not None else -1)
         ).fetchall()
 
-    def forget(self, upto: int) -> None:
-        """Delete the records up to ``upto`` (the main file holds them now)."""
+    def forget(self, upto: int | None = None) -> None:
+        """Delete the records up to ``upto`` (the main file holds them now); all of them
+        by default."""
         conn = self.connection()
         with self._lock.hold():
-            conn.execute("DELETE FROM journal WHERE seq <= ?", (upto,))
-
-    def clear(self) -> None:
-        conn = self.connection()
-        with self._lock.hold():
-            conn.execute("DELETE FROM journal")
+            conn.execute("DELETE FROM journal WHERE seq <= ?",
+                         (upto if upto is not None else 2**62,))

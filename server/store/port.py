@@ -34,6 +34,12 @@ from ..fhir.search.ast import IndexValues, SearchQuery, SearchResult
 RECORD_TYPES = frozenset({"AuditEvent", "Provenance"})
 """The types of :meth:`UnitOfWork.record` (records the server writes, never changed)."""
 
+
+def check_record_type(type_: str) -> None:
+    """Refuse a type :meth:`UnitOfWork.record` does not take (a programming error)."""
+    if type_ not in RECORD_TYPES:
+        raise ValueError(f"{type_} is not a record type")
+
 Indexer = Callable[[dict[str, Any]], IndexValues]
 """Extracts the index values of one resource (given its JSON, with ``resourceType``)."""
 
@@ -154,8 +160,7 @@ class UnitOfWork(abc.ABC):
         :data:`RECORD_TYPES`; version 1 with a server-assigned id, never changed). It
         commits or rolls back with this unit of work; every read and search that begins
         after the commit sees it (the engine may index it later, but before such a read)."""
-        if type_ not in RECORD_TYPES:
-            raise ValueError(f"{type_} is not a record type")
+        check_record_type(type_)
         self.create(type_, resource)
 
     @abc.abstractmethod
