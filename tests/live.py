@@ -3,11 +3,15 @@ tokens obtained the way a system gets them (client_credentials with private_key_
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import requests
 from flask import Flask
 from joserfc import jwk
@@ -16,6 +20,7 @@ from werkzeug.serving import make_server
 from server.auth.assertion import client_assertion_form
 from server.auth.clients import ClientRecord
 from server.auth.server import AuthServer
+from server.config import Config
 
 ADMIN_SCOPE = "system/*.cruds planbro/admin"
 """An administrative system's scopes: every person's data (Planbro's own issuer only)."""
@@ -43,6 +48,66 @@ class LiveServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+FHIR_JSON = "application/fhir+json"
+
+
+def engine_config(kind: str, *, suite: str, **fields: Any) -> tuple[Config, Callable[[], None]]:
+    """A configuration of storage engine ``kind`` ("embedded" or "mongo") with ``fields``,
+    and its cleanup. MongoDB: a fresh database on the server at ``MONGODB_URI``, dropped by
+    the cleanup; without ``MONGODB_URI`` the test is skipped, saying why."""
+    if kind == "embedded":
+        return Config(**fields), lambda: None
+    uri = os.environ.get("MONGODB_URI")
+    if not uri:
+        pytest.skip(f"MONGODB_URI is not set: the {suite} on MongoDB needs a real MongoDB "
+                    "server (docker compose up mongo)")
+    db_name = f"planbro_{uuid.uuid4().hex[:12]}"
+
+    def drop() -> None:
+        import pymongo
+
+        with pymongo.MongoClient(uri) as client:
+            client.drop_database(db_name)
+
+    return Config(**fields, mongodb_uri=uri, mongodb_db=db_name), drop
+
+
+@dataclass
+class Parties:
+    """A running Planbro and one HTTP session per party, each with its access token."""
+
+    live: LiveServer
+    app: Flask
+    tokens: dict[str, str] = field(default_factory=dict)
+    sessions: dict[str, requests.Session] = field(default_factory=dict)
+
+    @property
+    def base(self) -> str:
+        return f"{self.live.url}/fhir"
+
+    @property
+    def planbro(self) -> Any:
+        return self.app.extensions["planbro"]
+
+    def url(self, path: str) -> str:
+        return path if path.startswith("http") else f"{self.base}/{path.lstrip('/')}"
+
+    def session(self, party: str) -> requests.Session:
+        """The party's session (its token, FHIR JSON accepted)."""
+        if party not in self.sessions:
+            session = requests.Session()
+            session.headers.update({"Authorization": f"Bearer {self.tokens[party]}",
+                                    "Accept": FHIR_JSON})
+            self.sessions[party] = session
+        return self.sessions[party]
+
+    def close(self) -> None:
+        for session in self.sessions.values():
+            session.close()
+        self.live.close()
+        self.planbro.close()
 
 
 def register_system(auth: AuthServer, *, scope: str = ORG_SCOPE,

@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
-from flask import Flask
 from joserfc import jwk
-from live import ADMIN_SCOPE, AUDITOR_SCOPE, ORG_SCOPE, LiveServer, system_token
+from live import (
+    ADMIN_SCOPE,
+    AUDITOR_SCOPE,
+    FHIR_JSON,
+    ORG_SCOPE,
+    LiveServer,
+    Parties,
+    system_token,
+)
 from world import (
     ORGS,
     STATES,
@@ -43,47 +50,24 @@ PERSON_SCOPE = ("openid fhirUser launch/patient offline_access patient/*.rs pati
                 "patient/Consent.cu patient/Communication.c")
 DOCTOR_HPR = "9144889"
 EMERGENCY = "X-Planbro-Emergency-Reason"
-FHIR_JSON = "application/fhir+json"
 
 
 @dataclass
-class World:
-    live: LiveServer
-    app: Flask
-    tokens: dict[str, str] = field(default_factory=dict)
-    sessions: dict[str, requests.Session] = field(default_factory=dict)
-
-    @property
-    def base(self) -> str:
-        return f"{self.live.url}/fhir"
-
-    @property
-    def planbro(self) -> Any:
-        return self.app.extensions["planbro"]
-
-    def url(self, path: str) -> str:
-        return path if path.startswith("http") else f"{self.base}/{path.lstrip('/')}"
-
-    def as_(self, caller: str) -> requests.Session:
-        if caller not in self.sessions:
-            session = requests.Session()
-            session.headers.update({"Authorization": f"Bearer {self.tokens[caller]}",
-                                    "Accept": FHIR_JSON})
-            self.sessions[caller] = session
-        return self.sessions[caller]
+class World(Parties):
+    """The access tests' people and organisations, served over HTTP."""
 
     def get(self, caller: str, path: str, **kwargs: Any) -> requests.Response:
-        return self.as_(caller).get(self.url(path), timeout=30, **kwargs)
+        return self.session(caller).get(self.url(path), timeout=30, **kwargs)
 
     def put(self, caller: str, resource: dict[str, Any], *,
             headers: dict[str, str] | None = None) -> requests.Response:
         path = f"{resource['resourceType']}/{resource['id']}"
-        return self.as_(caller).put(self.url(path), json=resource, timeout=30,
+        return self.session(caller).put(self.url(path), json=resource, timeout=30,
                                     headers={"Content-Type": FHIR_JSON, **(headers or {})})
 
     def post(self, caller: str, path: str, body: dict[str, Any], *,
              headers: dict[str, str] | None = None) -> requests.Response:
-        return self.as_(caller).post(self.url(path), json=body, timeout=30,
+        return self.session(caller).post(self.url(path), json=body, timeout=30,
                                      headers={"Content-Type": FHIR_JSON, **(headers or {})})
 
     def bundle(self, caller: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -97,15 +81,8 @@ class World:
                 for e in self.bundle(caller, path).get("entry", [])
                 if e.get("search", {}).get("mode") == mode]
 
-    def close(self) -> None:
-        for session in self.sessions.values():
-            session.close()
-        self.live.close()
-        self.planbro.close()
-
-
 def _write_people(world: World) -> None:
-    admin = world.as_("admin")
+    admin = world.session("admin")
     for state in STATES:
         body = transaction(person_resources(state, state))
         answer = admin.post(world.base, json=body, timeout=60)

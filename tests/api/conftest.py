@@ -5,27 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from flask import Flask
-from live import ADMIN_SCOPE, LiveServer, system_token
+from live import ADMIN_SCOPE, FHIR_JSON, LiveServer, engine_config, system_token
 
 from server.app import Planbro, create_app
-from server.config import Config
 from server.plans import identifiers
 
-FHIR_JSON = "application/fhir+json"
 FNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.1"
 MAX_BODY = 64 * 1024
-MONGO_SKIP_REASON = ("MONGODB_URI is not set: the API suite on MongoDB needs a real MongoDB "
-                     "server (docker compose up mongo)")
 
 def synthetic_fnr(seed: int) -> str:
     """A synthetic Norwegian fødselsnummer (month + 80) that passes both modulus-11 checks;
@@ -106,36 +99,13 @@ class Fhir:
         return total
 
 
-@dataclass
-class _Engine:
-    config: Config
-    cleanup: Any = None
-
-
-def _engine(kind: str, tmp_path: Path) -> _Engine:
-    base = {"data_dir": tmp_path / "data", "max_body_bytes": MAX_BODY}
-    if kind == "embedded":
-        return _Engine(Config(**base))  # type: ignore[arg-type]
-    uri = os.environ.get("MONGODB_URI")
-    if not uri:
-        pytest.skip(MONGO_SKIP_REASON)
-    db_name = f"planbro_api_{uuid.uuid4().hex[:12]}"
-
-    def drop() -> None:
-        import pymongo
-
-        with pymongo.MongoClient(uri) as client:
-            client.drop_database(db_name)
-
-    return _Engine(Config(**base, mongodb_uri=uri, mongodb_db=db_name), drop)  # type: ignore[arg-type]
-
-
 @pytest.fixture(params=["embedded", pytest.param("mongo", marks=pytest.mark.mongo)])
 def fhir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fhir]:
     """A running server on each storage engine, and a client for it."""
-    engine = _engine(request.param, tmp_path)
+    config, cleanup = engine_config(request.param, suite="API suite",
+                                    data_dir=tmp_path / "data", max_body_bytes=MAX_BODY)
     live = LiveServer()
-    app = create_app(dataclasses.replace(engine.config, base_url=f"{live.url}/fhir"))
+    app = create_app(dataclasses.replace(config, base_url=f"{live.url}/fhir"))
     live.app = app
     client = Fhir(f"{live.url}/fhir", app)
     # An administrative system (scope planbro/admin): these suites test FHIR mechanics, not
@@ -148,5 +118,4 @@ def fhir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fhir]:
         client.http.close()
         live.close()
         client.planbro.close()
-        if engine.cleanup:
-            engine.cleanup()
+        cleanup()

@@ -16,15 +16,22 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
-from flask import Flask
-from live import ADMIN_SCOPE, AUDITOR_SCOPE, ORG_SCOPE, LiveServer, system_token
+from live import (
+    ADMIN_SCOPE,
+    AUDITOR_SCOPE,
+    FHIR_JSON,
+    ORG_SCOPE,
+    LiveServer,
+    Parties,
+    system_token,
+)
+from live import engine_config as live_engine_config
 
 from server.app import create_app
 from server.config import Config
@@ -52,7 +59,6 @@ STATUS_REASON = f"{CANON}/CodeSystem/plan-status-reason"
 REJECTION = f"{CANON}/CodeSystem/notification-rejection-reason"
 EXT = f"{CANON}/StructureDefinition"
 CONTENT_CLASS = f"{CANON}/CodeSystem/content-class"
-FHIR_JSON = "application/fhir+json"
 NAV_SCOPE = ("system/CarePlan.rus system/CareTeam.rs system/Goal.rs system/Task.cruds "
              "system/Patient.rs system/Organization.rs system/PractitionerRole.rs "
              "system/Consent.rs system/Subscription.cruds")
@@ -368,17 +374,8 @@ def subscription(criteria: str, endpoint: str, *, payload: bool = True) -> dict[
 
 
 @dataclass
-class Running:
+class Running(Parties):
     """A running server and one HTTP session per party."""
-
-    live: LiveServer
-    app: Flask
-    tokens: dict[str, str] = field(default_factory=dict)
-    sessions: dict[str, requests.Session] = field(default_factory=dict)
-
-    @property
-    def base(self) -> str:
-        return f"{self.live.url}/fhir"
 
     @property
     def workflow(self) -> Workflow:
@@ -387,18 +384,7 @@ class Running:
 
     @property
     def service(self) -> Any:
-        return self.app.extensions["planbro"].service
-
-    def url(self, path: str) -> str:
-        return path if path.startswith("http") else f"{self.base}/{path.lstrip('/')}"
-
-    def session(self, party: str) -> requests.Session:
-        if party not in self.sessions:
-            session = requests.Session()
-            session.headers.update({"Authorization": f"Bearer {self.tokens[party]}",
-                                    "Accept": FHIR_JSON})
-            self.sessions[party] = session
-        return self.sessions[party]
+        return self.planbro.service
 
     def request(self, party: str, method: str, path: str, body: Any = None,
                 **headers: str) -> requests.Response:
@@ -434,18 +420,11 @@ class Running:
 
     def sign_in(self, patient_id: str, scope: str = PERSON_SCOPE) -> None:
         """The person signs in through the patient app (authorization code + PKCE)."""
-        auth = self.app.extensions["planbro"].auth
-        env = Env(self.live, self.app, auth, self.app.extensions["planbro"].store, auth.config)
+        auth = self.planbro.auth
+        env = Env(self.live, self.app, auth, self.planbro.store, auth.config)
         self.tokens["person"] = Flow(env, scope=scope).tokens(patient=patient_id)[
             "access_token"]
         self.sessions.pop("person", None)
-
-    def close(self) -> None:
-        for session in self.sessions.values():
-            session.close()
-        self.live.close()
-        self.app.extensions["planbro"].close()
-
 
 def start(config: Config, *, load_directory: bool = True) -> Running:
     """Planbro on ``config`` (demo sign-in on) with tokens for every party."""
@@ -543,26 +522,11 @@ def created(response: requests.Response, type_: str) -> list[str]:
     return out
 
 
-MONGO_SKIP_REASON = ("MONGODB_URI is not set: the plan workflow suite on MongoDB needs a real "
-                     "MongoDB server (docker compose up mongo)")
 WORKFLOW = {"allow_loopback_endpoints": True, "delivery_backoff_s": 0.2,
             "delivery_attempts": 3, "delivery_timeout_s": 5.0, "scan_interval_s": 3600.0}
 
 
 def engine_config(kind: str, data: Path, **workflow: Any) -> tuple[Config, Callable[[], None]]:
     """A configuration of engine ``kind`` with the test workflow settings, and its cleanup."""
-    extra = {"workflow": {**WORKFLOW, **workflow}}
-    if kind == "embedded":
-        return Config(data_dir=data, extra=extra), lambda: None
-    uri = os.environ.get("MONGODB_URI")
-    if not uri:
-        pytest.skip(MONGO_SKIP_REASON)
-    db_name = f"planbro_plans_{uuid.uuid4().hex[:12]}"
-
-    def drop() -> None:
-        import pymongo
-
-        with pymongo.MongoClient(uri) as client:
-            client.drop_database(db_name)
-
-    return Config(data_dir=data, mongodb_uri=uri, mongodb_db=db_name, extra=extra), drop
+    return live_engine_config(kind, suite="plan workflow suite", data_dir=data,
+                              extra={"workflow": {**WORKFLOW, **workflow}})
