@@ -165,15 +165,16 @@ class JwksSource:
                 raise TokenInvalid(f"cannot fetch the issuer's keys: {exc}") from exc
 
     def key(self, kid: str | None) -> jwk.Key:
-        key = self._lookup(kid)
+        key = self.lookup(kid)
         if key is None and self.url is not None:
             self._refresh()
-            key = self._lookup(kid)
+            key = self.lookup(kid)
         if key is None:
             raise TokenInvalid(f"unknown key id {kid!r}")
         return key
 
-    def _lookup(self, kid: str | None) -> jwk.Key | None:
+    def lookup(self, kid: str | None) -> jwk.Key | None:
+        """The key with this id among those held now (no fetch)."""
         if kid is None:
             return next(iter(self._keys.values())) if len(self._keys) == 1 else None
         return self._keys.get(kid)

@@ -8,6 +8,8 @@ Every failure is a 401 FhirError (OperationOutcome, code ``login``) carrying a
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,12 +44,41 @@ FindPatient = Callable[[str], str | None]
 
 @dataclass(frozen=True)
 class _Checked:
-    """A verified token: who issued it and its claims."""
+    """A verified token: who issued it, its claims and the key its signature was checked
+    with."""
 
     issuer: str
     own: bool
     claims: dict[str, Any]
     mapping: Mapping[str, tuple[str, ...]] | None = None
+    kid: str | None = None
+    key: object = None
+
+
+class _VerifiedTokens:
+    """The tokens whose signature and fixed claims were checked recently, so that a client
+    sending the same token again is not verified again (an ECDSA check is most of the cost of
+    a token). Expiry and revocation are checked on every use; an entry counts only while its
+    issuer still offers the same key."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._entries: OrderedDict[str, _Checked] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, token: str) -> _Checked | None:
+        with self._lock:
+            checked = self._entries.get(token)
+            if checked is not None:
+                self._entries.move_to_end(token)
+            return checked
+
+    def put(self, token: str, checked: _Checked) -> None:
+        with self._lock:
+            self._entries[token] = checked
+            self._entries.move_to_end(token)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
 
 
 class _External:
@@ -59,15 +90,20 @@ class _External:
         self.keys = JwksSource(jwks=trusted.jwks, file=trusted.jwks_file, url=trusted.jwks_uri,
                                refresh_interval=trusted.jwks_refresh_seconds)
 
-    def check(self, parsed: ParsedJwt, skew: int) -> _Checked:
+    def check(self, parsed: ParsedJwt) -> _Checked:
+        """Signature, type and audience (the times are checked on every use)."""
         t = self.trusted
         typ = parsed.header.get("typ", "JWT")
         if typ not in t.token_types and f"application/{typ}" not in t.token_types:
             raise TokenInvalid(f"token type {typ!r} is not accepted from this issuer")
-        verify(parsed, self.keys.key(parsed.header.get("kid")), self.registry)
+        key = self.keys.key(parsed.header.get("kid"))
+        verify(parsed, key, self.registry)
         check_audience(parsed.claims, t.audience)
-        check_times(parsed.claims, skew=skew)
-        return _Checked(t.issuer, False, parsed.claims, t.claims)
+        return _Checked(t.issuer, False, parsed.claims, t.claims, parsed.header.get("kid"), key)
+
+    def offers(self, checked: _Checked) -> bool:
+        """Whether the key ``checked`` was verified with is still this issuer's."""
+        return self.keys.lookup(checked.kid) is checked.key
 
 
 def _first(claims: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
@@ -104,6 +140,7 @@ class ResourceServer:
         self.find_patient_by_fnr = find_patient_by_fnr
         self._own_registries = {alg: registry_for([alg]) for alg in ("ES256", "RS256")}
         self._external = {t.issuer: _External(t) for t in config.trusted_issuers}
+        self._verified = _VerifiedTokens()
 
     # -- token verification --------------------------------------------------------------
 
@@ -112,9 +149,13 @@ class ResourceServer:
         parsed = parse(token)
         if parsed.claims.get("iss") != self.config.issuer:
             raise TokenInvalid("token was not issued by this server")
-        return self._check_own(parsed, check_expiry=check_expiry)
+        claims = self._check_own(parsed).claims
+        if check_expiry:
+            check_times(claims, skew=self.config.clock_skew)
+        return claims
 
-    def _check_own(self, parsed: ParsedJwt, *, check_expiry: bool = True) -> dict[str, Any]:
+    def _check_own(self, parsed: ParsedJwt) -> _Checked:
+        """Signature, type, audience and the claims we require (not the times)."""
         header, claims = parsed.header, parsed.claims
         if header.get("typ") not in ("at+jwt", "application/at+jwt"):
             raise TokenInvalid("token typ must be at+jwt")
@@ -126,23 +167,33 @@ class ResourceServer:
             raise TokenInvalid("token algorithm does not match its key")
         verify(parsed, key.public, self._own_registries[key.alg])
         check_audience(claims, self.config.fhir_audience)
-        if check_expiry:
-            check_times(claims, skew=self.config.clock_skew)
         if not isinstance(claims.get("jti"), str) or not isinstance(claims.get("client_id"), str):
             raise TokenInvalid("token lacks jti or client_id")
-        return claims
+        return _Checked(self.config.issuer, True, claims, kid=kid, key=key)
+
+    def _still_valid(self, checked: _Checked) -> bool:
+        """Whether a token checked earlier may be taken without a new signature check: its
+        issuer still offers the key it was verified with."""
+        if checked.own:
+            return checked.kid is not None and self.keys.verifier(checked.kid) is checked.key
+        external = self._external.get(checked.issuer)
+        return external is not None and external.offers(checked)
 
     def check_token(self, token: str) -> _Checked:
         """Verify an access token from our issuer or a trusted one (signature, typ, iss, aud,
         times, revocation)."""
-        parsed = parse(token)
-        iss = parsed.claims.get("iss")
-        if iss == self.config.issuer:
-            checked = _Checked(iss, True, self._check_own(parsed))
-        elif isinstance(iss, str) and iss in self._external:
-            checked = self._external[iss].check(parsed, self.config.clock_skew)
-        else:
-            raise TokenInvalid("token issuer is not trusted")
+        checked = self._verified.get(token)
+        if checked is None or not self._still_valid(checked):
+            parsed = parse(token)
+            iss = parsed.claims.get("iss")
+            if iss == self.config.issuer:
+                checked = self._check_own(parsed)
+            elif isinstance(iss, str) and iss in self._external:
+                checked = self._external[iss].check(parsed)
+            else:
+                raise TokenInvalid("token issuer is not trusted")
+            self._verified.put(token, checked)
+        check_times(checked.claims, skew=self.config.clock_skew)
         jti = checked.claims.get("jti")
         if isinstance(jti, str) and self.revoked.contains(checked.issuer, jti):
             raise TokenInvalid("token has been revoked")

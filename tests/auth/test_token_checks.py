@@ -3,6 +3,7 @@ introspection, over real HTTP."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable
@@ -54,6 +55,22 @@ def test_expired_token(env: Env) -> None:
 def test_expiry_within_clock_skew_is_accepted(env: Env) -> None:
     now = int(time.time())
     assert env.whoami(env.forge({"iat": now - 600, "exp": now - 5})).status_code == 200
+
+
+def test_a_token_accepted_before_is_refused_once_it_expires(
+        make_env: Callable[..., Env]) -> None:
+    """A token is verified once and remembered; its expiry is still checked on every use."""
+    env = make_env(clock_skew=0)
+    token = env.forge({"exp": int(time.time()) + 2})
+    assert env.whoami(token).status_code == 200
+    assert env.whoami(token).status_code == 200
+    time.sleep(max(0.0, json.loads(_payload(token))["exp"] - time.time()) + 1.1)
+    _refused(env.whoami(token), "expired")
+
+
+def _payload(token: str) -> bytes:
+    part = token.split(".")[1]
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 
 
 def test_not_yet_valid_token(env: Env) -> None:
