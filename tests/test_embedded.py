@@ -579,13 +579,14 @@ def test_requests_help_when_the_background_falls_behind(
     monkeypatch.setattr(EmbeddedStore, "_wake_drainer", lambda self: None)  # it is behind
     monkeypatch.setattr(embedded_engine, "BACKLOG_LIMIT", 20)
     monkeypatch.setattr(embedded_engine, "DRAIN_BATCH", 5)
+    monkeypatch.setattr(embedded_engine, "BACKLOG_CHECK_EVERY", 4)
     for n in range(60):
         if n % 2:
             embedded.record([("AuditEvent", _EVENT)] * 3)  # reads
         else:
             _record(embedded, 3)  # writes
-        assert embedded._backlog() <= 20 + 3
-    assert _stored_events(embedded) >= 180 - 23
+        assert embedded._backlog() <= 20 + 4 * 3  # checked every 4th time
+    assert _stored_events(embedded) >= 180 - 32
     assert _count_events(embedded) == 180
 
 

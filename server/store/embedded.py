@@ -99,6 +99,9 @@ transaction holds the write lock, so writes wait for at most one batch)."""
 BACKLOG_LIMIT = 500
 """Records the background thread may be behind (about half a second of work) before the
 requests that record help it: a reader of the records never waits longer than that."""
+BACKLOG_CHECK_EVERY = 8
+"""A process looks at the backlog after every this many requests that recorded (looking
+costs three queries; the backlog cannot grow much in between)."""
 CHECKPOINT_EVERY_S = 0.5
 """How often the background thread copies the write-ahead logs into the files."""
 AUTOCHECKPOINT_PAGES = 20000
@@ -583,6 +586,7 @@ class EmbeddedStore(Store):
         self._drainer: threading.Thread | None = None
         self._drainer_guard = threading.Lock()
         self._drainer_pid = 0
+        self._unchecked = 0  # requests that recorded since the backlog was last looked at
         self._create_schema()
         self._records = RecordFile(Path(f"{self.path}.records"), self._open,
                                    lambda: BUSY_TIMEOUT_S)
@@ -727,12 +731,17 @@ class EmbeddedStore(Store):
 
     def _recorded(self) -> None:
         """After records were stored: the background thread moves them; when it is more than
-        :data:`BACKLOG_LIMIT` records behind, the request that recorded moves a batch itself
-        (so the journal cannot outgrow what a reader of the records waits for)."""
+        :data:`BACKLOG_LIMIT` records behind, the request that recorded moves batches itself
+        until it is not (so the journal cannot outgrow what a reader of the records waits
+        for). The backlog is looked at every :data:`BACKLOG_CHECK_EVERY` requests."""
         self._wake_drainer()
+        self._unchecked += 1
+        if self._unchecked < BACKLOG_CHECK_EVERY:
+            return
+        self._unchecked = 0
         try:
-            if self._backlog() > BACKLOG_LIMIT:
-                self._drain(DRAIN_BATCH)
+            while self._backlog() > BACKLOG_LIMIT and self._drain(DRAIN_BATCH):
+                pass
         except Exception:  # the records are stored; the background thread moves them later
             _log.warning("could not help move journalled records into %s", self.path,
                          exc_info=True)
