@@ -6,18 +6,22 @@ exponent are parsed as :class:`decimal.Decimal` and written back unchanged.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
-import simplejson
+import msgspec
 
 from .outcome import FhirError
+
+_DECODER = msgspec.json.Decoder(float_hook=Decimal)
+_ENCODER = msgspec.json.Encoder(decimal_format="number")
 
 
 def loads(text: str | bytes) -> Any:
     """Parse JSON; a syntax error becomes a 400 OperationOutcome."""
     try:
-        return simplejson.loads(text, use_decimal=True)
-    except (simplejson.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        return _DECODER.decode(text)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise FhirError.of(
             400, f"The body is not valid JSON: {exc}", code="structure"
         ) from exc
@@ -36,4 +40,4 @@ def loads_resource(text: str | bytes) -> dict[str, Any]:
 
 
 def dumps(data: Any) -> str:
-    return simplejson.dumps(data, use_decimal=True, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(data).decode()
