@@ -482,6 +482,29 @@ def test_a_read_moves_what_the_background_has_not(embedded: EmbeddedStore,
     assert _journalled(embedded) == 0
 
 
+def test_records_moved_by_another_while_prepared_are_not_moved_twice(
+        db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Index values are computed before the write lock is taken; the records are read again
+    under it, so what another process moved meanwhile is not stored twice, and what was
+    recorded meanwhile is moved too."""
+    monkeypatch.setattr(EmbeddedStore, "_wake_drainer", lambda self: None)
+    mine, other = embedded_store(db), embedded_store(db)
+    _record(mine, 3)
+    mine.record([("AuditEvent", _EVENT)] * 2)  # a read's records: the records file
+    pending = embedded_engine._pending(mine._connection(), mine._records, 10, (None, None))
+    prepared = embedded_engine._prepare(mine.indexer, pending.journal + pending.side)
+    assert (len(pending.journal), len(pending.side)) == (3, 2)
+    assert not other._drain(10)  # the other process moves all five first
+    _record(mine, 1)  # and one more is recorded
+    with mine.unit_of_work() as uow:
+        moved = uow.move(pending, prepared)
+    assert (len(moved.journal), len(moved.side)) == (1, 0)
+    assert (_journalled(mine), _stored_events(mine)) == (0, 6)
+    assert _count_events(mine) == 6
+    mine.close()
+    other.close()
+
+
 def test_the_background_moves_records_without_a_read(embedded: EmbeddedStore) -> None:
     _record(embedded, 250)
     deadline = time.monotonic() + 30

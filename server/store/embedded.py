@@ -93,9 +93,10 @@ plan answers instead: it bounds the cost of a page whose matches are sparse."""
 _log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-DRAIN_BATCH = 25
-"""Journalled records moved into the tables per transaction (about 1 ms each: the
-transaction holds the write lock, so writes wait for at most one batch)."""
+DRAIN_BATCH = 100
+"""Journalled records moved into the tables per transaction, of each journal. Their index
+values are computed before the transaction; it holds the write lock for the inserts only
+(about 0.05 ms a record), so writes wait for at most one batch's inserts."""
 BACKLOG_LIMIT = 500
 """Records the background thread may be behind (about half a second of work) before the
 requests that record help it: a reader of the records never waits longer than that."""
@@ -391,38 +392,48 @@ class _EmbeddedUnitOfWork(UnitOfWork):
     def catch_up(self) -> None:
         """Move every record of both journals into the tables, in this unit of work (it
         holds the write lock): its own records included."""
-        self.drain()
-        self.enter_records_file(None, None)
+        self.move(_pending(self._conn, self._records, None, (None, None)))
 
-    def enter_records_file(self, limit: int | None, upto: int | None) -> list[Row]:
-        """The records file's records after the mark (up to ``upto``, at most ``limit``)
-        into the tables, and the mark moved past them. The records file keeps them until
-        the caller has committed (:meth:`RecordFile.forget`)."""
-        rows = self._records.after(_mark(self._conn, self._records), upto, limit)
-        if rows:
-            self.enter(rows)
-            self._conn.execute("INSERT OR REPLACE INTO journal_mark (file, seq) VALUES (?, ?)",
-                               (self._records.id, rows[-1][0]))
-        return rows
-
-    def drain(self, limit: int | None = None, upto: int | None = None) -> int:
-        """Move journalled records (the oldest ``limit``, those up to ``upto``; all by
-        default) into the resource, history and index tables. Returns how many."""
+    def move(self, pending: _Pending, prepared: Prepared | None = None) -> _Pending:
+        """Move the records ``pending`` names (read again here, under the write lock: what
+        was read before taking it may have been moved by another process meanwhile) into
+        the resource, history and index tables; the journal loses them and the records
+        file's mark moves past them (the records file keeps them until the caller has
+        committed: :meth:`RecordFile.forget`). ``prepared``: index rows computed beforehand,
+        by record. Returns what was moved."""
         self._check_open()
-        rows = self._conn.execute(
-            f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE seq <= ? ORDER BY seq LIMIT ?",
-            (upto if upto is not None else 2**62, limit if limit is not None else -1)
-        ).fetchall()
-        self.enter(rows)
-        if rows:
-            self._conn.execute("DELETE FROM journal WHERE seq <= ?", (rows[-1][0],))
-        return len(rows)
-
-    def enter(self, rows: Sequence[Row]) -> None:
-        """Write journalled records into the resource, history and index tables."""
-        for _, type_, id_, instant, ms, text in rows:
-            self._write(type_, id_, 1, jsonio.loads(text), "POST", pk=None,
-                        journalled=(instant, ms, text))
+        now = _pending(self._conn, self._records, pending.limit, pending.upto)
+        rows = now.journal + now.side
+        if not rows:
+            return now
+        prepared = prepared or {}
+        first = self._conn.execute("SELECT coalesce(max(pk), 0) + 1 FROM resource").fetchone()[0]
+        current: list[tuple[Any, ...]] = []
+        history: list[tuple[Any, ...]] = []
+        index: dict[str, list[tuple[Any, ...]]] = {}
+        for pk, row in enumerate(rows, first):
+            _, type_, id_, instant, ms, text = row
+            current.append((pk, type_, id_, instant, ms, text))
+            history.append((type_, id_, instant, ms, text))
+            values = prepared[id_] if id_ in prepared else _prepare(self._indexer, [row])[id_]
+            for table, found in values.items():
+                index.setdefault(table, []).extend((pk, type_, *value) for value in found)
+        # one statement per table for the batch: each statement lets the process's other
+        # threads run, so statement by statement a batch would wait for each of them in turn
+        self._conn.executemany(
+            "INSERT INTO resource (pk, type, id, version, last_updated, last_updated_ms, "
+            "deleted, method, json) VALUES (?, ?, ?, 1, ?, ?, 0, 'POST', ?)", current)
+        self._conn.executemany(
+            "INSERT INTO history (type, id, version, last_updated, last_updated_ms, deleted, "
+            "method, json) VALUES (?, ?, 1, ?, ?, 0, 'POST', ?)", history)
+        for table, values_ in index.items():
+            self._insert_index(table, values_)
+        if now.journal:
+            self._conn.execute("DELETE FROM journal WHERE seq <= ?", (now.journal[-1][0],))
+        if now.side:
+            self._conn.execute("INSERT OR REPLACE INTO journal_mark (file, seq) VALUES (?, ?)",
+                               (self._records.id, now.side[-1][0]))
+        return now
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -506,15 +517,10 @@ class _EmbeddedUnitOfWork(UnitOfWork):
                 [(key, type_, id_) for key in wanted])
 
     def _write(self, type_: str, id_: str, number: int, resource: dict[str, Any],
-               method: str, *, pk: int | None,
-               journalled: tuple[str, int, str] | None = None) -> Version:
-        """``journalled``: the record's time, epoch ms and text, ``resource`` as stamped."""
-        if journalled is None:
-            instant, ms = now_instant()
-            stored = stamp(resource, type_, id_, number, instant)
-            text = jsonio.dumps(stored)
-        else:
-            (instant, ms, text), stored = journalled, resource
+               method: str, *, pk: int | None) -> Version:
+        instant, ms = now_instant()
+        stored = stamp(resource, type_, id_, number, instant)
+        text = jsonio.dumps(stored)
         index = _index_rows(self._indexer(stored))
         if pk is None:
             pk = self._conn.execute(
@@ -528,12 +534,14 @@ class _EmbeddedUnitOfWork(UnitOfWork):
                 (number, instant, ms, method, text, pk))
             self._clear_index(pk)
         for table, rows in index.items():
-            marks = ", ".join("?" for _ in range(len(rows[0]) + 2))
-            self._conn.executemany(f"INSERT INTO {table} VALUES ({marks})",
-                                   [(pk, type_, *row) for row in rows])
+            self._insert_index(table, [(pk, type_, *row) for row in rows])
         version = Version(type_, id_, number, instant, False, stored, method)
         self._add_history(version, ms, text)
         return version
+
+    def _insert_index(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+        marks = ", ".join("?" for _ in rows[0])
+        self._conn.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
 
     def _clear_index(self, pk: int) -> None:
         for table in _INDEX_TABLES:
@@ -545,6 +553,37 @@ class _EmbeddedUnitOfWork(UnitOfWork):
             "method, json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (version.type, version.id, version.version, version.last_updated, ms,
              int(version.deleted), version.method, text))
+
+
+Prepared = dict[str, dict[str, list[tuple[Any, ...]]]]
+"""Index rows (without pk and type) of journalled records, by record id."""
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """Journalled records waiting to be moved into the tables: the oldest ``limit`` of the
+    journal and of the records file (after the main file's mark), up to ``upto`` (their
+    numbers; None: no bound)."""
+
+    limit: int | None
+    upto: tuple[int | None, int | None]
+    journal: list[Row]
+    side: list[Row]
+
+
+def _pending(conn: sqlite3.Connection, records: RecordFile, limit: int | None,
+             upto: tuple[int | None, int | None]) -> _Pending:
+    journal = conn.execute(
+        f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE seq <= ? ORDER BY seq LIMIT ?",
+        (upto[0] if upto[0] is not None else 2**62, limit if limit is not None else -1)
+    ).fetchall()
+    side = records.after(_mark(conn, records), upto[1], limit)
+    return _Pending(limit, upto, journal, side)
+
+
+def _prepare(indexer: Indexer, rows: Sequence[Row]) -> Prepared:
+    """The index rows of journalled records."""
+    return {row[2]: _index_rows(indexer(jsonio.loads(row[5]))) for row in rows}
 
 
 def _journal_row(type_: str, resource: dict[str, Any]) -> tuple[str, str, str, int, str]:
@@ -801,14 +840,20 @@ class EmbeddedStore(Store):
 
     def _drain(self, limit: int, upto: tuple[int, int] | None = None) -> bool:
         """Move up to ``limit`` records of each journal (those up to ``upto``: the journal's
-        and the records file's numbers) into the tables; True when more may be left."""
+        and the records file's numbers) into the tables; True when more may be left. Their
+        index values are computed before the write lock is taken, so writes wait only for
+        the inserts."""
+        pending = _pending(self._connection(), self._records, limit,
+                           upto if upto is not None else (None, None))
+        if not pending.journal and not pending.side:
+            return False
+        prepared = _prepare(self.indexer, pending.journal + pending.side)
         with self.unit_of_work() as uow:
             assert isinstance(uow, _EmbeddedUnitOfWork)
-            moved = uow.drain(limit, upto[0] if upto else None)
-            side = uow.enter_records_file(limit, upto[1] if upto else None)
-        if side:  # the tables hold them now (a crash before this: the mark skips them)
-            self._records.forget(side[-1][0])
-        return moved == limit or len(side) == limit
+            moved = uow.move(pending, prepared)
+        if moved.side:  # the tables hold them now (a crash before this: the mark skips them)
+            self._records.forget(moved.side[-1][0])
+        return len(moved.journal) == limit or len(moved.side) == limit
 
     def _catch_up(self, wanted: Iterable[str | None]) -> None:
         """Before a read that concerns a record type: move everything journalled so far into
