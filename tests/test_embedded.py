@@ -497,7 +497,7 @@ def test_records_moved_by_another_while_prepared_are_not_moved_twice(
     assert not other._drain(10)  # the other process moves all five first
     _record(mine, 1)  # and one more is recorded
     with mine.unit_of_work() as uow:
-        moved = uow.move(pending, prepared)
+        moved = uow.move(10, (None, None), prepared)
     assert (len(moved.journal), len(moved.side)) == (1, 0)
     assert (_journalled(mine), _stored_events(mine)) == (0, 6)
     assert _count_events(mine) == 6

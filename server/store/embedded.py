@@ -60,13 +60,14 @@ from ..fhir import jsonio
 from ..fhir.outcome import conflict
 from ..fhir.search.ast import MAX_MS, IndexValues, SearchQuery, SearchResult, types_read
 from .journal import (
-    JOURNAL_COLUMNS,
     JOURNAL_TABLE,
     RecordFile,
     Row,
     WriterLock,
     begin_immediate,
     enable_wal,
+    journal_rows,
+    last_seq,
 )
 from .port import (
     RECORD_TYPES,
@@ -95,8 +96,8 @@ _log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 DRAIN_BATCH = 100
 """Journalled records moved into the tables per transaction, of each journal. Their index
-values are computed before the transaction; it holds the write lock for the inserts only
-(about 0.05 ms a record), so writes wait for at most one batch's inserts."""
+values are computed before the transaction, which holds the write lock for the inserts, so
+writes wait for at most one batch's inserts."""
 BACKLOG_LIMIT = 500
 """Records the background thread may be behind (about half a second of work) before the
 requests that record help it: a reader of the records never waits longer than that."""
@@ -392,17 +393,19 @@ class _EmbeddedUnitOfWork(UnitOfWork):
     def catch_up(self) -> None:
         """Move every record of both journals into the tables, in this unit of work (it
         holds the write lock): its own records included."""
-        self.move(_pending(self._conn, self._records, None, (None, None)))
+        self.move(None, (None, None))
 
-    def move(self, pending: _Pending, prepared: Prepared | None = None) -> _Pending:
-        """Move the records ``pending`` names (read again here, under the write lock: what
-        was read before taking it may have been moved by another process meanwhile) into
-        the resource, history and index tables; the journal loses them and the records
-        file's mark moves past them (the records file keeps them until the caller has
-        committed: :meth:`RecordFile.forget`). ``prepared``: index rows computed beforehand,
-        by record. Returns what was moved."""
+    def move(self, limit: int | None, upto: tuple[int | None, int | None],
+             prepared: Prepared | None = None) -> _Pending:
+        """Move the oldest ``limit`` records of each journal (those up to ``upto``: the
+        journal's and the records file's numbers; None: no bound) into the resource, history
+        and index tables; the journal loses them and the records file's mark moves past them
+        (the records file keeps them until the caller has committed:
+        :meth:`RecordFile.forget`). They are read here, under the write lock: what a caller
+        read before taking it may have been moved by another process meanwhile.
+        ``prepared``: index rows computed beforehand, by record. Returns what was moved."""
         self._check_open()
-        now = _pending(self._conn, self._records, pending.limit, pending.upto)
+        now = _pending(self._conn, self._records, limit, upto)
         rows = now.journal + now.side
         if not rows:
             return now
@@ -418,8 +421,7 @@ class _EmbeddedUnitOfWork(UnitOfWork):
             values = prepared[id_] if id_ in prepared else _prepare(self._indexer, [row])[id_]
             for table, found in values.items():
                 index.setdefault(table, []).extend((pk, type_, *value) for value in found)
-        # one statement per table for the batch: each statement lets the process's other
-        # threads run, so statement by statement a batch would wait for each of them in turn
+        # one executemany per table for the whole batch
         self._conn.executemany(
             "INSERT INTO resource (pk, type, id, version, last_updated, last_updated_ms, "
             "deleted, method, json) VALUES (?, ?, ?, 1, ?, ?, 0, 'POST', ?)", current)
@@ -561,24 +563,19 @@ Prepared = dict[str, dict[str, list[tuple[Any, ...]]]]
 
 @dataclass(frozen=True)
 class _Pending:
-    """Journalled records waiting to be moved into the tables: the oldest ``limit`` of the
-    journal and of the records file (after the main file's mark), up to ``upto`` (their
-    numbers; None: no bound)."""
+    """Journalled records waiting to be moved into the tables: those of the main file's
+    journal and those of the records file after the main file's mark."""
 
-    limit: int | None
-    upto: tuple[int | None, int | None]
     journal: list[Row]
     side: list[Row]
 
 
 def _pending(conn: sqlite3.Connection, records: RecordFile, limit: int | None,
              upto: tuple[int | None, int | None]) -> _Pending:
-    journal = conn.execute(
-        f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE seq <= ? ORDER BY seq LIMIT ?",
-        (upto[0] if upto[0] is not None else 2**62, limit if limit is not None else -1)
-    ).fetchall()
-    side = records.after(_mark(conn, records), upto[1], limit)
-    return _Pending(limit, upto, journal, side)
+    """The oldest ``limit`` records of each journal, up to ``upto`` (see
+    :meth:`_EmbeddedUnitOfWork.move`)."""
+    return _Pending(journal_rows(conn, 0, upto[0], limit),
+                    records.after(_mark(conn, records), upto[1], limit))
 
 
 def _prepare(indexer: Indexer, rows: Sequence[Row]) -> Prepared:
@@ -843,14 +840,14 @@ class EmbeddedStore(Store):
         and the records file's numbers) into the tables; True when more may be left. Their
         index values are computed before the write lock is taken, so writes wait only for
         the inserts."""
-        pending = _pending(self._connection(), self._records, limit,
-                           upto if upto is not None else (None, None))
+        bounds: tuple[int | None, int | None] = upto if upto is not None else (None, None)
+        pending = _pending(self._connection(), self._records, limit, bounds)
         if not pending.journal and not pending.side:
             return False
         prepared = _prepare(self.indexer, pending.journal + pending.side)
         with self.unit_of_work() as uow:
             assert isinstance(uow, _EmbeddedUnitOfWork)
-            moved = uow.move(pending, prepared)
+            moved = uow.move(limit, bounds, prepared)
         if moved.side:  # the tables hold them now (a crash before this: the mark skips them)
             self._records.forget(moved.side[-1][0])
         return len(moved.journal) == limit or len(moved.side) == limit
@@ -865,9 +862,7 @@ class EmbeddedStore(Store):
         if self.in_unit_of_work():
             _EmbeddedUnitOfWork(self._connection(), self.indexer, self._records).catch_up()
             return
-        last = self._connection().execute(
-            "SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
-        upto = (last, self._records.last())
+        upto = (last_seq(self._connection()), self._records.last())
         if upto != (0, 0):
             while self._drain(DRAIN_BATCH, upto):
                 pass

@@ -34,6 +34,22 @@ JOURNAL_TABLE = """CREATE TABLE journal (
         last_updated_ms INTEGER NOT NULL,
         json TEXT NOT NULL)"""
 JOURNAL_COLUMNS = "seq, type, id, last_updated, last_updated_ms, json"
+_NO_BOUND = 2**62
+
+
+def journal_rows(conn: sqlite3.Connection, after: int, upto: int | None,
+                 limit: int | None) -> list[Row]:
+    """The records of ``conn``'s journal numbered after ``after`` (up to ``upto``), oldest
+    first, at most ``limit`` (None: no bound)."""
+    return conn.execute(
+        f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE seq > ? AND seq <= ? ORDER BY seq "
+        "LIMIT ?", (after, _NO_BOUND if upto is None else upto, -1 if limit is None else limit)
+    ).fetchall()
+
+
+def last_seq(conn: sqlite3.Connection) -> int:
+    """The newest record's number in ``conn``'s journal (0 when it is empty)."""
+    return conn.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
 
 
 def busy() -> FhirError:
@@ -176,16 +192,11 @@ class RecordFile:
 
     def last(self) -> int:
         """The newest record's number (0 when the journal is empty)."""
-        return self.connection().execute(
-            "SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
+        return last_seq(self.connection())
 
     def after(self, mark: int, upto: int | None, limit: int | None) -> list[Row]:
         """The records after ``mark`` (up to ``upto``), oldest first, at most ``limit``."""
-        return self.connection().execute(
-            f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE seq > ? AND seq <= ? "
-            "ORDER BY seq LIMIT ?", (mark, upto if upto is not None else 2**62,
-                                      limit if limit is not None else -1)
-        ).fetchall()
+        return journal_rows(self.connection(), mark, upto, limit)
 
     def forget(self, upto: int | None = None) -> None:
         """Delete the records up to ``upto`` (the main file holds them now); all of them
@@ -193,4 +204,4 @@ class RecordFile:
         conn = self.connection()
         with self._lock.hold():
             conn.execute("DELETE FROM journal WHERE seq <= ?",
-                         (upto if upto is not None else 2**62,))
+                         (_NO_BOUND if upto is None else upto,))
