@@ -16,11 +16,13 @@ Layout (schema version in ``PRAGMA user_version``):
 Records: a write's records are rows appended to ``journal`` in the write's own transaction;
 the AuditEvents of reads (:meth:`EmbeddedStore.record`) are appended to the records file
 ``<file>.records``, which has a writer lock of its own, so reads never queue behind writes
-(:mod:`.journal`). Either way a record is durable when the answer is returned. A background
+(:mod:`.journal`); a read's records are journalled with their index rows, computed by the
+request that read. Either way a record is durable when the answer is returned. A background
 thread of each process that records moves both journals into ``resource``, ``history`` and
-the index tables in batches, one transaction each; every read, search or history that
-concerns a record type first does the same for everything journalled before it began, so
-nothing recorded is ever missing from an answer.
+the index tables in batches, one transaction each, one mover at a time across all processes
+(an advisory lock on ``<file>.move.lock``); every read, search or history that concerns a
+record type first does the same for everything journalled before it began, so nothing
+recorded is ever missing from an answer.
 
 Concurrency: the file is in WAL mode, so readers never block the writer nor each other. Each
 thread uses its own connection (``isolation_level=None``: transactions are explicit). Writers
@@ -56,11 +58,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from ..fhir import jsonio
 from ..fhir.outcome import conflict
 from ..fhir.search.ast import MAX_MS, IndexValues, SearchQuery, SearchResult, types_read
 from .journal import (
+    ADD_INDEX_ROWS,
+    INSERT_JOURNAL,
     JOURNAL_TABLE,
+    NewRow,
     RecordFile,
     Row,
     WriterLock,
@@ -93,7 +100,7 @@ plan answers instead: it bounds the cost of a page whose matches are sparse."""
 
 _log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DRAIN_BATCH = 100
 """Journalled records moved into the tables per transaction, of each journal. Their index
 values are computed before the transaction, which holds the write lock for the inserts, so
@@ -116,8 +123,8 @@ READ_MANY_CHUNK = 400
 
 _JOURNAL = (JOURNAL_TABLE.format(autoincrement=""),
             "CREATE TABLE journal_mark (file TEXT PRIMARY KEY, seq INTEGER NOT NULL)")
-_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _JOURNAL}
-"""The statements that bring a file from a schema version to the next one."""
+_MIGRATIONS: dict[int, tuple[tuple[str, ...], int]] = {1: (_JOURNAL, 3), 2: ((ADD_INDEX_ROWS,), 3)}
+"""The statements that bring a file from a schema version to a later one, and that version."""
 
 _SCHEMA: tuple[str, ...] = (
     """CREATE TABLE resource (
@@ -211,6 +218,23 @@ def _index_rows(values: IndexValues) -> dict[str, list[tuple[Any, ...]]]:
                          for v in values.quantities],
     }
     return {table: list(dict.fromkeys(r)) for table, r in rows.items() if r}
+
+
+def _insert_rows(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
+    """Insert ``rows`` (all of one length; ``table`` may name its columns) with one statement
+    that reads them from a JSON array. Each step of a statement lets other threads run and
+    then waits to run again, so one step for all rows keeps the inserts from waiting on
+    request threads (while they hold the write lock) once per row."""
+    if len(rows) == 1:
+        marks = ", ".join("?" for _ in rows[0])
+        conn.execute(f"INSERT INTO {table} VALUES ({marks})", rows[0])
+    elif rows:
+        columns = ", ".join(f"value ->> {i}" for i in range(len(rows[0])))
+        conn.execute(f"INSERT INTO {table} SELECT {columns} FROM json_each(?)",
+                     (_ROWS.encode(rows),))
+
+
+_ROWS = msgspec.json.Encoder()
 
 
 def _version(row: tuple[Any, ...]) -> Version:
@@ -385,9 +409,7 @@ class _EmbeddedUnitOfWork(UnitOfWork):
 
     def record(self, type_: str, resource: dict[str, Any]) -> None:
         self._check_open()
-        self._conn.execute(
-            "INSERT INTO journal (type, id, last_updated, last_updated_ms, json) "
-            "VALUES (?, ?, ?, ?, ?)", _journal_row(type_, resource))
+        self._conn.execute(INSERT_JOURNAL, _journal_row(type_, resource))
         self.recorded = True
 
     def catch_up(self) -> None:
@@ -415,19 +437,16 @@ class _EmbeddedUnitOfWork(UnitOfWork):
         history: list[tuple[Any, ...]] = []
         index: dict[str, list[tuple[Any, ...]]] = {}
         for pk, row in enumerate(rows, first):
-            _, type_, id_, instant, ms, text = row
-            current.append((pk, type_, id_, instant, ms, text))
-            history.append((type_, id_, instant, ms, text))
+            _, type_, id_, instant, ms, text, _ = row
+            current.append((pk, type_, id_, 1, instant, ms, 0, "POST", text))
+            history.append((type_, id_, 1, instant, ms, 0, "POST", text))
             values = prepared[id_] if id_ in prepared else _prepare(self._indexer, [row])[id_]
             for table, found in values.items():
                 index.setdefault(table, []).extend((pk, type_, *value) for value in found)
-        # one executemany per table for the whole batch
-        self._conn.executemany(
-            "INSERT INTO resource (pk, type, id, version, last_updated, last_updated_ms, "
-            "deleted, method, json) VALUES (?, ?, ?, 1, ?, ?, 0, 'POST', ?)", current)
-        self._conn.executemany(
-            "INSERT INTO history (type, id, version, last_updated, last_updated_ms, deleted, "
-            "method, json) VALUES (?, ?, 1, ?, ?, 0, 'POST', ?)", history)
+        _insert_rows(self._conn, "resource (pk, type, id, version, last_updated, "
+                     "last_updated_ms, deleted, method, json)", current)
+        _insert_rows(self._conn, "history (type, id, version, last_updated, last_updated_ms, "
+                     "deleted, method, json)", history)
         for table, values_ in index.items():
             self._insert_index(table, values_)
         if now.journal:
@@ -542,8 +561,7 @@ class _EmbeddedUnitOfWork(UnitOfWork):
         return version
 
     def _insert_index(self, table: str, rows: list[tuple[Any, ...]]) -> None:
-        marks = ", ".join("?" for _ in rows[0])
-        self._conn.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
+        _insert_rows(self._conn, table, rows)
 
     def _clear_index(self, pk: int) -> None:
         for table in _INDEX_TABLES:
@@ -579,17 +597,26 @@ def _pending(conn: sqlite3.Connection, records: RecordFile, limit: int | None,
 
 
 def _prepare(indexer: Indexer, rows: Sequence[Row]) -> Prepared:
-    """The index rows of journalled records."""
-    return {row[2]: _index_rows(indexer(jsonio.loads(row[5]))) for row in rows}
+    """The index rows of journalled records (computed now for those journalled without)."""
+    return {row[2]: _index_rows(indexer(jsonio.loads(row[5]))) if row[6] is None
+            else _INDEX_ROWS.decode(row[6]) for row in rows}
 
 
-def _journal_row(type_: str, resource: dict[str, Any]) -> tuple[str, str, str, int, str]:
-    """A record as journalled: (type, id, last_updated, last_updated_ms, JSON as stored),
-    with its server-assigned id and time."""
+_INDEX_ROWS = msgspec.json.Decoder(dict[str, list[tuple[Any, ...]]])
+"""Index rows as journalled (numbers are REAL columns: plain floats, unlike FHIR JSON)."""
+
+
+def _journal_row(type_: str, resource: dict[str, Any],
+                 indexer: Indexer | None = None) -> NewRow:
+    """A record as journalled, with its server-assigned id and time; with its index rows
+    when ``indexer`` is given (then whoever moves it into the tables does not compute
+    them, under the lock that serialises the moving)."""
     check_record_type(type_)
     instant, ms = now_instant()
     id_ = str(uuid.uuid4())
-    return type_, id_, instant, ms, jsonio.dumps(stamp(resource, type_, id_, 1, instant))
+    stored = stamp(resource, type_, id_, 1, instant)
+    rows = None if indexer is None else msgspec.json.encode(_index_rows(indexer(stored)))
+    return type_, id_, instant, ms, jsonio.dumps(stored), None if rows is None else rows.decode()
 
 
 def _mark(conn: sqlite3.Connection, records: RecordFile) -> int:
@@ -616,6 +643,9 @@ class EmbeddedStore(Store):
         self._generation = 0
         self._kv_writes = 0
         self._writer = WriterLock(self.path, lambda: BUSY_TIMEOUT_S)
+        # one mover of journalled records at a time, of all processes: two would compute the
+        # same batch's index values and one of them would throw its work away
+        self._mover = WriterLock(Path(f"{self.path}.move"), lambda: BUSY_TIMEOUT_S)
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._connections_lock = threading.Lock()
         self._journal = threading.Event()  # set: records were journalled
@@ -662,9 +692,9 @@ class EmbeddedStore(Store):
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 found = SCHEMA_VERSION
             while found in _MIGRATIONS and found < SCHEMA_VERSION:
-                for statement in _MIGRATIONS[found]:
+                statements, found = _MIGRATIONS[found]
+                for statement in statements:
                     conn.execute(statement)
-                found += 1
                 conn.execute(f"PRAGMA user_version = {found}")
             if found != SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path} has schema version {found}; this server "
@@ -830,7 +860,7 @@ class EmbeddedStore(Store):
         if self.in_unit_of_work():
             super().record(records)
             return
-        rows = [_journal_row(type_, resource) for type_, resource in records]
+        rows = [_journal_row(type_, resource, self.indexer) for type_, resource in records]
         if rows:
             self._records.append(rows)
             self._recorded()
@@ -841,15 +871,16 @@ class EmbeddedStore(Store):
         index values are computed before the write lock is taken, so writes wait only for
         the inserts."""
         bounds: tuple[int | None, int | None] = upto if upto is not None else (None, None)
-        pending = _pending(self._connection(), self._records, limit, bounds)
-        if not pending.journal and not pending.side:
-            return False
-        prepared = _prepare(self.indexer, pending.journal + pending.side)
-        with self.unit_of_work() as uow:
-            assert isinstance(uow, _EmbeddedUnitOfWork)
-            moved = uow.move(limit, bounds, prepared)
-        if moved.side:  # the tables hold them now (a crash before this: the mark skips them)
-            self._records.forget(moved.side[-1][0])
+        with self._mover.hold():
+            pending = _pending(self._connection(), self._records, limit, bounds)
+            if not pending.journal and not pending.side:
+                return False
+            prepared = _prepare(self.indexer, pending.journal + pending.side)
+            with self.unit_of_work() as uow:
+                assert isinstance(uow, _EmbeddedUnitOfWork)
+                moved = uow.move(limit, bounds, prepared)
+            if moved.side:  # the tables hold them now (a crash before this: the mark skips them)
+                self._records.forget(moved.side[-1][0])
         return len(moved.journal) == limit or len(moved.side) == limit
 
     def _catch_up(self, wanted: Iterable[str | None]) -> None:

@@ -23,8 +23,11 @@ from pathlib import Path
 
 from ..fhir.outcome import FhirError
 
-Row = tuple[int, str, str, str, int, str]
-"""A journalled record: (seq, type, id, last_updated, last_updated_ms, json)."""
+Row = tuple[int, str, str, str, int, str, str | None]
+"""A journalled record: (seq, type, id, last_updated, last_updated_ms, json, index_rows): the
+index rows as JSON when they were computed before the record was journalled, else None."""
+NewRow = tuple[str, str, str, int, str, str | None]
+"""A record to journal: a :data:`Row` without its number."""
 
 JOURNAL_TABLE = """CREATE TABLE journal (
         seq INTEGER PRIMARY KEY{autoincrement},
@@ -32,8 +35,13 @@ JOURNAL_TABLE = """CREATE TABLE journal (
         id TEXT NOT NULL,
         last_updated TEXT NOT NULL,
         last_updated_ms INTEGER NOT NULL,
-        json TEXT NOT NULL)"""
-JOURNAL_COLUMNS = "seq, type, id, last_updated, last_updated_ms, json"
+        json TEXT NOT NULL,
+        index_rows TEXT)"""
+JOURNAL_COLUMNS = "seq, type, id, last_updated, last_updated_ms, json, index_rows"
+INSERT_JOURNAL = ("INSERT INTO journal (type, id, last_updated, last_updated_ms, json, "
+                  "index_rows) VALUES (?, ?, ?, ?, ?, ?)")
+ADD_INDEX_ROWS = "ALTER TABLE journal ADD COLUMN index_rows TEXT"
+"""Brings a journal of an earlier version (no index rows) up to date."""
 _NO_BOUND = 2**62
 
 
@@ -151,12 +159,15 @@ class RecordFile:
         with self._lock.hold():
             begin_immediate(conn)
             try:
-                if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                found = conn.execute("PRAGMA user_version").fetchone()[0]
+                if found == 0:
                     # numbers are never reused: the main file's mark must not skip a record
                     conn.execute(JOURNAL_TABLE.format(autoincrement=" AUTOINCREMENT"))
                     conn.execute("CREATE TABLE identity (id TEXT NOT NULL)")
                     conn.execute("INSERT INTO identity VALUES (?)", (str(uuid.uuid4()),))
-                    conn.execute("PRAGMA user_version = 1")
+                elif found == 1:
+                    conn.execute(ADD_INDEX_ROWS)
+                conn.execute("PRAGMA user_version = 2")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -175,15 +186,13 @@ class RecordFile:
         """After the store closed its connections (this thread opens a new one)."""
         self._local = threading.local()
 
-    def append(self, rows: Sequence[tuple[str, str, str, int, str]]) -> None:
-        """Journal records (type, id, last_updated, last_updated_ms, json): durable when
-        this returns."""
+    def append(self, rows: Sequence[NewRow]) -> None:
+        """Journal records: durable when this returns."""
         conn = self.connection()
         with self._lock.hold():
             begin_immediate(conn)
             try:
-                conn.executemany("INSERT INTO journal (type, id, last_updated, last_updated_ms, "
-                                 "json) VALUES (?, ?, ?, ?, ?)", rows)
+                conn.executemany(INSERT_JOURNAL, rows)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
