@@ -355,8 +355,10 @@ class FhirService:
             profiled.extend(validator(resource, profiles))
         return base, profiled
 
-    def _ensure_valid(self, resource: dict[str, Any], type_: str, id_: str | None,
-                      mode: str) -> None:
+    def ensure_valid(self, resource: dict[str, Any], type_: str, id_: str | None,
+                     mode: str) -> None:
+        """Refuse ``resource`` (400: not valid FHIR; 422: against a profile) for a write
+        in ``mode`` ("create" or "update")."""
         base, profiled = self._validation_issues(resource, type_, id_, mode)
         if _has_error(base):
             raise FhirError(400, base)
@@ -555,7 +557,7 @@ class FhirService:
                          type_)
         resource = dict(self._check_body(type_, resource))
         resource.pop("id", None)
-        self._ensure_valid(resource, type_, None, "create")
+        self.ensure_valid(resource, type_, None, "create")
         with self.unit_of_work(ctx) as uow:
             written = self.create_in(uow, ctx, type_, resource, if_none_exist=if_none_exist,
                                      validated=True)
@@ -582,7 +584,7 @@ class FhirService:
                 shown = dataclasses.replace(existing, resource=matches[0])
                 return Written(type_, shown, 200, matched=True)
         if not validated:
-            self._ensure_valid(resource, type_, None, "create")
+            self.ensure_valid(resource, type_, None, "create")
         resource["id"] = id_ or new_id()
         wctx = self._before(ctx, uow, "create", type_, resource["id"], resource, None)
         assert wctx.resource is not None
@@ -599,7 +601,7 @@ class FhirService:
         self.check_id(id_)
         self.guard.check(ctx, "update", type_)
         resource = self._check_body(type_, resource)
-        self._ensure_valid(resource, type_, id_, "update")  # before taking the write lock
+        self.ensure_valid(resource, type_, id_, "update")  # before taking the write lock
         with self.unit_of_work(ctx) as uow:
             written = self._store_update(uow, ctx, type_, id_, dict(resource), if_match,
                                          "update")
@@ -611,7 +613,7 @@ class FhirService:
         self.check_type(type_)
         self.check_id(id_)
         resource = self._check_body(type_, resource)
-        self._ensure_valid(resource, type_, id_, "update")  # the body id must equal id_
+        self.ensure_valid(resource, type_, id_, "update")  # the body id must equal id_
         return self._store_update(uow, ctx, type_, id_, dict(resource), if_match, "update")
 
     def _store_update(self, uow: UnitOfWork, ctx: RequestContext, type_: str, id_: str,
@@ -685,7 +687,7 @@ class FhirService:
         _check_if_match(type_, id_, if_match, current)
         assert current.resource is not None
         patched = apply_json_patch(current.resource, patch_doc)
-        self._ensure_valid(patched, type_, id_, "update")
+        self.ensure_valid(patched, type_, id_, "update")
         return self._store_update(uow, ctx, type_, id_, patched, current.version, "patch")
 
     @observed("patch")

@@ -328,21 +328,38 @@ def _reminder_keys(write: WriteContext) -> None:
 def send_reminders(service: FhirService, settings: WorkflowSettings, now: int,
                    base_url: str = "", page: int = 100) -> int:
     """Send a reminder for every overdue notification that has none for the current
-    interval; returns how many were sent now."""
+    interval; returns how many were sent now. Which reminders of a page of notifications
+    exist already is found with one search, without the write lock; only those that do not
+    are written (each in a unit of work whose unique key stops a second writer)."""
     sent = 0
     offset = 0
     while True:
         params = {**overdue_params(now), "_sort": "due-date", "_offset": str(offset)}
         tasks = service.lookup(service.store, "Task", params, limit=page)
-        for task in tasks:
-            sent += _remind(service, settings, task, now, base_url)
+        due = [_reminder(settings, task, now) for task in tasks]
+        there = _sent(service, [value for value, _ in due])
+        for value, message in due:
+            if value not in there:
+                sent += _send(service, value, message, base_url)
         if len(tasks) < page:
             return sent
         offset += page
 
 
-def _remind(service: FhirService, settings: WorkflowSettings, task: Mapping[str, Any],
-            now: int, base_url: str) -> int:
+def _sent(service: FhirService, values: list[str]) -> set[str]:
+    """Which of the reminder identifiers ``values`` are stored already."""
+    if not values:
+        return set()
+    found = service.lookup(service.store, "Communication", {
+        "identifier": ",".join(f"{REMINDER_SYSTEM}|{v}" for v in values)}, limit=len(values))
+    return {i["value"] for c in found for i in c.get("identifier", [])
+            if isinstance(i, dict) and i.get("system") == REMINDER_SYSTEM and "value" in i}
+
+
+def _reminder(settings: WorkflowSettings, task: Mapping[str, Any],
+              now: int) -> tuple[str, dict[str, Any]]:
+    """(identifier value, Communication) of the reminder about overdue ``task`` for the
+    current interval."""
     due = str((task.get("restriction") or {}).get("period", {}).get("end", ""))
     number = int((now - start_ms(due, "Task.restriction.period.end"))
                  // (settings.reminder_interval_s * 1000))
@@ -362,11 +379,17 @@ def _remind(service: FhirService, settings: WorkflowSettings, task: Mapping[str,
     }
     if task.get("requester"):
         message["sender"] = task["requester"]
+    return value, message
+
+
+def _send(service: FhirService, value: str, message: dict[str, Any], base_url: str) -> int:
+    """Store a reminder unless one with its identifier is there; 1 when this stored it."""
     ctx = RequestContext(base_url=base_url)
+    service.ensure_valid(message, "Communication", None, "create")  # before the write lock
     try:
         with service.unit_of_work(ctx) as uow:
             written = service.create_in(uow, ctx, "Communication", message, if_none_exist=[
-                ("identifier", f"{REMINDER_SYSTEM}|{value}")])
+                ("identifier", f"{REMINDER_SYSTEM}|{value}")], validated=True)
     except UniqueConflict:
         return 0  # another process sent it at the same moment
     return 0 if written.matched else 1

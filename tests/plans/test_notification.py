@@ -317,6 +317,21 @@ def test_a_reminder_goes_once_per_interval_and_survives_restarts(
         cleanup()
 
 
+def test_a_scan_that_finds_every_reminder_sent_writes_nothing(
+        planbro: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reminders already sent are found by one search per page, without the write lock: a
+    scan every minute over many overdue notifications must not queue behind the writers."""
+    late = [_overdue(planbro, n) for n in (45, 46, 47)]
+    assert planbro.workflow.send_reminders() == 3
+
+    def no_write(*_: object, **__: object) -> None:
+        raise AssertionError("a scan with nothing to send opened a unit of work")
+
+    monkeypatch.setattr(planbro.service, "unit_of_work", no_write)
+    assert planbro.workflow.send_reminders() == 0
+    assert all(len(_reminders(planbro, "admin", task)) == 1 for task in late)
+
+
 @pytest.mark.parametrize("status", ["completed", "rejected"])
 def test_no_reminder_once_answered(planbro: Running, status: str) -> None:
     late = _overdue(planbro, 45)
