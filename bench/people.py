@@ -4,8 +4,10 @@ Every person's plan follows Kari's individual plan in ``profiles/examples`` (so 
 checked against our profiles, as in production): a Patient with a synthetic fødselsnummer, an
 active individual plan of about 5 KB, a CareTeam with a coordinator, three Goals, a Consent
 and three notification Tasks owned by one of a few municipalities, with statuses that rotate
-so that every (owner, status) pair has about the same number of tasks. The organisations and
-personnel the plans name are the demo's (loaded first).
+so that every (owner, status) pair has about the same number of tasks, due four weeks after
+the run (none is overdue: the server's reminder scan has nothing to send, as on most days,
+instead of a reminder for every task competing with the measured requests). The
+organisations and personnel the plans name are the demo's (loaded first).
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ _GOALS = (_template("Goal", "kari-hovedmal"), _template("Goal", "kari-delmal-arb
 _CARE_TEAM = _template("CareTeam", "kari")
 _CONSENT = _template("Consent", "kari")
 _PLAN = _template("CarePlan", "kari")
-_TASK = _template("Task", "melding-kari")
+_TASK = {**_template("Task", "melding-kari"), "restriction": {"period": {
+    "end": (dt.date.today() + dt.timedelta(weeks=4)).isoformat()}}}
 
 
 def _rewire(node: Any, refs: dict[str, str]) -> Any:
