@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -540,44 +539,6 @@ def test_a_version_1_file_gets_the_journal(db: Path) -> None:
     _record(store, 1)
     assert store.search(SearchQuery("AuditEvent", count=0, total=True)).total == 1
     store.close()
-
-
-_P1_EVENTS = _clause("AuditEvent.patient", ReferenceQuery("Patient", "p1"))
-
-
-def test_journals_of_the_earlier_form_are_brought_up_to_date(
-        db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A version-2 file and a records file of version 1 journalled records without index
-    rows: they get the column, and the records they hold are moved and found."""
-    monkeypatch.setattr(EmbeddedStore, "_wake_drainer", lambda self: None)
-    embedded_store(db).close()
-    for path, version in ((db, 2), (Path(f"{db}.records"), 1)):
-        conn = sqlite3.connect(path)
-        conn.execute("ALTER TABLE journal DROP COLUMN index_rows")
-        conn.execute("INSERT INTO journal (type, id, last_updated, last_updated_ms, json) "
-                     "VALUES ('AuditEvent', ?, '2026-01-01T00:00:00Z', 1767225600000, ?)",
-                     (f"old-{version}", json.dumps({**_EVENT, "id": f"old-{version}"})))
-        conn.execute(f"PRAGMA user_version = {version}")
-        conn.commit()
-        conn.close()
-    store = embedded_store(db)
-    assert store._connection().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    store.record([("AuditEvent", _EVENT)])
-    found = store.search(SearchQuery("AuditEvent", [_P1_EVENTS]))
-    ids = [str(r["id"]) for r in found.resources]
-    assert sorted(i for i in ids if i.startswith("old-")) == ["old-1", "old-2"]
-    assert len(ids) == 3
-    store.close()
-
-
-def test_records_of_reads_are_journalled_with_their_index_rows(
-        embedded: EmbeddedStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(EmbeddedStore, "_wake_drainer", lambda self: None)
-    embedded.record([("AuditEvent", _EVENT)])
-    (row,) = embedded._records.after(0, None, None)
-    assert json.loads(row[6]) == {"idx_reference": [["patient", "Patient", "p1", "Patient/p1", ""]]}
-    found = embedded.search(SearchQuery("AuditEvent", [_P1_EVENTS])).resources
-    assert [r["id"] for r in found] == [row[2]]
 
 
 def _count_events(store: EmbeddedStore) -> int | None:

@@ -16,8 +16,7 @@ Layout (schema version in ``PRAGMA user_version``):
 Records: a write's records are rows appended to ``journal`` in the write's own transaction;
 the AuditEvents of reads (:meth:`EmbeddedStore.record`) are appended to the records file
 ``<file>.records``, which has a writer lock of its own, so reads never queue behind writes
-(:mod:`.journal`); a read's records are journalled with their index rows, computed by the
-request that read. Either way a record is durable when the answer is returned. A background
+(:mod:`.journal`). Either way a record is durable when the answer is returned. A background
 thread of each process that records moves both journals into ``resource``, ``history`` and
 the index tables in batches, one transaction each, one mover at a time across all processes
 (an advisory lock on ``<file>.move.lock``); every read, search or history that concerns a
@@ -64,7 +63,6 @@ from ..fhir import jsonio
 from ..fhir.outcome import conflict
 from ..fhir.search.ast import MAX_MS, IndexValues, SearchQuery, SearchResult, types_read
 from .journal import (
-    ADD_INDEX_ROWS,
     INSERT_JOURNAL,
     JOURNAL_TABLE,
     NewRow,
@@ -100,7 +98,7 @@ plan answers instead: it bounds the cost of a page whose matches are sparse."""
 
 _log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 2
 DRAIN_BATCH = 100
 """Journalled records moved into the tables per transaction, of each journal. Their index
 values are computed before the transaction, which holds the write lock for the inserts, so
@@ -123,8 +121,8 @@ READ_MANY_CHUNK = 400
 
 _JOURNAL = (JOURNAL_TABLE.format(autoincrement=""),
             "CREATE TABLE journal_mark (file TEXT PRIMARY KEY, seq INTEGER NOT NULL)")
-_MIGRATIONS: dict[int, tuple[tuple[str, ...], int]] = {1: (_JOURNAL, 3), 2: ((ADD_INDEX_ROWS,), 3)}
-"""The statements that bring a file from a schema version to a later one, and that version."""
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _JOURNAL}
+"""The statements that bring a file from a schema version to the next one."""
 
 _SCHEMA: tuple[str, ...] = (
     """CREATE TABLE resource (
@@ -437,7 +435,7 @@ class _EmbeddedUnitOfWork(UnitOfWork):
         history: list[tuple[Any, ...]] = []
         index: dict[str, list[tuple[Any, ...]]] = {}
         for pk, row in enumerate(rows, first):
-            _, type_, id_, instant, ms, text, _ = row
+            _, type_, id_, instant, ms, text = row
             current.append((pk, type_, id_, 1, instant, ms, 0, "POST", text))
             history.append((type_, id_, 1, instant, ms, 0, "POST", text))
             values = prepared[id_] if id_ in prepared else _prepare(self._indexer, [row])[id_]
@@ -597,26 +595,17 @@ def _pending(conn: sqlite3.Connection, records: RecordFile, limit: int | None,
 
 
 def _prepare(indexer: Indexer, rows: Sequence[Row]) -> Prepared:
-    """The index rows of journalled records (computed now for those journalled without)."""
-    return {row[2]: _index_rows(indexer(jsonio.loads(row[5]))) if row[6] is None
-            else _INDEX_ROWS.decode(row[6]) for row in rows}
+    """The index rows of journalled records."""
+    return {row[2]: _index_rows(indexer(jsonio.loads(row[5]))) for row in rows}
 
 
-_INDEX_ROWS = msgspec.json.Decoder(dict[str, list[tuple[Any, ...]]])
-"""Index rows as journalled (numbers are REAL columns: plain floats, unlike FHIR JSON)."""
-
-
-def _journal_row(type_: str, resource: dict[str, Any],
-                 indexer: Indexer | None = None) -> NewRow:
-    """A record as journalled, with its server-assigned id and time; with its index rows
-    when ``indexer`` is given (then whoever moves it into the tables does not compute
-    them, under the lock that serialises the moving)."""
+def _journal_row(type_: str, resource: dict[str, Any]) -> NewRow:
+    """A record as journalled: (type, id, last_updated, last_updated_ms, JSON as stored),
+    with its server-assigned id and time."""
     check_record_type(type_)
     instant, ms = now_instant()
     id_ = str(uuid.uuid4())
-    stored = stamp(resource, type_, id_, 1, instant)
-    rows = None if indexer is None else msgspec.json.encode(_index_rows(indexer(stored)))
-    return type_, id_, instant, ms, jsonio.dumps(stored), None if rows is None else rows.decode()
+    return type_, id_, instant, ms, jsonio.dumps(stamp(resource, type_, id_, 1, instant))
 
 
 def _mark(conn: sqlite3.Connection, records: RecordFile) -> int:
@@ -692,9 +681,9 @@ class EmbeddedStore(Store):
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 found = SCHEMA_VERSION
             while found in _MIGRATIONS and found < SCHEMA_VERSION:
-                statements, found = _MIGRATIONS[found]
-                for statement in statements:
+                for statement in _MIGRATIONS[found]:
                     conn.execute(statement)
+                found += 1
                 conn.execute(f"PRAGMA user_version = {found}")
             if found != SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path} has schema version {found}; this server "
@@ -860,7 +849,7 @@ class EmbeddedStore(Store):
         if self.in_unit_of_work():
             super().record(records)
             return
-        rows = [_journal_row(type_, resource, self.indexer) for type_, resource in records]
+        rows = [_journal_row(type_, resource) for type_, resource in records]
         if rows:
             self._records.append(rows)
             self._recorded()

@@ -25,10 +25,9 @@ import msgspec
 
 from ..fhir.outcome import FhirError
 
-Row = tuple[int, str, str, str, int, str, str | None]
-"""A journalled record: (seq, type, id, last_updated, last_updated_ms, json, index_rows): the
-index rows as JSON when they were computed before the record was journalled, else None."""
-NewRow = tuple[str, str, str, int, str, str | None]
+Row = tuple[int, str, str, str, int, str]
+"""A journalled record: (seq, type, id, last_updated, last_updated_ms, json)."""
+NewRow = tuple[str, str, str, int, str]
 """A record to journal: a :data:`Row` without its number."""
 
 JOURNAL_TABLE = """CREATE TABLE journal (
@@ -37,13 +36,10 @@ JOURNAL_TABLE = """CREATE TABLE journal (
         id TEXT NOT NULL,
         last_updated TEXT NOT NULL,
         last_updated_ms INTEGER NOT NULL,
-        json TEXT NOT NULL,
-        index_rows TEXT)"""
-JOURNAL_COLUMNS = "seq, type, id, last_updated, last_updated_ms, json, index_rows"
-INSERT_JOURNAL = ("INSERT INTO journal (type, id, last_updated, last_updated_ms, json, "
-                  "index_rows) VALUES (?, ?, ?, ?, ?, ?)")
-ADD_INDEX_ROWS = "ALTER TABLE journal ADD COLUMN index_rows TEXT"
-"""Brings a journal of an earlier version (no index rows) up to date."""
+        json TEXT NOT NULL)"""
+JOURNAL_COLUMNS = "seq, type, id, last_updated, last_updated_ms, json"
+INSERT_JOURNAL = ("INSERT INTO journal (type, id, last_updated, last_updated_ms, json) "
+                  "VALUES (?, ?, ?, ?, ?)")
 _NO_BOUND = 2**62
 LOCK_POLL_MAX_S = 0.0002
 """The longest pause between two tries of another process's writer lock (with 2 ms, 25%
@@ -64,7 +60,7 @@ def journal_rows(conn: sqlite3.Connection, after: int, upto: int | None,
     return _ROWS.decode(found)
 
 
-_ROWS = msgspec.json.Decoder(list[tuple[int, str, str, str, int, str, str | None]])
+_ROWS = msgspec.json.Decoder(list[tuple[int, str, str, str, int, str]])
 
 
 def last_seq(conn: sqlite3.Connection) -> int:
@@ -173,15 +169,12 @@ class RecordFile:
         with self._lock.hold():
             begin_immediate(conn)
             try:
-                found = conn.execute("PRAGMA user_version").fetchone()[0]
-                if found == 0:
+                if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
                     # numbers are never reused: the main file's mark must not skip a record
                     conn.execute(JOURNAL_TABLE.format(autoincrement=" AUTOINCREMENT"))
                     conn.execute("CREATE TABLE identity (id TEXT NOT NULL)")
                     conn.execute("INSERT INTO identity VALUES (?)", (str(uuid.uuid4()),))
-                elif found == 1:
-                    conn.execute(ADD_INDEX_ROWS)
-                conn.execute("PRAGMA user_version = 2")
+                    conn.execute("PRAGMA user_version = 1")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
