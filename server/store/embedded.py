@@ -221,8 +221,8 @@ def _index_rows(values: IndexValues) -> dict[str, list[tuple[Any, ...]]]:
 def _insert_rows(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
     """Insert ``rows`` (all of one length; ``table`` may name its columns) with one statement
     that reads them from a JSON array. Each step of a statement lets other threads run and
-    then waits to run again, so one step for all rows keeps the inserts from waiting on
-    request threads (while they hold the write lock) once per row."""
+    then waits for its turn again; with one step for all rows, an insert (holding the write
+    lock) waits for the request threads once, not once per row."""
     if len(rows) == 1:
         marks = ", ".join("?" for _ in rows[0])
         conn.execute(f"INSERT INTO {table} VALUES ({marks})", rows[0])
