@@ -229,10 +229,12 @@ def _insert_rows(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...
     elif rows:
         columns = ", ".join(f"value ->> {i}" for i in range(len(rows[0])))
         conn.execute(f"INSERT INTO {table} SELECT {columns} FROM json_each(?)",
-                     (_ROWS.encode(rows),))
+                     (_ROWS_AS_JSON.encode(rows),))
 
 
-_ROWS = msgspec.json.Encoder()
+_ROWS_AS_JSON = msgspec.json.Encoder()
+_HISTORY = "history (type, id, version, last_updated, last_updated_ms, deleted, method, json)"
+"""The history table with the columns a version fills (for :func:`_insert_rows`)."""
 
 
 def _version(row: tuple[Any, ...]) -> Version:
@@ -443,10 +445,9 @@ class _EmbeddedUnitOfWork(UnitOfWork):
                 index.setdefault(table, []).extend((pk, type_, *value) for value in found)
         _insert_rows(self._conn, "resource (pk, type, id, version, last_updated, "
                      "last_updated_ms, deleted, method, json)", current)
-        _insert_rows(self._conn, "history (type, id, version, last_updated, last_updated_ms, "
-                     "deleted, method, json)", history)
+        _insert_rows(self._conn, _HISTORY, history)
         for table, values_ in index.items():
-            self._insert_index(table, values_)
+            _insert_rows(self._conn, table, values_)
         if now.journal:
             self._conn.execute("DELETE FROM journal WHERE seq <= ?", (now.journal[-1][0],))
         if now.side:
@@ -553,24 +554,19 @@ class _EmbeddedUnitOfWork(UnitOfWork):
                 (number, instant, ms, method, text, pk))
             self._clear_index(pk)
         for table, rows in index.items():
-            self._insert_index(table, [(pk, type_, *row) for row in rows])
+            _insert_rows(self._conn, table, [(pk, type_, *row) for row in rows])
         version = Version(type_, id_, number, instant, False, stored, method)
         self._add_history(version, ms, text)
         return version
-
-    def _insert_index(self, table: str, rows: list[tuple[Any, ...]]) -> None:
-        _insert_rows(self._conn, table, rows)
 
     def _clear_index(self, pk: int) -> None:
         for table in _INDEX_TABLES:
             self._conn.execute(f"DELETE FROM {table} WHERE pk = ?", (pk,))
 
     def _add_history(self, version: Version, ms: int, text: str | None) -> None:
-        self._conn.execute(
-            "INSERT INTO history (type, id, version, last_updated, last_updated_ms, deleted, "
-            "method, json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        _insert_rows(self._conn, _HISTORY, [
             (version.type, version.id, version.version, version.last_updated, ms,
-             int(version.deleted), version.method, text))
+             int(version.deleted), version.method, text)])
 
 
 Prepared = dict[str, dict[str, list[tuple[Any, ...]]]]
