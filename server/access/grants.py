@@ -379,15 +379,17 @@ class Grants:
     # -- writing -------------------------------------------------------------------------
 
     def sync_person(self, uow: UnitOfWork, person: str) -> None:
-        """Derive the care-team grants of ``person`` again and store what changed."""
-        directory = Directory(uow)
+        """Derive the care-team grants of ``person`` again and store what changed. Without
+        an active care team there are none, and without an active consent neither: the
+        consents and the plans are looked up only when they can make a grant."""
         subject = f"Patient/{person}"
         teams = self.lookup(uow, "CareTeam", {"subject": subject, "status": "active"})
-        consents = self.lookup(uow, "Consent", {"patient": subject, "status": "active"})
-        plans = self.lookup(uow, "CarePlan", {"subject": subject,
-                                              "status": _OPEN_PLAN_STATUSES})
+        consents = teams and self.lookup(uow, "Consent", {"patient": subject,
+                                                          "status": "active"})
+        plans = consents and self.lookup(uow, "CarePlan", {"subject": subject,
+                                                           "status": _OPEN_PLAN_STATUSES})
         wanted = {g["id"]: g for g in care_team_grants(person, teams, consents, plans,
-                                                       directory)}
+                                                       Directory(uow))}
         for stored in self.of_person(uow, person, kind=CARE_TEAM):
             if stored["id"] not in wanted:
                 uow.delete(GRANT_TYPE, str(stored["id"]))

@@ -8,7 +8,9 @@ from typing import Any
 from world import care_team, consent, plan
 
 from server.access.grants import (
+    CARE_TEAM,
     Directory,
+    Grants,
     care_team_grants,
     message_grant,
     notification_grant,
@@ -81,6 +83,44 @@ def test_no_grant_without_both_care_team_and_consent() -> None:
     team["participant"] = [p for p in team["participant"]
                            if p["member"]["reference"] != "Organization/nav"]
     assert NAV not in _grants([team], [consent("p", "active")])  # consented, not on the team
+
+
+class _Unit(_Reader):
+    """A unit of work holding stored grants (found by person), for :meth:`Grants.sync_person`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grants: dict[str, dict[str, Any]] = {}
+
+    def search(self, query: Any) -> Any:
+        class Found:
+            resources = list(self.grants.values())
+        return Found()
+
+    def update(self, type_: str, id_: str, resource: dict[str, Any]) -> None:
+        self.grants[id_] = resource
+
+    def delete(self, type_: str, id_: str) -> None:
+        del self.grants[id_]
+
+
+def test_sync_looks_up_consents_and_plans_only_for_a_person_with_a_care_team() -> None:
+    found = {"CareTeam": [care_team("p")], "Consent": [consent("p", "active")],
+             "CarePlan": [plan("p")]}
+    asked: list[str] = []
+
+    def lookup(reader: Any, type_: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        asked.append(type_)
+        return found[type_]
+
+    unit = _Unit()
+    Grants(lookup).sync_person(unit, "p")  # type: ignore[arg-type]
+    assert asked == ["CareTeam", "Consent", "CarePlan"]
+    assert {g["kind"] for g in unit.grants.values()} == {CARE_TEAM} and len(unit.grants) == 3
+    asked.clear()
+    found["CareTeam"] = []  # the team is ended: its grants go, and nothing else is read
+    Grants(lookup).sync_person(unit, "p")  # type: ignore[arg-type]
+    assert asked == ["CareTeam"] and unit.grants == {}
 
 
 def test_periods_end_grants_by_themselves() -> None:
