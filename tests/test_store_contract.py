@@ -6,6 +6,7 @@ import datetime as dt
 import re
 import threading
 import time
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -128,6 +129,20 @@ def test_create_read_vread(store: Store) -> None:
     assert store.read("Patient", "unknown") is None
     assert store.read("Practitioner", created.id) is None
     assert create(store, "Patient").id != created.id
+
+
+def test_assigned_ids_sort_in_the_order_they_were_made(store: Store) -> None:
+    """Server-assigned ids begin with the time (UUID version 7), so new rows go to the end
+    of the id indexes, not to random places in them."""
+    made = [create(store, "Patient").id for _ in range(50)]
+    with store.unit_of_work() as uow:
+        for _ in range(50):
+            uow.record("AuditEvent", _event("p1"))
+    query = SearchQuery("AuditEvent", [c("AuditEvent.patient", ref("Patient/p1"))], count=100)
+    recorded = [e["id"] for e in store.search(query).resources]
+    for ids in (made, recorded):
+        assert len(set(ids)) == 50 and all(uuid.UUID(i).version == 7 for i in ids)
+    assert made == sorted(made) and max(made) < min(recorded)
 
 
 def test_client_json_is_kept_exactly(store: Store) -> None:

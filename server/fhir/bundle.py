@@ -27,7 +27,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ..store.port import UnitOfWork
+from ..store.port import UnitOfWork, new_id
 from . import jsonio
 from .outcome import FhirError, Issue
 from .patch import JSON_PATCH_MEDIA_TYPE
@@ -39,7 +39,6 @@ from .service import (
     RequestContext,
     Result,
     Written,
-    new_id,
     parse_etag,
 )
 

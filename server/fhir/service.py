@@ -41,7 +41,6 @@ import functools
 import inspect
 import json
 import re
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -52,7 +51,15 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
 from ..config import Config
-from ..store.port import Store, UnitOfWork, Version, VersionConflict, iter_chunks, now_instant
+from ..store.port import (
+    Store,
+    UnitOfWork,
+    Version,
+    VersionConflict,
+    iter_chunks,
+    new_id,
+    now_instant,
+)
 from . import capability, model
 from .outcome import FhirError, Issue, issue, not_found, outcome
 from .patch import apply_json_patch
@@ -267,11 +274,6 @@ class Written:
     version: Version | None
     status: int
     matched: bool = False
-
-
-def new_id() -> str:
-    """A server-assigned logical id."""
-    return str(uuid.uuid4())
 
 
 def http_date(instant: str) -> str:

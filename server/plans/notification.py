@@ -44,8 +44,8 @@ from typing import Any
 
 from ..fhir import model
 from ..fhir.outcome import FhirError, Issue
-from ..fhir.service import FhirService, RequestContext, WriteContext, new_id
-from ..store.port import UniqueConflict, UnitOfWork, format_instant
+from ..fhir.service import FhirService, RequestContext, WriteContext
+from ..store.port import UniqueConflict, UnitOfWork, format_instant, new_id
 from .calendar import add_working_days
 from .careteam import merge_participants, plan_team, update_team
 from .invariants import CANON, COORDINATOR, PARTICIPANT_ROLE, has_coding, plan_kind

@@ -49,7 +49,6 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -84,6 +83,7 @@ from .port import (
     VersionConflict,
     check_record_type,
     iter_chunks,
+    new_id,
     now_instant,
     stamp,
 )
@@ -461,7 +461,7 @@ class _EmbeddedUnitOfWork(UnitOfWork):
                keys: tuple[str, ...] = (), method: str = "POST") -> Version:
         with self._step():
             if id_ is None:
-                id_ = str(uuid.uuid4())
+                id_ = new_id()
             elif self._current(type_, id_) is not None:
                 raise conflict(f"{type_}/{id_} already exists; update it instead")
             self._claim_keys(type_, id_, keys, replace=False)
@@ -600,7 +600,7 @@ def _journal_row(type_: str, resource: dict[str, Any]) -> NewRow:
     with its server-assigned id and time."""
     check_record_type(type_)
     instant, ms = now_instant()
-    id_ = str(uuid.uuid4())
+    id_ = new_id()
     return type_, id_, instant, ms, jsonio.dumps(stamp(resource, type_, id_, 1, instant))
 
 

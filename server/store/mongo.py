@@ -72,6 +72,7 @@ from .port import (
     Version,
     VersionConflict,
     iter_chunks,
+    new_id,
     now_instant,
     stamp,
 )
@@ -514,7 +515,7 @@ class _MongoUnitOfWork(UnitOfWork):
     ) -> Version:
         with self._step():
             if id_ is None:
-                id_ = str(uuid.uuid4())
+                id_ = new_id()
             elif self._current(type_, id_) is not None:
                 raise conflict(f"{type_}/{id_} already exists; update it instead")
             try:

@@ -28,6 +28,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
+import uuid_utils
+
 from ..fhir.outcome import FhirError, issue
 from ..fhir.search.ast import IndexValues, SearchQuery, SearchResult
 
@@ -80,6 +82,14 @@ class UniqueConflict(FhirError):
         self.owner_id = owner_id
         super().__init__(409, [issue(
             f"{owner_type}/{owner_id} already holds the unique key '{key}'", code="duplicate")])
+
+
+def new_id() -> str:
+    """A server-assigned logical id: a UUID of version 7, which begins with the time it was
+    made. Ids made one after the other sort together, so a new one is added at the end of
+    the indexes that hold ids instead of at a random place in them: far fewer index pages
+    are read and written per write (records are written on every request)."""
+    return str(uuid_utils.uuid7())
 
 
 def format_instant(ms: int) -> str:
