@@ -431,7 +431,8 @@ class _EmbeddedUnitOfWork(UnitOfWork):
         rows = now.journal + now.side
         if not rows:
             return now
-        prepared = prepared or {}
+        given = prepared or {}
+        index_rows = {**given, **_prepare(self._indexer, [r for r in rows if r[2] not in given])}
         first = self._conn.execute("SELECT coalesce(max(pk), 0) + 1 FROM resource").fetchone()[0]
         current: list[tuple[Any, ...]] = []
         history: list[tuple[Any, ...]] = []
@@ -440,8 +441,7 @@ class _EmbeddedUnitOfWork(UnitOfWork):
             _, type_, id_, instant, ms, text = row
             current.append((pk, type_, id_, 1, instant, ms, 0, "POST", text))
             history.append((type_, id_, 1, instant, ms, 0, "POST", text))
-            values = prepared[id_] if id_ in prepared else _prepare(self._indexer, [row])[id_]
-            for table, found in values.items():
+            for table, found in index_rows[id_].items():
                 index.setdefault(table, []).extend((pk, type_, *value) for value in found)
         _insert_rows(self._conn, "resource (pk, type, id, version, last_updated, "
                      "last_updated_ms, deleted, method, json)", current)

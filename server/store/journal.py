@@ -60,7 +60,7 @@ def journal_rows(conn: sqlite3.Connection, after: int, upto: int | None,
     return _ROWS.decode(found)
 
 
-_ROWS = msgspec.json.Decoder(list[tuple[int, str, str, str, int, str]])
+_ROWS = msgspec.json.Decoder(list[Row])
 
 
 def last_seq(conn: sqlite3.Connection) -> int:
