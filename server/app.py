@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from flask import Flask
 
-from . import access, audit
+from . import access, audit, mover
+from .access.index import store_indexer
 from .api import fhir as fhir_api
 from .auth import AuthConfig, AuthServer, init_app
 from .auth.guard import ScopeGuard
@@ -48,7 +49,7 @@ def create_app(config: Config | None = None) -> Flask:
     config = config or Config.from_env()
     config.validate()
     registry = Registry.load_default()
-    store = open_store(config, registry.extract)
+    store = open_store(config, store_indexer(registry), records_process=mover.COMMAND)
 
     app = Flask(__name__)
     # One byte more than allowed: a streamed body that is too large is then detectable

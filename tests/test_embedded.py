@@ -9,12 +9,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from store_kit import ID, LAST_UPDATED, PARAMS, date_range, embedded_store
+from store_kit import ID, LAST_UPDATED, PARAMS, date_range, embedded_store, index_resource
 
 from server.config import Config
 from server.fhir.outcome import FhirError
@@ -35,7 +35,7 @@ from server.fhir.search.ast import (
     UriQuery,
 )
 from server.store import embedded as embedded_engine
-from server.store import open_store
+from server.store import journal, open_store
 from server.store.embedded import SCHEMA_VERSION, EmbeddedStore
 from server.store.port import UniqueConflict
 from server.store.sql_query import compile_search
@@ -611,6 +611,115 @@ def test_requests_help_when_the_background_falls_behind(
         assert embedded._backlog() <= 20 + 4 * 3  # checked every 4th time
     assert _stored_events(embedded) >= 180 - 32
     assert _count_events(embedded) == 180
+
+
+# -- the records process ---------------------------------------------------------------------
+
+_MOVER = """
+import sys
+from store_kit import index_resource
+from server.store.embedded import EmbeddedStore
+sys.exit(EmbeddedStore(index_resource, sys.argv[1]).serve_records(int(sys.argv[2])))
+"""
+
+
+@pytest.fixture
+def mover_command(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A records process with the tests' indexer (found on PYTHONPATH)."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(REPO / "tests")]))
+    monkeypatch.setattr(journal, "RECORDS_PROCESS_CHECK_S", 0.0)
+    return [sys.executable, "-c", _MOVER]
+
+
+def _until(condition: Callable[[], bool], seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _ended(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # a zombie has ended (its new parent may not reap it)
+
+
+def test_the_records_process_moves_the_records(db: Path, mover_command: list[str]) -> None:
+    store = EmbeddedStore(index_resource, db, records_process=mover_command)
+    _record(store, 120)  # the journal
+    store.record([("AuditEvent", _EVENT)] * 130)  # the records file
+    process = store._process
+    assert process is not None and process._child is not None
+    child = process._child
+    assert _until(lambda: _stored_events(store) == 250), "the records were not moved"
+    assert _journalled(store) == 0 and store._records.after(0, None, None) == []
+    assert child.poll() is None and child.pid != os.getpid()
+    assert store._drainer is None  # no thread of this process moved them
+    assert _count_events(store) == 250
+    store.close()
+    assert child.poll() == 0  # stopped with the store
+
+
+def test_one_records_process_per_file(db: Path, mover_command: list[str]) -> None:
+    first = EmbeddedStore(index_resource, db, records_process=mover_command)
+    second = EmbeddedStore(index_resource, db, records_process=mover_command)
+    first.record([("AuditEvent", _EVENT)])
+    assert first._process is not None and first._process._child is not None
+    assert _until(lambda: _stored_events(first) == 1)  # it runs (and holds its lock)
+    for _ in range(5):
+        second.record([("AuditEvent", _EVENT)])
+    assert second._process is not None and second._process._child is None  # not started
+    assert _until(lambda: _stored_events(first) == 6)
+    first.close()
+    second.close()
+
+
+_RECORDS_PARENT = """
+import sys, time
+from store_kit import index_resource
+from server.store.embedded import EmbeddedStore
+store = EmbeddedStore(index_resource, sys.argv[1], records_process=sys.argv[2:])
+store.record([("AuditEvent", {"resourceType": "AuditEvent", "outcome": "0"})])
+print(store._process._child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_records_process_ends_with_the_process_that_started_it(
+        db: Path, mover_command: list[str]) -> None:
+    db.parent.mkdir(parents=True)
+    parent = subprocess.Popen([sys.executable, "-c", _RECORDS_PARENT, str(db), *mover_command],
+                              cwd=REPO, text=True, stdout=subprocess.PIPE)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert not _ended(child)
+    finally:
+        parent.kill()
+        parent.wait(10)
+    assert _until(lambda: _ended(child), 10), "the records process outlived its parent"
+    store = embedded_store(db)
+    assert _count_events(store) == 1  # moved, or moved now
+    store.close()
+
+
+def test_a_records_process_that_fails_leaves_the_moving_to_a_thread(
+        db: Path, mover_command: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    store = EmbeddedStore(index_resource, db,
+                          records_process=[sys.executable, "-c", "raise SystemExit(3)"])
+    store.record([("AuditEvent", _EVENT)])
+    process = store._process
+    assert process is not None and process._child is not None
+    process._child.wait(30)
+    store.record([("AuditEvent", _EVENT)])  # finds it ended with an error
+    assert process.failed and "exited with 3" in caplog.text
+    assert _until(lambda: _stored_events(store) == 2)
+    assert store._drainer is not None and store._drainer.is_alive()
+    store.close()
 
 
 _RECORDER = """

@@ -125,6 +125,12 @@ def grant_values(grant: dict[str, Any]) -> IndexValues:
     return values
 
 
+def store_indexer(registry: Registry) -> AccessIndexer:
+    """What the server indexes every resource with: the values of the registry's search
+    parameters plus the access layer's (the application and the records process)."""
+    return AccessIndexer(registry.extract, registry)
+
+
 class AccessIndexer:
     """The store's indexer with the access layer's values added (see the module doc)."""
 

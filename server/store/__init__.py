@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .port import Indexer, Store
@@ -10,13 +11,15 @@ if TYPE_CHECKING:
     from ..config import Config
 
 
-def open_store(config: Config, indexer: Indexer) -> Store:
+def open_store(config: Config, indexer: Indexer, *,
+               records_process: Sequence[str] | None = None) -> Store:
     """MongoDB when ``config.mongodb_uri`` is set, else the embedded engine in the data
-    folder. Engines are imported on demand, so each needs only its own driver."""
+    folder (``records_process``: see :class:`.embedded.EmbeddedStore`). Engines are imported
+    on demand, so each needs only its own driver."""
     if config.mongodb_uri:
         from .mongo import MongoStore
 
         return MongoStore(indexer, uri=config.mongodb_uri, db_name=config.mongodb_db)
     from .embedded import EmbeddedStore
 
-    return EmbeddedStore(indexer, config.embedded_path)
+    return EmbeddedStore(indexer, config.embedded_path, records_process=records_process)

@@ -16,12 +16,13 @@ Layout (schema version in ``PRAGMA user_version``):
 Records: a write's records are rows appended to ``journal`` in the write's own transaction;
 the AuditEvents of reads (:meth:`EmbeddedStore.record`) are appended to the records file
 ``<file>.records``, which has a writer lock of its own, so reads never queue behind writes
-(:mod:`.journal`). Either way a record is durable when the answer is returned. A background
-thread of each process that records moves both journals into ``resource``, ``history`` and
-the index tables in batches, one transaction each, one mover at a time across all processes
-(an advisory lock on ``<file>.move.lock``); every read, search or history that concerns a
-record type first does the same for everything journalled before it began, so nothing
-recorded is ever missing from an answer.
+(:mod:`.journal`). Either way a record is durable when the answer is returned. The records
+process of the file (when the store is given its command: the server's is
+:mod:`server.mover`), or else a background thread of each process that records, moves both
+journals into ``resource``, ``history`` and the index tables in batches, one transaction
+each, one mover at a time across all processes (an advisory lock on ``<file>.move.lock``);
+every read, search or history that concerns a record type first does the same for
+everything journalled before it began, so nothing recorded is ever missing from an answer.
 
 Concurrency: the file is in WAL mode, so readers never block the writer nor each other. Each
 thread uses its own connection (``isolation_level=None``: transactions are explicit). Writers
@@ -36,7 +37,7 @@ Durability: ``synchronous=NORMAL`` (the default) makes every committed transacti
 crash or ``kill -9`` of the process (the WAL is written before ``COMMIT`` returns); only an
 operating-system crash or power loss may lose the last transactions. Pass
 ``synchronous="FULL"`` to fsync the WAL on every commit and survive those too. The WAL is
-copied into the file (a checkpoint, with its fsync) by the background thread every
+copied into the file (a checkpoint, with its fsync) by the records process or thread every
 :data:`CHECKPOINT_EVERY_S` seconds, not by the committing request while it holds the writer
 lock; a commit checkpoints itself only when the WAL has grown past
 :data:`AUTOCHECKPOINT_PAGES` pages.
@@ -46,11 +47,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,7 @@ from .journal import (
     JOURNAL_TABLE,
     NewRow,
     RecordFile,
+    RecordsProcess,
     Row,
     WriterLock,
     begin_immediate,
@@ -104,18 +107,20 @@ DRAIN_BATCH = 100
 values are computed before the transaction, which holds the write lock for the inserts, so
 writes wait for at most one batch's inserts."""
 BACKLOG_LIMIT = 500
-"""Records the background thread may be behind (about half a second of work) before the
+"""Records the mover (process or thread) may be behind (about half a second of work) before the
 requests that record help it: a reader of the records never waits longer than that."""
 BACKLOG_CHECK_EVERY = 8
 """A process looks at the backlog after every this many requests that recorded (looking
 costs three queries; the backlog cannot grow much in between)."""
 CHECKPOINT_EVERY_S = 0.5
-"""How often the background thread copies the write-ahead logs into the files."""
+"""How often the mover (process or thread) copies the write-ahead logs into the files."""
 AUTOCHECKPOINT_PAGES = 20000
 """A commit that finds the write-ahead log this long checkpoints it itself (only when the
-background thread does not: a process that never records)."""
+mover does not: a process that never records)."""
 DRAIN_DELAY_S = 0.01
 """How long the background thread lets records gather before it moves them."""
+RECORDS_POLL_S = 0.02
+"""How often the records process looks for records to move."""
 BUSY_TIMEOUT_S = 60.0
 READ_MANY_CHUNK = 400
 
@@ -616,8 +621,11 @@ class EmbeddedStore(Store):
     name = "embedded"
     supports_transactions = True
 
-    def __init__(self, indexer: Indexer, path: str | Path, *,
-                 synchronous: str = "NORMAL") -> None:
+    def __init__(self, indexer: Indexer, path: str | Path, *, synchronous: str = "NORMAL",
+                 records_process: Sequence[str] | None = None) -> None:
+        """``records_process``: the command of the records process (:class:`RecordsProcess`:
+        it gets the file's path and this process's id), which then moves the journalled
+        records; without it, a background thread of each process that records does."""
         super().__init__(indexer)
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError("synchronous must be NORMAL or FULL")
@@ -641,6 +649,8 @@ class EmbeddedStore(Store):
         self._create_schema()
         self._records = RecordFile(Path(f"{self.path}.records"), self._open,
                                    lambda: BUSY_TIMEOUT_S)
+        self._process = (RecordsProcess(self.path, records_process)
+                         if records_process else None)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -693,6 +703,8 @@ class EmbeddedStore(Store):
         """Close every connection this process opened (at shutdown, when no request is
         running); later calls open new ones. Records still journalled stay in the journal
         (the next reader or drainer moves them)."""
+        if self._process is not None:
+            self._process.stop()
         with self._drainer_guard:
             drainer, self._drainer = self._drainer, None
         if drainer is not None and self._drainer_pid == os.getpid():
@@ -770,7 +782,13 @@ class EmbeddedStore(Store):
     # -- the journal of records ----------------------------------------------------------------
 
     def _wake_drainer(self) -> None:
-        """Have this process's background thread move the journal into the tables."""
+        """Have the records process, or else this process's background thread, move the
+        journal into the tables."""
+        process = self._process
+        if process is not None:
+            process.ensure()
+            if not process.failed:
+                return
         with self._drainer_guard:
             if self._drainer is None or not self._drainer.is_alive() \
                     or self._drainer_pid != os.getpid():
@@ -781,7 +799,7 @@ class EmbeddedStore(Store):
         self._journal.set()
 
     def _recorded(self) -> None:
-        """After records were stored: the background thread moves them; when it is more than
+        """After records were stored: the mover moves them; when it is more than
         :data:`BACKLOG_LIMIT` records behind, the request that recorded moves batches itself
         until it is not (so the journal cannot outgrow what a reader of the records waits
         for). The backlog is looked at every :data:`BACKLOG_CHECK_EVERY` requests."""
@@ -793,7 +811,7 @@ class EmbeddedStore(Store):
         try:
             while self._backlog() > BACKLOG_LIMIT and self._drain(DRAIN_BATCH):
                 pass
-        except Exception:  # the records are stored; the background thread moves them later
+        except Exception:  # the records are stored; the mover moves them later
             _log.warning("could not help move journalled records into %s", self.path,
                          exc_info=True)
 
@@ -806,28 +824,66 @@ class EmbeddedStore(Store):
         return (hi - lo + 1 if lo is not None else 0) + max(waiting, 0)
 
     def _drain_loop(self) -> None:
+        """The background thread: woken when this process records."""
         me = threading.current_thread()
+
+        def wait(timeout: float) -> bool:
+            if not self._journal.wait(timeout):
+                return False
+            time.sleep(DRAIN_DELAY_S)  # let more gather
+            self._journal.clear()
+            return True
+
+        self._move_loop(wait, lambda: self._drainer is me)
+
+    def serve_records(self, parent: int) -> int:
+        """Be the records process (:class:`RecordsProcess`) of this file until the process
+        ``parent`` is gone, SIGTERM arrives or the file is removed: look for records every
+        :data:`RECORDS_POLL_S` and move them. Returns at once when another process is it."""
+        assert self._process is None, "the records process is not started by itself"
+        lock = RecordsProcess(self.path, ()).claim(keep=True)
+        if lock is None:
+            return 0
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+        def running() -> bool:
+            return not stop.is_set() and os.getppid() == parent and self.path.exists()
+
+        def wait(timeout: float) -> bool:
+            stop.wait(RECORDS_POLL_S)
+            return running() and self._backlog() > 0
+
+        try:
+            self._move_loop(wait, running)
+        finally:
+            os.close(lock)
+            self.close()
+        return 0
+
+    def _move_loop(self, wait: Callable[[float], bool], running: Callable[[], bool]) -> None:
+        """Move journalled records while ``running()``, a batch at a time, whenever
+        ``wait(timeout)`` says records may have come (it returns after ``timeout`` at the
+        latest); copy the write-ahead logs into the files every :data:`CHECKPOINT_EVERY_S`."""
         checkpointed = time.monotonic()
-        while True:
-            self._journal.wait(timeout=CHECKPOINT_EVERY_S)
-            if self._drainer is not me:  # closed
+        retry = False
+        while running():
+            arrived = wait(CHECKPOINT_EVERY_S) or retry
+            if not running():
                 return
             if time.monotonic() - checkpointed >= CHECKPOINT_EVERY_S:
                 checkpointed = time.monotonic()
                 self._checkpoint()
-            if not self._journal.is_set():
+            if not arrived:
                 continue
-            time.sleep(DRAIN_DELAY_S)
-            self._journal.clear()
-            if self._drainer is not me:  # closed while the records gathered
-                return
             try:
                 while self._drain(DRAIN_BATCH):
                     pass
+                retry = False
             except Exception:  # left in the journal; the next try moves them
                 _log.exception("moving journalled records into %s failed; retrying", self.path)
                 time.sleep(1.0)
-                self._journal.set()
+                retry = True
 
     def _checkpoint(self) -> None:
         """Copy the write-ahead logs into the files here, in the background, so that no
@@ -870,7 +926,7 @@ class EmbeddedStore(Store):
 
     def _catch_up(self, wanted: Iterable[str | None]) -> None:
         """Before a read that concerns a record type: move everything journalled so far into
-        the tables (in this thread, if the background thread has not yet). Inside a unit of
+        the tables (in this thread, if the mover has not yet). Inside a unit of
         work, in it (it holds the write lock), its own records included."""
         types = set(wanted)
         if not (types & RECORD_TYPES or None in types):

@@ -4,16 +4,21 @@ records file (the AuditEvents of reads, journalled beside the main file).
 A read changes nothing but must leave an AuditEvent before its answer is returned. Appending
 it to the main file would queue every read behind every write (SQLite has one writer per
 file). The records file has a writer lock of its own: a read appends its records there (one
-short transaction, shared by the reads of a process that end together), and the main file's
-background thread moves them into the main file later, recording in the main file how far it
-got, so a crash between the two files neither loses nor repeats a record.
+short transaction, shared by the reads of a process that end together), and the records are
+moved into the main file later, recording in the main file how far it got, so a crash
+between the two files neither loses nor repeats a record.
+
+Who moves them: one records process per file (:class:`RecordsProcess`), or a background
+thread of each process that records.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
+import subprocess
 import threading
 import time
 import uuid
@@ -41,6 +46,9 @@ JOURNAL_COLUMNS = "seq, type, id, last_updated, last_updated_ms, json"
 INSERT_JOURNAL = ("INSERT INTO journal (type, id, last_updated, last_updated_ms, json) "
                   "VALUES (?, ?, ?, ?, ?)")
 _NO_BOUND = 2**62
+_log = logging.getLogger(__name__)
+RECORDS_PROCESS_CHECK_S = 1.0
+"""How often a process that records makes sure that the records process runs."""
 LOCK_POLL_MAX_S = 0.0002
 """The longest pause between two tries of another process's writer lock (with 2 ms, 25%
 fewer creates per second went through under concurrent writers)."""
@@ -221,3 +229,77 @@ class RecordFile:
         with self._lock.hold():
             conn.execute("DELETE FROM journal WHERE seq <= ?",
                          (_NO_BOUND if upto is None else upto,))
+
+
+class RecordsProcess:
+    """The one process that moves the journalled records of the file at ``path`` into its
+    tables, so that the processes serving requests do not spend their time (and their
+    interpreter lock) on it. It runs ``command`` with the file's path and the starting
+    process's id appended, and holds an advisory lock on ``<file>.records-process.lock``
+    while it lives; it stops when the process that started it is gone. Any process that
+    records may start it: :meth:`ensure` starts one when no process holds that lock (when
+    two start one together, the second exits at once)."""
+
+    def __init__(self, path: Path, command: Sequence[str]) -> None:
+        self.path = path
+        self.command = list(command)
+        self._lock_path = Path(f"{path}.records-process.lock")
+        self._guard = threading.Lock()
+        self._child: subprocess.Popen[bytes] | None = None
+        self._owner = 0  # the process that started the child
+        self._checked = -RECORDS_PROCESS_CHECK_S
+        self.failed = False
+
+    def ensure(self) -> None:
+        """Start the records process when none runs (looked at once a second at most).
+        When one started here fails, :attr:`failed` is set (the caller moves the records
+        itself from then on)."""
+        now = time.monotonic()
+        if now - self._checked < RECORDS_PROCESS_CHECK_S or self.failed:
+            return
+        with self._guard:
+            if now - self._checked < RECORDS_PROCESS_CHECK_S:
+                return
+            self._checked = now
+            child = self._child
+            if child is not None and self._owner == os.getpid():
+                code = child.poll()
+                if code is None:
+                    return  # ours runs
+                self._child = None
+                if code != 0:
+                    _log.error("the records process of %s exited with %s; this process moves "
+                               "the records itself from now on", self.path, code)
+                    self.failed = True
+                    return
+            if self.claim() is None:
+                return  # another process's runs
+            self._owner = os.getpid()
+            self._child = subprocess.Popen(  # the lock was let go: the child takes it
+                [*self.command, str(self.path), str(os.getpid())], stdin=subprocess.DEVNULL)
+
+    def claim(self, keep: bool = False) -> int | None:
+        """Take the lock of the records process: its descriptor, or None when another
+        process holds it. Unless ``keep``, it is let go again at once (a test)."""
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        if not keep:
+            os.close(fd)
+        return fd
+
+    def stop(self) -> None:
+        """Stop the records process this process started (if it runs)."""
+        with self._guard:
+            child, self._child = self._child, None
+        if child is None or self._owner != os.getpid():
+            return
+        child.terminate()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

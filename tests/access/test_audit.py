@@ -5,6 +5,7 @@ failure to audit fails the request."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -164,3 +165,25 @@ def test_the_access_log_is_found_by_person_and_time_through_indexes(world: World
     assert not [line for line in plan if line.startswith("SCAN")
                 and "CONSTANT ROW" not in line and "VIRTUAL TABLE" not in line], plan
     assert any("idx_reference_target" in line for line in plan), plan
+
+
+def test_the_records_process_moves_the_access_log_with_the_access_values(fresh: World
+                                                                         ) -> None:
+    """The server's records process (``server.mover``) moves the AuditEvents of reads into
+    the tables without any read of them, indexed as the server indexes: the person then
+    finds them in their access log."""
+    store = fresh.planbro.store
+    assert fresh.get("kommune", "CarePlan/active").status_code == 200
+    process = store._process  # type: ignore[attr-defined]
+    assert process is not None and process._child is not None
+    assert process._child.args[1:3] == ["-m", "server.mover"]
+    conn = store._connection()  # type: ignore[attr-defined]
+    records = store._records  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 30
+    while (records.after(0, None, None) or conn.execute(
+            "SELECT count(*) FROM journal").fetchone()[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert records.after(0, None, None) == []
+    assert store._drainer is None  # type: ignore[attr-defined]  # no thread of this process
+    log = _log(fresh, "self:active", "active")
+    assert any(e["subtype"][0]["code"] == "read" and _org(e) == "300000002" for e in log)
