@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -20,15 +21,25 @@ class HttpError(Exception):
     pass
 
 
+RECONNECT_EVERY = 100
+"""A client opens a new connection after this many requests. The server's worker processes
+take turns accepting connections, and which one takes a connection is chance: a few
+connections kept for a whole run could all land on one worker, which would then serve them
+alone (one interpreter lock) while the other idles. New connections go to the worker that
+is free to accept them, so the load spreads as it does with many clients."""
+
+
 class Client:
-    """One keep-alive connection to the server (use one per thread). ``token``: the bearer
-    token every client of this run sends (set once the server has issued it)."""
+    """A keep-alive connection to the server, renewed every :data:`RECONNECT_EVERY`
+    requests (use one client per thread). ``token``: the bearer token every client of this
+    run sends (set once the server has issued it)."""
 
     token: str | None = None
 
     def __init__(self, host: str, port: int, base_path: str) -> None:
         self.host, self.port, self.base_path = host, port, base_path.rstrip("/")
         self._conn: http.client.HTTPConnection | None = None
+        self._sent = 0
 
     def request(self, method: str, path: str, body: Any = None,
                 expect: tuple[int, ...] = (200, 201)) -> Any:
@@ -55,6 +66,9 @@ class Client:
         return json.loads(raw) if raw else None
 
     def _connection(self) -> http.client.HTTPConnection:
+        self._sent += 1
+        if self._sent % RECONNECT_EVERY == 0:
+            self.close()
         if self._conn is None:
             self._conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
         return self._conn
@@ -78,9 +92,37 @@ class Stats:
     p95_ms: float
     p99_ms: float
     first_error: str | None = None
+    server_cpu_ms: float | None = None
+    """CPU time the server's processes spent per operation (all of them: it does not
+    depend on how the work was spread over them)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def tree_cpu_seconds(root: int) -> float | None:
+    """CPU time (user + system) spent so far by process ``root`` and its descendants that
+    are alive (from Linux's /proc; None elsewhere)."""
+    if not os.path.isdir(f"/proc/{root}"):
+        return None
+    parents: dict[int, int] = {}
+    spent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        parents[int(entry)] = int(fields[1])
+        spent[int(entry)] = int(fields[11]) + int(fields[12])  # utime + stime, in ticks
+    tree, grown = {root}, True
+    while grown:
+        more = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grown = bool(more)
+    return sum(spent.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(sorted_ms: list[float], fraction: float) -> float:
@@ -92,9 +134,10 @@ def percentile(sorted_ms: list[float], fraction: float) -> float:
 
 
 def run(name: str, operation: Operation, *, concurrency: int, duration: float,
-        max_count: int) -> Stats:
+        max_count: int, server: int | None = None) -> Stats:
     """Run ``operation`` from ``concurrency`` threads until ``duration`` seconds have passed
-    or ``max_count`` operations have started, whichever comes first."""
+    or ``max_count`` operations have started, whichever comes first. ``server``: the id of
+    the server's (first) process, for :attr:`Stats.server_cpu_ms`."""
     lock = threading.Lock()
     started = 0
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
@@ -122,6 +165,7 @@ def run(name: str, operation: Operation, *, concurrency: int, duration: float,
             mine.append((time.perf_counter() - t0) * 1000)
 
     begin = time.perf_counter()
+    cpu_before = None if server is None else tree_cpu_seconds(server)
     threads = [threading.Thread(target=worker, args=(i,), daemon=True)
                for i in range(concurrency)]
     for t in threads:
@@ -129,10 +173,14 @@ def run(name: str, operation: Operation, *, concurrency: int, duration: float,
     for t in threads:
         t.join()
     seconds = time.perf_counter() - begin
+    cpu_after = None if server is None else tree_cpu_seconds(server)
     merged = sorted(ms for per_thread in latencies for ms in per_thread)
+    server_cpu_ms = None
+    if cpu_before is not None and cpu_after is not None and merged:
+        server_cpu_ms = round((cpu_after - cpu_before) * 1000 / len(merged), 2)
     return Stats(name=name, count=len(merged), errors=len(errors), seconds=round(seconds, 3),
                  per_second=round(len(merged) / seconds, 1) if seconds else 0.0,
                  p50_ms=round(percentile(merged, 0.50), 2),
                  p95_ms=round(percentile(merged, 0.95), 2),
                  p99_ms=round(percentile(merged, 0.99), 2),
-                 first_error=errors[0] if errors else None)
+                 first_error=errors[0] if errors else None, server_cpu_ms=server_cpu_ms)

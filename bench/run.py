@@ -102,8 +102,10 @@ AUDIT_COST_OPERATIONS = ("read CarePlan by id", "search plan by fnr (chained)",
 
 
 @contextmanager
-def server(data: Path, args: argparse.Namespace, app: str = AUDITED_APP) -> Iterator[int]:
-    """Run gunicorn on a free loopback port with PLANBRO_DATA=data; yield the port."""
+def server(data: Path, args: argparse.Namespace,
+           app: str = AUDITED_APP) -> Iterator[tuple[int, int]]:
+    """Run gunicorn on a free loopback port with PLANBRO_DATA=data; yield the port and the
+    id of gunicorn's main process (its workers and their records process are below it)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("MONGODB_URI", "PLANBRO_DATA")}
     env["PLANBRO_DATA"] = str(data)
@@ -120,7 +122,7 @@ def server(data: Path, args: argparse.Namespace, app: str = AUDITED_APP) -> Iter
     try:
         wait_ready(port, args.base_path, process, log_path)
         measure.Client.token = bench_token(f"http://{HOST}:{port}/oauth/token", client_id, key)
-        yield port
+        yield port, process.pid
     finally:
         process.terminate()
         try:
@@ -270,18 +272,21 @@ Phase = dict[str, dict[str, measure.Stats]]  # "latency" | "throughput" -> opera
 
 
 def measure_all(make: Callable[[int], dict[str, measure.Operation]],
-                args: argparse.Namespace, side: str) -> Phase:
+                args: argparse.Namespace, side: str, server_pid: int | None = None) -> Phase:
     """Each operation twice: from one client (latency without queueing) and from
     ``args.concurrency`` clients (throughput). ``make(n)`` builds the operations for n
-    threads."""
+    threads; ``server_pid``: the server's process, whose CPU time per operation is
+    measured."""
     out: Phase = {}
     for label, threads in (("latency", 1), ("throughput", args.concurrency)):
         out[label] = {}
         for name, operation in make(threads).items():
             stats = measure.run(name, operation, concurrency=threads, duration=args.duration,
-                                max_count=args.max_requests)
+                                max_count=args.max_requests, server=server_pid)
             log(f"  {side} x{threads}: {name:<32} {stats.per_second:>9,.1f}/s  "
                 f"p50 {stats.p50_ms:.2f} ms"
+                + (f"  server CPU {stats.server_cpu_ms:.2f} ms/op"
+                   if stats.server_cpu_ms is not None else "")
                 + (f"  {stats.errors} errors, first: {stats.first_error}"
                    if stats.errors else ""))
             out[label][name] = stats
@@ -301,12 +306,12 @@ def search_sizes(run_search: Callable[[int], int], repeat: int) -> list[dict[str
     return rows
 
 
-def http_phase(port: int, loaded: workload.Loaded,
+def http_phase(port: int, pid: int, loaded: workload.Loaded,
                args: argparse.Namespace) -> tuple[Phase, list[dict[str, Any]]]:
     clients = ThreadClients(port, args.base_path, args.concurrency)
     try:
         phase = measure_all(lambda n: workload.http_operations(clients, loaded, n), args,
-                            "http")
+                            "http", pid)
 
         def page(count: int) -> int:
             path = "/Goal?" + "&".join(f"{k}={v}" for k, v in workload.search_size_params(count))
@@ -321,12 +326,12 @@ def audit_cost_phase(data: Path, loaded: workload.Loaded, args: argparse.Namespa
                      audited: Phase) -> dict[str, dict[str, Any]]:
     """The operations of :data:`AUDIT_COST_OPERATIONS` again on a server without the audit
     layer (same data): the cost of auditing per request, as ratios."""
-    with server(data, args, UNAUDITED_APP) as port:
+    with server(data, args, UNAUDITED_APP) as (port, pid):
         clients = ThreadClients(port, args.base_path, args.concurrency)
         try:
             plain = measure_all(lambda n: {
                 name: op for name, op in workload.http_operations(clients, loaded, n).items()
-                if name in AUDIT_COST_OPERATIONS}, args, "http unaudited")
+                if name in AUDIT_COST_OPERATIONS}, args, "http unaudited", pid)
         finally:
             clients.close()
     out = {}
@@ -339,7 +344,9 @@ def audit_cost_phase(data: Path, loaded: workload.Loaded, args: argparse.Namespa
                      "audited_per_second": busy.per_second,
                      "unaudited_per_second": idle.per_second,
                      "throughput_ratio": round(idle.per_second / busy.per_second, 2)
-                     if busy.per_second else None}
+                     if busy.per_second else None,
+                     "audited_server_cpu_ms": busy.server_cpu_ms,
+                     "unaudited_server_cpu_ms": idle.server_cpu_ms}
     return out
 
 
@@ -378,6 +385,10 @@ def target_rows(http: dict[str, dict[str, Any]], resources: int) -> list[dict[st
     return rows
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.1f}x" if b else "-"
 
@@ -406,10 +417,12 @@ def report(result: dict[str, Any]) -> None:
             f"{d['p50_ms']:>10.2f} {d['p95_ms']:>7.2f} {d['p99_ms']:>7.2f} "
             f"{_ratio(h['p50_ms'], d['p50_ms']):>10}"
             for name, h, d in _pairs(http["latency"], direct["latency"])])
-    _table(f"Throughput, {cfg['concurrency']} concurrent clients (operations/s, ms):",
-           f"{'operation':<32} {'HTTP/s':>9} {'p50':>7} {'p99':>8} {'store/s':>9} {'p50':>7} "
-           f"{'p99':>8} {'store/HTTP':>10} {'errors':>6}",
+    _table(f"Throughput, {cfg['concurrency']} concurrent clients (operations/s, ms; server "
+           "CPU = CPU time of all the server's processes per operation):",
+           f"{'operation':<32} {'HTTP/s':>9} {'p50':>7} {'p99':>8} {'server CPU':>10} "
+           f"{'store/s':>9} {'p50':>7} {'p99':>8} {'store/HTTP':>10} {'errors':>6}",
            [f"{name:<32} {h['per_second']:>9,.1f} {h['p50_ms']:>7.2f} {h['p99_ms']:>8.2f} "
+            f"{_ms(h['server_cpu_ms']):>10} "
             f"{d['per_second']:>9,.1f} {d['p50_ms']:>7.2f} {d['p99_ms']:>8.2f} "
             f"{_ratio(d['per_second'], h['per_second']):>10} {_errors(http, direct, name):>6}"
             for name, h, d in _pairs(http["throughput"], direct["throughput"])])
@@ -427,10 +440,12 @@ def report(result: dict[str, Any]) -> None:
     _table("Cost of auditing (AuditEvent per access, Provenance per write) - the same "
            "server without its audit layer:",
            f"{'operation':<32} {'p50 audited':>11} {'unaudited':>10} {'ratio':>6} "
-           f"{'/s audited':>11} {'unaudited':>10} {'ratio':>6}",
+           f"{'/s audited':>11} {'unaudited':>10} {'ratio':>6} {'CPU audited':>11} "
+           f"{'unaudited':>10}",
            [f"{name:<32} {c['audited_p50_ms']:>11.2f} {c['unaudited_p50_ms']:>10.2f} "
             f"{c['latency_ratio'] or 0:>5.2f}x {c['audited_per_second']:>11,.1f} "
-            f"{c['unaudited_per_second']:>10,.1f} {c['throughput_ratio'] or 0:>5.2f}x"
+            f"{c['unaudited_per_second']:>10,.1f} {c['throughput_ratio'] or 0:>5.2f}x "
+            f"{_ms(c['audited_server_cpu_ms']):>11} {_ms(c['unaudited_server_cpu_ms']):>10}"
             for name, c in result["audit_cost"].items()])
     print(f"\nTargets (defined at 100,000 resources; this run: {load_info['resources']:,}):")
     for row in result["targets"]:
@@ -459,11 +474,11 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(tempfile.mkdtemp(prefix="planbro-bench-"))
     log(f"data folder: {data}")
     try:
-        with server(data, args) as port:
+        with server(data, args) as (port, pid):
             log(f"server on http://{HOST}:{port}{args.base_path}; loading {args.people} people")
             loaded, load_info = load(port, args)
             log("measuring over HTTP")
-            http, http_sizes = http_phase(port, loaded, args)
+            http, http_sizes = http_phase(port, pid, loaded, args)
         log("measuring the cost of auditing (the same server without its audit layer)")
         audit_cost = audit_cost_phase(data, loaded, args, http)
         log("measuring directly on the store")
