@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from flask import Flask
 
 from . import access, audit, mover
-from .access.index import store_indexer
 from .api import fhir as fhir_api
+from .audit import store_indexer
 from .auth import AuthConfig, AuthServer, init_app
 from .auth.guard import ScopeGuard
 from .config import Config

@@ -18,7 +18,7 @@ COMMAND = (sys.executable, "-m", "server.mover")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .access.index import store_indexer
+    from .audit import store_indexer
     from .fhir.search.registry import Registry
     from .store.embedded import EmbeddedStore
 

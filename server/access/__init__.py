@@ -55,9 +55,9 @@ def emergency_seconds(env: dict[str, str] | None = None) -> int:
 def install(service: FhirService, auth: AuthServer) -> AccessControl:
     """Put access control on ``service``: the read seams' view, the write rules (run
     before any other write hook) and the emergency grants. Its store must index with
-    :func:`.index.store_indexer`."""
+    :func:`server.audit.store_indexer`."""
     if not isinstance(service.store.indexer, AccessIndexer):
-        raise ValueError("the store must index with server.access.index.store_indexer")
+        raise ValueError("the store must index with server.audit.store_indexer")
     control = AccessControl(service, auth.config.issuer)
     service.access = control
     rules = WriteRules(service, control, emergency_seconds() * 1000)

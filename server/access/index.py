@@ -60,8 +60,10 @@ ANY, FULL, MAINTAIN, NOTICE, RECEIVED = "any", "full", "maintain", "notice", "re
 carries), ``received`` (the notification's addressee)."""
 
 
-def persons(registry: Registry, resource: dict[str, Any]) -> list[str]:
-    """The ids of the Patients whose data ``resource`` is ([] when it is nobody's)."""
+def persons(registry: Registry, resource: dict[str, Any],
+            values: IndexValues | None = None) -> list[str]:
+    """The ids of the Patients whose data ``resource`` is ([] when it is nobody's);
+    ``values``: its search values, when they are at hand (they hold its ``patient``)."""
     type_ = resource.get("resourceType")
     if type_ not in PERSON_TYPES:
         return []
@@ -73,10 +75,13 @@ def persons(registry: Registry, resource: dict[str, Any]) -> list[str]:
         parts = [parse_reference(r) for r in refs if isinstance(r, str)]
         return [p.target_id for p in parts
                 if p is not None and p.target_type == "Patient" and p.target_id]
-    try:
-        found = registry.references(resource, "patient")
-    except KeyError:
-        return []
+    if values is not None:
+        found = [r for r in values.references if r.param == "patient"]
+    else:
+        try:
+            found = registry.references(resource, "patient")
+        except KeyError:
+            return []
     return list(dict.fromkeys(r.target_id for r in found
                               if r.target_type == "Patient" and r.target_id))
 
@@ -125,14 +130,9 @@ def grant_values(grant: dict[str, Any]) -> IndexValues:
     return values
 
 
-def store_indexer(registry: Registry) -> AccessIndexer:
-    """What the server indexes every resource with: the values of the registry's search
-    parameters plus the access layer's (the application and the records process)."""
-    return AccessIndexer(registry.extract, registry)
-
-
 class AccessIndexer:
-    """The store's indexer with the access layer's values added (see the module doc)."""
+    """The store's indexer with the access layer's values added (see the module doc).
+    ``base`` gives the values of the registry's search parameters."""
 
     def __init__(self, base: Callable[[dict[str, Any]], IndexValues],
                  registry: Registry) -> None:
@@ -147,7 +147,7 @@ class AccessIndexer:
         if type_ not in PERSON_TYPES:
             return values
         values.references.extend(ReferenceValue(PERSON.code, "Patient", p)
-                                 for p in persons(self.registry, resource))
+                                 for p in persons(self.registry, resource, values))
         klass = content_class(resource)
         if klass is not None:
             values.tokens.append(TokenValue(CLASS.code, CONTENT_CLASS_SYSTEM, klass))

@@ -29,21 +29,37 @@ from typing import Any
 from urllib.parse import urlencode
 
 from ..access.caller import INTERNAL, Caller
-from ..access.index import persons
+from ..access.index import AccessIndexer, persons
 from ..access.labels import OPEN_TYPES, OWNED_TYPES, PERSON_TYPES, content_class
 from ..access.policy import AccessControl
 from ..access.writes import touched
 from ..fhir.outcome import FhirError
+from ..fhir.search.ast import IndexValues
+from ..fhir.search.registry import Registry
 from ..fhir.service import FhirService, Interaction, WriteContext
 from ..store.port import RECORD_TYPES, Store, UnitOfWork, Version, now_instant
 from .commit import GroupCommit
-from .events import Access, audit_event, provenance, purpose_of
+from .events import Access, audit_event, event_values, provenance, purpose_of
 
-__all__ = ["Auditor", "install"]
+__all__ = ["Auditor", "install", "store_indexer"]
 
 _WRITES = frozenset({"create", "update", "patch", "delete"})
 _OPERATIONS = {"CREATE": "create", "UPDATE": "update", "DELETE": "delete"}
 _ON_AN_INSTANCE = frozenset({"operation", "validate"})  # their answers are not the resource
+
+
+def store_indexer(registry: Registry) -> AccessIndexer:
+    """What the server indexes every resource with (the application and the records
+    process): the values of the registry's search parameters - for the AuditEvents this
+    layer makes, computed straight from their known elements - plus the access layer's."""
+    def base(resource: dict[str, Any]) -> IndexValues:
+        if resource.get("resourceType") == "AuditEvent":
+            found = event_values(resource)
+            if found is not None:
+                return found
+        return registry.extract(resource)
+
+    return AccessIndexer(base, registry)
 
 
 def install(service: FhirService, control: AccessControl) -> Auditor:
