@@ -75,6 +75,7 @@ from .journal import (
     enable_wal,
     journal_rows,
     last_seq,
+    records_process_lock,
 )
 from .port import (
     RECORD_TYPES,
@@ -841,7 +842,7 @@ class EmbeddedStore(Store):
         ``parent`` is gone, SIGTERM arrives or the file is removed: look for records every
         :data:`RECORDS_POLL_S` and move them. Returns at once when another process is it."""
         assert self._process is None, "the records process is not started by itself"
-        lock = RecordsProcess(self.path, ()).claim(keep=True)
+        lock = records_process_lock(self.path)
         if lock is None:
             return 0
         stop = threading.Event()

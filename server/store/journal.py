@@ -243,7 +243,6 @@ class RecordsProcess:
     def __init__(self, path: Path, command: Sequence[str]) -> None:
         self.path = path
         self.command = list(command)
-        self._lock_path = Path(f"{path}.records-process.lock")
         self._guard = threading.Lock()
         self._child: subprocess.Popen[bytes] | None = None
         self._owner = 0  # the process that started the child
@@ -272,24 +271,13 @@ class RecordsProcess:
                                "the records itself from now on", self.path, code)
                     self.failed = True
                     return
-            if self.claim() is None:
+            lock = records_process_lock(self.path)
+            if lock is None:
                 return  # another process's runs
+            os.close(lock)
             self._owner = os.getpid()
             self._child = subprocess.Popen(  # the lock was let go: the child takes it
                 [*self.command, str(self.path), str(os.getpid())], stdin=subprocess.DEVNULL)
-
-    def claim(self, keep: bool = False) -> int | None:
-        """Take the lock of the records process: its descriptor, or None when another
-        process holds it. Unless ``keep``, it is let go again at once (a test)."""
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        if not keep:
-            os.close(fd)
-        return fd
 
     def stop(self) -> None:
         """Stop the records process this process started (if it runs)."""
@@ -303,3 +291,16 @@ class RecordsProcess:
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+
+
+def records_process_lock(path: Path) -> int | None:
+    """Take the lock the records process of the file at ``path`` holds while it lives
+    (``<file>.records-process.lock``): the descriptor that holds it (closing it lets go),
+    or None when another process holds it."""
+    fd = os.open(f"{path}.records-process.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
