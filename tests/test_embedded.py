@@ -131,8 +131,23 @@ def test_searches_use_indexes(embedded: EmbeddedStore, name: str) -> None:
         assert driver == "SEARCH r USING INTEGER PRIMARY KEY (rowid=?)", plan
     for line in plan:
         if line.startswith("SEARCH t"):
-            assert "(type=? AND param=?" in line or "(pk=? AND param=?)" in line \
+            assert "(type=? AND param=?" in line or "(pk=? AND param=?" in line \
                 or "(type=? AND id=?)" in line or "INTEGER PRIMARY KEY" in line, plan
+
+
+@pytest.mark.parametrize("probed", ["status", "for"])
+def test_a_probe_reads_only_its_index(embedded: EmbeddedStore, probed: str) -> None:
+    """A condition that does not drive the search is checked in the ``(pk, param)`` index
+    alone, without reading the index table's row."""
+    for n in range(10):
+        _put(embedded, "Task", f"t{n}", status="ready", **{"for": {"reference": f"Patient/p{n}"},
+             "owner": {"reference": f"Practitioner/x{n % 2}"}})
+    probe = {"status": _clause("Task.status", TokenQuery("", "ready")),
+             "for": _clause("Task.for", ReferenceQuery("Patient", "p1"))}[probed]
+    plan = embedded.explain(SearchQuery("Task", [
+        _clause("Task.owner", ReferenceQuery("Practitioner", "x1")), probe]))
+    assert any(line.startswith("SEARCH t") and "COVERING INDEX" in line
+               and "(pk=? AND param=?" in line for line in plan), plan
 
 
 def _tasks(store: EmbeddedStore, n: int) -> None:
@@ -540,6 +555,29 @@ def test_a_version_1_file_gets_the_journal(db: Path) -> None:
     assert store._connection().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     _record(store, 1)
     assert store.search(SearchQuery("AuditEvent", count=0, total=True)).total == 1
+    store.close()
+
+
+def test_a_version_2_file_gets_the_probe_indexes(db: Path) -> None:
+    first = embedded_store(db)
+    _put(first, "Task", "t1", status="ready")
+    first.close()
+    conn = sqlite3.connect(db)
+    for table in ("idx_token", "idx_reference"):
+        conn.execute(f"DROP INDEX {table}_pk")
+        conn.execute(f"CREATE INDEX {table}_pk ON {table} (pk, param)")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    store = embedded_store(db)
+    conn = store._connection()
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    columns = {name: [row[2] for row in conn.execute(f"PRAGMA index_info({name})")]
+               for name in ("idx_token_pk", "idx_reference_pk")}
+    assert columns == {"idx_token_pk": ["pk", "param", "code", "system"],
+                       "idx_reference_pk": ["pk", "param", "target_id", "target_type"]}
+    found = store.search(SearchQuery("Task", [_clause("Task.status", TokenQuery(None, "ready"))]))
+    assert [r["id"] for r in found.resources] == ["t1"]
     store.close()
 
 

@@ -107,7 +107,7 @@ plan answers instead: it bounds the cost of a page whose matches are sparse."""
 
 _log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DRAIN_BATCH = 100
 """Journalled records moved into the tables per transaction, of each journal. Their index
 values are computed before the transaction, which holds the write lock for the inserts, so
@@ -139,7 +139,12 @@ READ_MANY_CHUNK = 400
 
 _JOURNAL = (JOURNAL_TABLE.format(autoincrement=""),
             "CREATE TABLE journal_mark (file TEXT PRIMARY KEY, seq INTEGER NOT NULL)")
-_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _JOURNAL}
+_PROBES = ("CREATE INDEX idx_token_pk ON idx_token (pk, param, code, system)",
+           "CREATE INDEX idx_reference_pk ON idx_reference (pk, param, target_id, target_type)")
+"""The ``(pk, param)`` indexes a search's probes use (a condition that does not drive it) hold
+the values those probes compare, so a probe never reads the table row."""
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: _JOURNAL, 2: ("DROP INDEX idx_token_pk", "DROP INDEX idx_reference_pk", *_PROBES)}
 """The statements that bring a file from a schema version to the next one."""
 
 _SCHEMA: tuple[str, ...] = (
@@ -173,13 +178,13 @@ _SCHEMA: tuple[str, ...] = (
     "CREATE INDEX idx_token_code ON idx_token (type, param, code, system)",
     "CREATE INDEX idx_token_system ON idx_token (type, param, system)",
     "CREATE INDEX idx_token_text ON idx_token (type, param, text)",
-    "CREATE INDEX idx_token_pk ON idx_token (pk, param)",
+    _PROBES[0],
     """CREATE TABLE idx_reference (pk INTEGER NOT NULL, type TEXT NOT NULL,
         param TEXT NOT NULL, target_type TEXT NOT NULL, target_id TEXT NOT NULL,
         url TEXT NOT NULL, version TEXT NOT NULL)""",
     "CREATE INDEX idx_reference_target ON idx_reference (type, param, target_id, target_type)",
     "CREATE INDEX idx_reference_url ON idx_reference (type, param, url)",
-    "CREATE INDEX idx_reference_pk ON idx_reference (pk, param)",
+    _PROBES[1],
     """CREATE TABLE idx_date (pk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
         lo INTEGER NOT NULL, hi INTEGER NOT NULL)""",
     "CREATE INDEX idx_date_lo ON idx_date (type, param, lo)",
