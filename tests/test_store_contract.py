@@ -31,7 +31,14 @@ from server.fhir.search.ast import (
     TokenQuery,
     UriQuery,
 )
-from server.store.port import Store, UniqueConflict, Version, VersionConflict, now_instant
+from server.store.port import (
+    Store,
+    UniqueConflict,
+    Version,
+    VersionConflict,
+    format_instant,
+    now_instant,
+)
 
 FNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.1"
 OTHER_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.2"
@@ -109,6 +116,19 @@ def found(store: Store, type_: str, *conditions: Condition, **kwargs: Any) -> se
 
 
 # -- create, read, update, delete ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("ms", "instant"), [
+    (0, "1970-01-01T00:00:00.000Z"), (-1, "1969-12-31T23:59:59.999Z"),
+    (1_000, "1970-01-01T00:00:01.000Z"), (-1_001, "1969-12-31T23:59:58.999Z"),
+    (1_763_856_000_123, "2025-11-23T00:00:00.123Z"),
+    (203_716_219_437_219, "8425-07-05T14:43:57.219Z"),  # beyond a float's exact milliseconds
+    (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
+    (-49_572_686_076_196, "0399-02-08T01:25:23.804Z"),  # a year of four digits, always
+    (-62_135_596_800_000, "0001-01-01T00:00:00.000Z")])
+def test_instants_are_exact_to_the_millisecond(ms: int, instant: str) -> None:
+    assert format_instant(ms) == instant
+    assert format_instant(ms) == instant  # the cached second gives the same
 
 
 def test_create_read_vread(store: Store) -> None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import abc
 import datetime as _dt
+import functools
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -94,13 +96,22 @@ def new_id() -> str:
 
 def format_instant(ms: int) -> str:
     """Epoch milliseconds as a FHIR instant (UTC, millisecond precision)."""
-    at = _dt.datetime.fromtimestamp(ms / 1000, _dt.UTC)
-    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+    return f"{_second(ms // 1000)}.{ms % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=8)
+def _second(seconds: int) -> str:
+    """The instant of a whole second up to its seconds (the same few are asked for again and
+    again: every request stamps the current time)."""
+    return (_EPOCH + _dt.timedelta(seconds=seconds)).isoformat(timespec="seconds")
+
+
+_EPOCH = _dt.datetime(1970, 1, 1)  # naive: the ISO form then has no offset (it is UTC)
 
 
 def now_instant() -> tuple[str, int]:
     """The current time as (FHIR instant string with ms, epoch milliseconds)."""
-    ms = int(_dt.datetime.now(_dt.UTC).timestamp() * 1000)
+    ms = time.time_ns() // 1_000_000
     return format_instant(ms), ms
 
 
