@@ -618,11 +618,12 @@ def _prepare(indexer: Indexer, rows: Sequence[Row]) -> Prepared:
     return {row[2]: _index_rows(indexer(jsonio.loads(row[5]))) for row in rows}
 
 
-def _journal_row(type_: str, resource: dict[str, Any]) -> NewRow:
+def _journal_row(type_: str, resource: dict[str, Any],
+                 at: tuple[str, int] | None = None) -> NewRow:
     """A record as journalled: (type, id, last_updated, last_updated_ms, JSON as stored),
-    with its server-assigned id and time."""
+    with its server-assigned id and time (``at``, from :func:`now_instant`: now)."""
     check_record_type(type_)
-    instant, ms = now_instant()
+    instant, ms = at or now_instant()
     id_ = new_id()
     return type_, id_, instant, ms, jsonio.dumps(stamp(resource, type_, id_, 1, instant))
 
@@ -921,7 +922,8 @@ class EmbeddedStore(Store):
         if self.in_unit_of_work():
             super().record(records)
             return
-        rows = [_journal_row(type_, resource) for type_, resource in records]
+        at = now_instant()  # recorded together: at one time
+        rows = [_journal_row(type_, resource, at) for type_, resource in records]
         if rows:
             self._records.append(rows)
             self._recorded()
