@@ -185,6 +185,41 @@ def test_the_ordered_plan_returns_the_driven_plans_pages(
     assert any("idx_token_code" in line for line in plan), plan
 
 
+@pytest.mark.parametrize("window", [5000, 400])
+def test_a_window_found_before_writes_still_gives_the_driven_plans_pages(
+        embedded: EmbeddedStore, monkeypatch: pytest.MonkeyPatch, window: int) -> None:
+    """The end of the ordered plan's window is reused for a while; writes since (updates
+    move resources to the end of the order, deletes and creates shift it) never change a
+    page. With 5000 the window first held every task (no end), with 400 only some."""
+    monkeypatch.setattr(embedded_engine, "ORDERED_WINDOW", window)
+    monkeypatch.setattr(embedded_engine, "ORDERED_BOUND_TTL_S", 3600.0)
+    _tasks(embedded, 1500)
+    searches = [[_clause("Task.status", TokenQuery(None, "ready"))],
+                [_clause("Task.status", TokenQuery(None, "requested")),
+                 _clause("Task.for", ReferenceQuery("Patient", "3"))]]
+    before = [_pages(embedded, conditions) for conditions in searches]  # finds the bound
+    assert embedded._connection().bounds
+    with embedded.unit_of_work() as uow:
+        for i in range(0, 1500, 2):  # half the tasks move to the end of the order
+            uow.update("Task", f"t{i:04}", {"resourceType": "Task", "status": "ready"})
+        for i in range(1, 600, 4):
+            uow.delete("Task", f"t{i:04}")
+        for i in range(1500, 7000):  # more than a window of new ones
+            uow.update("Task", f"t{i:04}", {
+                "resourceType": "Task", "status": ("ready", "requested")[i % 2],
+                "for": {"reference": "Patient/3"}})
+
+    def pages() -> list[list[list[object]]]:  # pages of 10 that start across the window's end
+        return [_pages(embedded, conditions) + [[r["id"] for r in embedded.search(SearchQuery(
+            "Task", conditions, count=10, offset=offset)).resources]
+            for offset in range(0, 300, 7)] for conditions in searches]
+
+    walked = pages()
+    monkeypatch.setattr(embedded_engine, "ORDERED_PLAN_FROM", 10**9)
+    assert walked == pages()
+    assert [p[:6] for p in walked] != before
+
+
 def test_the_ordered_plan_walks_the_update_order_index(embedded: EmbeddedStore) -> None:
     compiled = compile_search(SearchQuery("Task", [
         _clause("Task.status", TokenQuery(None, "ready")),

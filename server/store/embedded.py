@@ -104,6 +104,9 @@ condition has at least this many rows; fewer are read and sorted (the driven pla
 ORDERED_WINDOW = 5000
 """How far the ordered plan walks (resources of the type, in page order) before the driven
 plan answers instead: it bounds the cost of a page whose matches are sparse."""
+ORDERED_BOUND_TTL_S = 1.0
+"""How long a connection reuses the end of the ordered plan's window it found (finding it
+walks the window)."""
 
 _log = logging.getLogger(__name__)
 
@@ -267,9 +270,14 @@ def _version(row: tuple[Any, ...]) -> Version:
 
 
 class _Connection(sqlite3.Connection):
-    """A connection that remembers the process that opened it (never use one across fork)."""
+    """A connection that remembers the process that opened it (never use one across fork),
+    and the recent bounds of the ordered plan's window (:meth:`_Reader._bound`)."""
 
     pid: int
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bounds: dict[str, tuple[float, tuple[int, str] | None]] = {}
 
 
 @dataclass(frozen=True)
@@ -282,7 +290,7 @@ class _Current:
 class _Reader:
     """Reads on one connection (inside or outside a transaction)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: _Connection) -> None:
         self.conn = conn
 
     @contextmanager
@@ -371,10 +379,7 @@ class _Reader:
             size = self.conn.execute(compiled.estimate, {**params, "cap": ORDERED_PLAN_FROM}
                                      ).fetchone()[0]
             if size >= ORDERED_PLAN_FROM:
-                bound = self.conn.execute(
-                    "SELECT last_updated_ms, id FROM resource WHERE type = ? AND deleted = 0 "
-                    "ORDER BY last_updated_ms, id LIMIT 1 OFFSET ?",
-                    (query.type, ORDERED_WINDOW)).fetchone()
+                bound = self._bound(str(query.type))
                 wms, wid = bound if bound is not None else (MAX_MS, MAX_CHAR)
                 rows = self.conn.execute(compiled.window,
                                          {**params, "wms": wms, "wid": wid}).fetchall()
@@ -382,12 +387,29 @@ class _Reader:
                     return rows
         return self.conn.execute(compiled.select, params).fetchall()
 
+    def _bound(self, type_: str) -> tuple[int, str] | None:
+        """Where the window of the ordered plan ends: the (time, id) of the resource of the
+        type :data:`ORDERED_WINDOW` places into the order (None: the type has fewer), as
+        found at most :data:`ORDERED_BOUND_TTL_S` seconds ago on this connection. Any bound
+        gives the right page, as a full page within it is the first page of all; writes
+        since it was found only make the walk a little longer or shorter."""
+        now = time.monotonic()
+        found = self.conn.bounds.get(type_)
+        if found is not None and found[0] > now:
+            return found[1]
+        row = self.conn.execute(
+            "SELECT last_updated_ms, id FROM resource WHERE type = ? AND deleted = 0 "
+            "ORDER BY last_updated_ms, id LIMIT 1 OFFSET ?", (type_, ORDERED_WINDOW)).fetchone()
+        bound = (row[0], row[1]) if row is not None else None
+        self.conn.bounds[type_] = (now + ORDERED_BOUND_TTL_S, bound)
+        return bound
+
 
 class _EmbeddedUnitOfWork(UnitOfWork):
     """Reads and writes inside one SQLite transaction. Each write runs in a savepoint, so a
     write that fails (a conflict) leaves nothing behind even when the caller goes on."""
 
-    def __init__(self, conn: sqlite3.Connection, indexer: Indexer, records: RecordFile) -> None:
+    def __init__(self, conn: _Connection, indexer: Indexer, records: RecordFile) -> None:
         self._reader = _Reader(conn)
         self._conn = conn
         self._indexer = indexer
