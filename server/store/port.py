@@ -94,6 +94,9 @@ def new_id() -> str:
     return str(uuid_utils.uuid7())
 
 
+_EPOCH = _dt.datetime(1970, 1, 1)  # naive: the ISO form then has no offset (it is UTC)
+
+
 def format_instant(ms: int) -> str:
     """Epoch milliseconds as a FHIR instant (UTC, millisecond precision)."""
     return f"{_second(ms // 1000)}.{ms % 1000:03d}Z"
@@ -104,9 +107,6 @@ def _second(seconds: int) -> str:
     """The instant of a whole second up to its seconds (the same few are asked for again and
     again: every request stamps the current time)."""
     return (_EPOCH + _dt.timedelta(seconds=seconds)).isoformat(timespec="seconds")
-
-
-_EPOCH = _dt.datetime(1970, 1, 1)  # naive: the ISO form then has no offset (it is UTC)
 
 
 def now_instant() -> tuple[str, int]:
