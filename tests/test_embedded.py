@@ -131,8 +131,14 @@ def test_searches_use_indexes(embedded: EmbeddedStore, name: str) -> None:
         assert driver == "SEARCH r USING INTEGER PRIMARY KEY (rowid=?)", plan
     for line in plan:
         if line.startswith("SEARCH t"):
-            assert "(type=? AND param=?" in line or "(pk=? AND param=?" in line \
-                or "(type=? AND id=?)" in line or "INTEGER PRIMARY KEY" in line, plan
+            seek = line.partition("(")[2]
+            assert ("type=?" in seek and "param=?" in seek) or seek.startswith("pk=? AND param=?") \
+                or seek == "type=? AND id=?)" or "INTEGER PRIMARY KEY" in line, plan
+    if name in _PARTIAL:  # the index of the rows that have the value searched
+        assert any(f"INDEX {_PARTIAL[name]} " in line for line in plan), plan
+
+
+_PARTIAL = {"token text": "idx_token_text", "reference url": "idx_reference_url"}
 
 
 @pytest.mark.parametrize("probed", ["status", "for"])
@@ -612,6 +618,40 @@ def test_a_version_2_file_gets_the_probe_indexes(db: Path) -> None:
                        "idx_reference_pk": ["pk", "param", "target_id", "target_type"]}
     found = store.search(SearchQuery("Task", [_clause("Task.status", TokenQuery(None, "ready"))]))
     assert [r["id"] for r in found.resources] == ["t1"]
+    store.close()
+
+
+def test_a_version_3_file_gets_the_target_indexes(db: Path) -> None:
+    first = embedded_store(db)
+    _put(first, "Patient", "p1", communication=[{"language": {
+        "coding": [{"system": "urn:ietf:bcp:47", "code": "nb"}], "text": "Norsk"}}],
+         generalPractitioner=[{"reference": "Practitioner/d1"},
+                              {"reference": "https://x.example/Practitioner/d2"}])
+    first.close()
+    conn = sqlite3.connect(db)
+    for name, table, columns in (("idx_reference_target", "idx_reference",
+                                  "type, param, target_id, target_type"),
+                                 ("idx_reference_url", "idx_reference", "type, param, url"),
+                                 ("idx_token_text", "idx_token", "type, param, text")):
+        conn.execute(f"DROP INDEX {name}")
+        conn.execute(f"CREATE INDEX {name} ON {table} ({columns})")
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+    store = embedded_store(db)
+    conn = store._connection()
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert [row[2] for row in conn.execute("PRAGMA index_info(idx_reference_target)")] == \
+        ["type", "target_id", "param", "target_type"]
+    partial = dict(conn.execute("SELECT name, sql LIKE '%WHERE%' FROM sqlite_master WHERE "
+                                "name IN ('idx_reference_url', 'idx_token_text')").fetchall())
+    assert partial == {"idx_reference_url": 1, "idx_token_text": 1}
+    gp = "Patient.general-practitioner"
+    for clause in (_clause(gp, ReferenceQuery("Practitioner", "d1")),
+                   _clause(gp, ReferenceQuery(None, None, url="https://x.example/Practitioner/d2")),
+                   _clause("Patient.language", TokenQuery(None, "nor"), mod="text")):
+        found = store.search(SearchQuery("Patient", [clause])).resources
+        assert [r["id"] for r in found] == ["p1"]
     store.close()
 
 

@@ -109,7 +109,7 @@ walks the window)."""
 
 _log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DRAIN_BATCH = 100
 """Journalled records moved into the tables per transaction, of each journal. Their index
 values are computed before the transaction, which holds the write lock for the inserts, so
@@ -141,8 +141,20 @@ _PROBES = ("CREATE INDEX idx_token_pk ON idx_token (pk, param, code, system)",
            "CREATE INDEX idx_reference_pk ON idx_reference (pk, param, target_id, target_type)")
 """The ``(pk, param)`` indexes a search's probes use (a condition that does not drive it) hold
 the values those probes compare, so a probe never reads the table row."""
+_TARGETS = ("CREATE INDEX idx_reference_target ON idx_reference "
+            "(type, target_id, param, target_type)",
+            "CREATE INDEX idx_reference_url ON idx_reference (type, param, url) WHERE url != ''",
+            "CREATE INDEX idx_token_text ON idx_token (type, param, text) WHERE text != ''")
+"""Indexes that cost a write as few pages as they can. A resource's references to one target
+(an AuditEvent's ``patient``, ``entity`` and the person it concerns) sit side by side, on one
+page, as every search gives the target's type, id and parameter together; only the
+references and codes that have a URL or a text are in the indexes that find those. Measured
+on a file of 100,000 resources: 6.5 written pages per AuditEvent moved into the tables,
+against 8.8 with ``(type, param, target_id, target_type)`` and indexes of every row."""
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: _JOURNAL, 2: ("DROP INDEX idx_token_pk", "DROP INDEX idx_reference_pk", *_PROBES)}
+    1: _JOURNAL, 2: ("DROP INDEX idx_token_pk", "DROP INDEX idx_reference_pk", *_PROBES),
+    3: ("DROP INDEX idx_reference_target", "DROP INDEX idx_reference_url",
+        "DROP INDEX idx_token_text", *_TARGETS)}
 """The statements that bring a file from a schema version to the next one."""
 
 _SCHEMA: tuple[str, ...] = (
@@ -175,13 +187,13 @@ _SCHEMA: tuple[str, ...] = (
         system TEXT NOT NULL, code TEXT NOT NULL, text TEXT NOT NULL)""",
     "CREATE INDEX idx_token_code ON idx_token (type, param, code, system)",
     "CREATE INDEX idx_token_system ON idx_token (type, param, system)",
-    "CREATE INDEX idx_token_text ON idx_token (type, param, text)",
+    _TARGETS[2],
     _PROBES[0],
     """CREATE TABLE idx_reference (pk INTEGER NOT NULL, type TEXT NOT NULL,
         param TEXT NOT NULL, target_type TEXT NOT NULL, target_id TEXT NOT NULL,
         url TEXT NOT NULL, version TEXT NOT NULL)""",
-    "CREATE INDEX idx_reference_target ON idx_reference (type, param, target_id, target_type)",
-    "CREATE INDEX idx_reference_url ON idx_reference (type, param, url)",
+    _TARGETS[0],
+    _TARGETS[1],
     _PROBES[1],
     """CREATE TABLE idx_date (pk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
         lo INTEGER NOT NULL, hi INTEGER NOT NULL)""",

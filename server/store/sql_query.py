@@ -474,8 +474,8 @@ class _Compiler:
         raise _not_supported(clause.param, modifier)
 
     def _token(self, x: str, q: TokenQuery, *, text: bool) -> str:
-        if text:
-            return self._prefix(f"{x}.text", q.code or "")
+        if text:  # the text index holds the codes that have a text
+            return f"{x}.text != '' AND " + self._prefix(f"{x}.text", q.code or "")
         parts = []
         if q.code is not None:
             parts.append(f"{x}.code = {self.bind(q.code)}")
@@ -492,8 +492,8 @@ class _Compiler:
             if q.target_type is not None:
                 target.append(f"{x}.target_type = {self.bind(q.target_type)}")
             ways.append("(" + _all(target) + ")")
-        if q.url:
-            ways.append(f"{x}.url = {self.bind(q.url)}")
+        if q.url:  # the URL index holds the references that have one
+            ways.append(f"({x}.url = {self.bind(q.url)} AND {x}.url != '')")
         pred = _any(ways) if ways else "1"
         if q.version:
             pred = f"{pred} AND {x}.version = {self.bind(q.version)}"
