@@ -730,10 +730,11 @@ def test_requests_help_when_the_background_falls_behind(
 # -- the records process ---------------------------------------------------------------------
 
 _MOVER = """
-import sys
+import os, sys
 from store_kit import index_resource
-from server.store.embedded import EmbeddedStore
-sys.exit(EmbeddedStore(index_resource, sys.argv[1]).serve_records(int(sys.argv[2])))
+from server.store import embedded
+embedded.RECORDS_GATHER_S = float(os.environ.get("GATHER_S", embedded.RECORDS_GATHER_S))
+sys.exit(embedded.EmbeddedStore(index_resource, sys.argv[1]).serve_records(int(sys.argv[2])))
 """
 
 
@@ -776,6 +777,25 @@ def test_the_records_process_moves_the_records(db: Path, mover_command: list[str
     assert _count_events(store) == 250
     store.close()
     assert child.poll() == 0  # stopped with the store
+
+
+def test_the_records_process_lets_records_gather_into_a_batch(
+        db: Path, mover_command: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATHER_S", "4")
+    batch = embedded_engine.DRAIN_BATCH
+    store = EmbeddedStore(index_resource, db, records_process=mover_command)
+    store.record([("AuditEvent", _EVENT)] * batch)  # a batch is moved without waiting
+    assert _until(lambda: _stored_events(store) == batch), "the batch was not moved"
+    store.record([("AuditEvent", _EVENT)] * 3)
+    time.sleep(2)
+    assert _stored_events(store) == batch  # fewer than a batch wait for more
+    assert _until(lambda: _stored_events(store) == batch + 3), "they were never moved"
+    begin = time.monotonic()
+    store.record([("AuditEvent", _EVENT)] * batch)
+    assert _until(lambda: _stored_events(store) == 2 * batch + 3)
+    assert time.monotonic() - begin < 4  # not after the gathering time
+    assert _count_events(store) == 2 * batch + 3
+    store.close()
 
 
 def test_one_records_process_per_file(db: Path, mover_command: list[str]) -> None:

@@ -129,6 +129,13 @@ DRAIN_DELAY_S = 0.01
 """How long the background thread lets records gather before it moves them."""
 RECORDS_POLL_S = 0.02
 """How often the records process looks for records to move."""
+RECORDS_GATHER_S = 0.1
+"""How long the records process lets records gather before it moves them, unless a batch
+(:data:`DRAIN_BATCH`) is waiting. A batch writes each index page it touches once, and many
+pages are touched by every record (the newest entries of a code, of the time index): at
+100,000 resources (schema version 3) an AuditEvent moved in batches of 10 wrote 21 pages and
+cost 0.65-0.70 ms of CPU, in batches of 100 8.8 pages and 0.39-0.54 ms. A reader of the
+records does not wait for it: before it reads, it moves what is waiting itself."""
 CACHE_KIB = 32768
 """The page cache of each connection, in KiB (SQLite's default is 2,000). It is what the
 records mover's index inserts and a large search's probes reuse within a transaction."""
@@ -888,7 +895,8 @@ class EmbeddedStore(Store):
     def serve_records(self, parent: int) -> int:
         """Be the records process (:class:`RecordsProcess`) of this file until the process
         ``parent`` is gone, SIGTERM arrives or the file is removed: look for records every
-        :data:`RECORDS_POLL_S` and move them. Returns at once when another process is it."""
+        :data:`RECORDS_POLL_S` and move them once a batch or :data:`RECORDS_GATHER_S` has
+        gathered. Returns at once when another process is it."""
         assert self._process is None, "the records process is not started by itself"
         lock = records_process_lock(self.path)
         if lock is None:
@@ -899,9 +907,24 @@ class EmbeddedStore(Store):
         def running() -> bool:
             return not stop.is_set() and os.getppid() == parent and self.path.exists()
 
+        seen: float | None = None  # when the records now waiting were first found
+
         def wait(timeout: float) -> bool:
-            stop.wait(RECORDS_POLL_S)
-            return running() and self._backlog() > 0
+            nonlocal seen
+            begin = time.monotonic()
+            while not stop.wait(RECORDS_POLL_S) and running():
+                now = time.monotonic()
+                waiting = self._backlog()
+                if not waiting:
+                    seen = None
+                elif seen is None:
+                    seen = now
+                if waiting >= DRAIN_BATCH or (seen is not None and now - seen >= RECORDS_GATHER_S):
+                    seen = None
+                    return True
+                if now - begin >= timeout:
+                    return False
+            return False
 
         try:
             self._move_loop(wait, running)
