@@ -598,20 +598,28 @@ def test_a_version_1_file_gets_the_journal(db: Path) -> None:
     store.close()
 
 
+def _reopened_as(db: Path, version: int, indexes: dict[str, str]) -> EmbeddedStore:
+    """The closed file ``db`` made a file of schema ``version``, whose ``indexes`` (name:
+    ``table (columns)``) were as given, then opened (and so migrated)."""
+    conn = sqlite3.connect(db)
+    for name, definition in indexes.items():
+        conn.execute(f"DROP INDEX {name}")
+        conn.execute(f"CREATE INDEX {name} ON {definition}")
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.commit()
+    conn.close()
+    store = embedded_store(db)
+    assert store._connection().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    return store
+
+
 def test_a_version_2_file_gets_the_probe_indexes(db: Path) -> None:
     first = embedded_store(db)
     _put(first, "Task", "t1", status="ready")
     first.close()
-    conn = sqlite3.connect(db)
-    for table in ("idx_token", "idx_reference"):
-        conn.execute(f"DROP INDEX {table}_pk")
-        conn.execute(f"CREATE INDEX {table}_pk ON {table} (pk, param)")
-    conn.execute("PRAGMA user_version = 2")
-    conn.commit()
-    conn.close()
-    store = embedded_store(db)
+    store = _reopened_as(db, 2, {"idx_token_pk": "idx_token (pk, param)",
+                                 "idx_reference_pk": "idx_reference (pk, param)"})
     conn = store._connection()
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     columns = {name: [row[2] for row in conn.execute(f"PRAGMA index_info({name})")]
                for name in ("idx_token_pk", "idx_reference_pk")}
     assert columns == {"idx_token_pk": ["pk", "param", "code", "system"],
@@ -628,19 +636,11 @@ def test_a_version_3_file_gets_the_target_indexes(db: Path) -> None:
          generalPractitioner=[{"reference": "Practitioner/d1"},
                               {"reference": "https://x.example/Practitioner/d2"}])
     first.close()
-    conn = sqlite3.connect(db)
-    for name, table, columns in (("idx_reference_target", "idx_reference",
-                                  "type, param, target_id, target_type"),
-                                 ("idx_reference_url", "idx_reference", "type, param, url"),
-                                 ("idx_token_text", "idx_token", "type, param, text")):
-        conn.execute(f"DROP INDEX {name}")
-        conn.execute(f"CREATE INDEX {name} ON {table} ({columns})")
-    conn.execute("PRAGMA user_version = 3")
-    conn.commit()
-    conn.close()
-    store = embedded_store(db)
+    store = _reopened_as(db, 3, {
+        "idx_reference_target": "idx_reference (type, param, target_id, target_type)",
+        "idx_reference_url": "idx_reference (type, param, url)",
+        "idx_token_text": "idx_token (type, param, text)"})
     conn = store._connection()
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert [row[2] for row in conn.execute("PRAGMA index_info(idx_reference_target)")] == \
         ["type", "target_id", "param", "target_type"]
     partial = dict(conn.execute("SELECT name, sql LIKE '%WHERE%' FROM sqlite_master WHERE "
