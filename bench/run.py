@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,7 @@ from server.demo import demo_bundle  # noqa: E402
 from server.fhir.search.parse import parse_search  # noqa: E402
 from server.fhir.search.registry import Registry  # noqa: E402
 from server.store.embedded import EmbeddedStore  # noqa: E402
+from server.store.port import RECORD_TYPES  # noqa: E402
 
 HOST = "127.0.0.1"
 TARGETS = {  # operation -> (figure, comparison, value): the goals at 100,000 resources
@@ -71,11 +73,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="people per load transaction (default 5: 50 entries)")
     p.add_argument("--base-path", default="/fhir", help="FHIR base path (default /fhir)")
     p.add_argument("--keep", action="store_true", help="keep the data folder afterwards")
+    p.add_argument("--from", dest="source", type=Path, metavar="FOLDER",
+                   help="measure a copy of a data folder an earlier run kept (--keep) "
+                        "instead of loading people (--people and --batch are ignored; the "
+                        "load is not measured again)")
     p.add_argument("--json", action="store_true",
                    help="print the results as JSON on stdout (progress goes to stderr)")
     args = p.parse_args(argv)
     if min(args.people, args.concurrency, args.workers, args.threads, args.batch) < 1:
         p.error("--people, --concurrency, --workers, --threads and --batch must be >= 1")
+    if args.source is not None and not (args.source / WORKLOAD_FILE).is_file():
+        p.error(f"{args.source} has no {WORKLOAD_FILE}: it is not a folder that "
+                "'bench/run.py --keep' kept")
     return args
 
 
@@ -403,9 +412,17 @@ def _table(title: str, header: str, rows: list[str]) -> None:
 def report(result: dict[str, Any]) -> None:
     load_info, cfg = result["load"], result["config"]
     http, direct = result["http"], result["direct"]
-    print(f"\nLoaded {load_info['resources']:,} resources ({load_info['people']:,} people) in "
-          f"{load_info['seconds']} s: {load_info['resources_per_second']:,.0f} resources/s; "
-          f"a CarePlan is {load_info['careplan_bytes']:,} bytes.")
+    if "copied_from" in load_info:
+        print(f"\nMeasured on a copy of {load_info['copied_from']}: "
+              f"{load_info['resources']:,} resources besides the audit records. The run that "
+              f"loaded its {load_info['people']:,} people stored "
+              f"{load_info['loaded_resources']:,} resources in {load_info['seconds']} s "
+              f"({load_info['resources_per_second']:,.0f}/s).")
+    else:
+        print(f"\nLoaded {load_info['resources']:,} resources ({load_info['people']:,} people) "
+              f"in {load_info['seconds']} s: {load_info['resources_per_second']:,.0f} "
+              "resources/s.")
+    print(f"A CarePlan is {load_info['careplan_bytes']:,} bytes.")
     print(f"gunicorn {cfg['workers']} workers x {cfg['threads']} threads; {cfg['duration']} s "
           f"or {cfg['max_requests']:,} operations per figure; {os.cpu_count()} CPUs shared by "
           "server and clients.\n'store' = the same operation on the store in-process (no HTTP, "
@@ -469,26 +486,55 @@ def _as_dicts(phase: Phase) -> dict[str, dict[str, Any]]:
             for run, ops in phase.items()}
 
 
+def stored_resources(data: Path) -> int:
+    """The current resources in the data folder's file, besides AuditEvents and Provenances."""
+    conn = sqlite3.connect(f"file:{data / 'planbro.db'}?mode=ro", uri=True)
+    try:
+        marks = ", ".join("?" for _ in RECORD_TYPES)
+        found: int = conn.execute(f"SELECT count(*) FROM resource WHERE deleted = 0 AND type "
+                                  f"NOT IN ({marks})", sorted(RECORD_TYPES)).fetchone()[0]
+        return found
+    finally:
+        conn.close()
+
+
+WORKLOAD_FILE = "bench-workload.json"
+"""What a run loaded, in its data folder (for ``--from``)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data = Path(tempfile.mkdtemp(prefix="planbro-bench-"))
     log(f"data folder: {data}")
     try:
+        if args.source is not None:
+            log(f"copying {args.source}")
+            shutil.copytree(args.source, data, dirs_exist_ok=True)
+            loaded, loaded_info = workload.Loaded.read(data / WORKLOAD_FILE)
+            load_info = {**loaded_info, "copied_from": str(args.source),
+                         "loaded_resources": loaded_info["resources"],
+                         "resources": stored_resources(data)}
         with server(data, args) as (port, pid):
-            log(f"server on http://{HOST}:{port}{args.base_path}; loading {args.people} people")
-            loaded, load_info = load(port, args)
+            if args.source is None:
+                log(f"server on http://{HOST}:{port}{args.base_path}; "
+                    f"loading {args.people} people")
+                loaded, load_info = load(port, args)
+                loaded_info = load_info
             log("measuring over HTTP")
             http, http_sizes = http_phase(port, pid, loaded, args)
         log("measuring the cost of auditing (the same server without its audit layer)")
         audit_cost = audit_cost_phase(data, loaded, args, http)
         log("measuring directly on the store")
         direct, direct_sizes = direct_phase(data, loaded, args)
+        if args.keep:  # for --from: the people, and the number the next new one gets
+            loaded.save(data / WORKLOAD_FILE, loaded_info)
     finally:
         if not args.keep:
             shutil.rmtree(data, ignore_errors=True)
     result: dict[str, Any] = {
-        "config": {k: getattr(args, k) for k in ("people", "duration", "max_requests",
-                                                  "concurrency", "workers", "threads")},
+        "config": {**{k: getattr(args, k) for k in ("duration", "max_requests",
+                                                     "concurrency", "workers", "threads")},
+                   "people": load_info["people"]},
         "cpus": os.cpu_count(),
         "load": load_info,
         "http": _as_dicts(http),

@@ -9,11 +9,14 @@ of a person's access log (AuditEvents about them); create and update a CarePlan 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -62,6 +65,23 @@ class Loaded:
         refs = [f"Organization/{m}" for m in self.municipalities]
         return [e for _ in range(count)
                 for e in people.person_entries(next(self.next_index), refs)]
+
+    def save(self, path: Path, load_info: dict[str, Any]) -> None:
+        """Write the people, the municipalities, the number of the next new person and
+        ``load_info`` (what the load measured) to ``path`` (JSON), for :meth:`read`. Takes
+        that number: save when no more people will be made."""
+        path.write_text(json.dumps({
+            "people": [dataclasses.asdict(p) for p in self.people],
+            "municipalities": self.municipalities, "next_index": next(self.next_index),
+            "load": load_info}))
+
+    @classmethod
+    def read(cls, path: Path) -> tuple[Loaded, dict[str, Any]]:
+        """What :meth:`save` wrote: the loaded data and the load's figures."""
+        saved = json.loads(path.read_text())
+        loaded = cls([Person(**{**p, "goals": tuple(p["goals"])}) for p in saved["people"]],
+                     saved["municipalities"], itertools.count(saved["next_index"]))
+        return loaded, saved["load"]
 
 
 def _pickers(loaded: Loaded, concurrency: int) -> Callable[[int], Person]:
