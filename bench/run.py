@@ -2,8 +2,10 @@
 
 Starts the server under gunicorn on a free loopback port with a fresh data folder, loads
 synthetic people with individual plans, measures the FHIR operations over HTTP with
-concurrent keep-alive clients, then the same operations directly on the store in-process, and
-finally how the cost of a search grows with the size of the result page.
+concurrent keep-alive clients (and some again on the server without its audit layer, and a
+request to an app that answers at once: the HTTP floor), then the same operations directly
+on the store in-process, and how the cost of a search grows with the size of the result
+page.
 
     python bench/run.py --people 10000 --duration 10 --concurrency 8
 
@@ -105,22 +107,25 @@ def free_port() -> int:
 
 AUDITED_APP = "server.app:create_app()"
 UNAUDITED_APP = "bench.unaudited:create_app()"  # the same without the audit layer
+FLOOR_APP = "bench.floor:app"  # answers at once: what the HTTP server and clients cost
 AUDIT_COST_OPERATIONS = ("read CarePlan by id", "search plan by fnr (chained)",
                          "search tasks by owner+status", "update CarePlan (5 KB)",
                          "transaction (20 entries)")
 
 
 @contextmanager
-def server(data: Path, args: argparse.Namespace,
-           app: str = AUDITED_APP) -> Iterator[tuple[int, int]]:
+def server(data: Path, args: argparse.Namespace, app: str = AUDITED_APP,
+           planbro: bool = True) -> Iterator[tuple[int, int]]:
     """Run gunicorn on a free loopback port with PLANBRO_DATA=data; yield the port and the
-    id of gunicorn's main process (its workers and their records process are below it)."""
+    id of gunicorn's main process (its workers and their records process are below it).
+    ``planbro``: the app is Planbro's (the benchmark's client gets a token from it)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("MONGODB_URI", "PLANBRO_DATA")}
     env["PLANBRO_DATA"] = str(data)
     env["PLANBRO_BASE_URL"] = f"http://{HOST}:{port}{args.base_path}"
     env["PLANBRO_ACCESS_TOKEN_TTL"] = "86400"  # outlives the run
-    client_id, key = register_bench_client(data)
+    if planbro:
+        client_id, key = register_bench_client(data)
     command = [sys.executable, "-m", "gunicorn", "-w", str(args.workers),
                "--threads", str(args.threads), "-b", f"{HOST}:{port}",
                "--log-level", "warning", app]
@@ -130,7 +135,9 @@ def server(data: Path, args: argparse.Namespace,
                                    stderr=subprocess.STDOUT)
     try:
         wait_ready(port, args.base_path, process, log_path)
-        measure.Client.token = bench_token(f"http://{HOST}:{port}/oauth/token", client_id, key)
+        if planbro:
+            measure.Client.token = bench_token(f"http://{HOST}:{port}/oauth/token", client_id,
+                                               key)
         yield port, process.pid
     finally:
         process.terminate()
@@ -359,6 +366,23 @@ def audit_cost_phase(data: Path, loaded: workload.Loaded, args: argparse.Namespa
     return out
 
 
+FLOOR = "answered at once"
+
+
+def floor_phase(data: Path, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """A request to an app that answers at once (:data:`FLOOR_APP`), under the same
+    gunicorn, from one client and from ``args.concurrency`` clients: what every figure
+    costs before the server does anything."""
+    with server(data, args, FLOOR_APP, planbro=False) as (port, pid):
+        clients = ThreadClients(port, args.base_path, args.concurrency)
+        try:
+            phase = measure_all(lambda n: {FLOOR: lambda t: clients(t).request(
+                "GET", "/Basic/floor")}, args, "http floor", pid)
+        finally:
+            clients.close()
+    return {label: stats[FLOOR].as_dict() for label, stats in phase.items()}
+
+
 def direct_phase(data: Path, loaded: workload.Loaded,
                  args: argparse.Namespace) -> tuple[Phase, list[dict[str, Any]]]:
     registry = Registry.load_default()
@@ -464,6 +488,11 @@ def report(result: dict[str, Any]) -> None:
             f"{c['unaudited_per_second']:>10,.1f} {c['throughput_ratio'] or 0:>5.2f}x "
             f"{_ms(c['audited_server_cpu_ms']):>11} {_ms(c['unaudited_server_cpu_ms']):>10}"
             for name, c in result["audit_cost"].items()])
+    low, busy = result["floor"]["latency"], result["floor"]["throughput"]
+    print(f"\nHTTP floor - the same gunicorn and clients, an app that answers at once "
+          f"(bench/floor.py): one client p50 {low['p50_ms']:.2f} ms, server CPU "
+          f"{_ms(low['server_cpu_ms'])} ms; {cfg['concurrency']} clients "
+          f"{busy['per_second']:,.1f}/s, server CPU {_ms(busy['server_cpu_ms'])} ms a request.")
     print(f"\nTargets (defined at 100,000 resources; this run: {load_info['resources']:,}):")
     for row in result["targets"]:
         unit = "/s" if row["figure"] == "per_second" else " ms p50"
@@ -524,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
             http, http_sizes = http_phase(port, pid, loaded, args)
         log("measuring the cost of auditing (the same server without its audit layer)")
         audit_cost = audit_cost_phase(data, loaded, args, http)
+        log("measuring the HTTP floor (an app that answers at once, under the same gunicorn)")
+        floor = floor_phase(data, args)
         log("measuring directly on the store")
         direct, direct_sizes = direct_phase(data, loaded, args)
         if args.keep:  # for --from: the people, and the number the next new one gets
@@ -541,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         "direct": _as_dicts(direct),
         "search_size": {"http": http_sizes, "direct": direct_sizes},
         "audit_cost": audit_cost,
+        "floor": floor,
     }
     result["targets"] = target_rows(result["http"], load_info["resources"])
     if args.keep:
