@@ -43,6 +43,7 @@ import workload  # noqa: E402
 from server.demo import demo_bundle  # noqa: E402
 from server.fhir.search.parse import parse_search  # noqa: E402
 from server.fhir.search.registry import Registry  # noqa: E402
+from server.fhir.types import STORED_TYPES  # noqa: E402
 from server.store.embedded import EmbeddedStore  # noqa: E402
 from server.store.port import RECORD_TYPES  # noqa: E402
 
@@ -438,7 +439,7 @@ def report(result: dict[str, Any]) -> None:
     http, direct = result["http"], result["direct"]
     if "copied_from" in load_info:
         print(f"\nMeasured on a copy of {load_info['copied_from']}: "
-              f"{load_info['resources']:,} resources besides the audit records. The run that "
+              f"{load_info['resources']:,} resources (besides the audit records). The run that "
               f"loaded its {load_info['people']:,} people stored "
               f"{load_info['loaded_resources']:,} resources in {load_info['seconds']} s "
               f"({load_info['resources_per_second']:,.0f}/s).")
@@ -516,12 +517,14 @@ def _as_dicts(phase: Phase) -> dict[str, dict[str, Any]]:
 
 
 def stored_resources(data: Path) -> int:
-    """The current resources in the data folder's file, besides AuditEvents and Provenances."""
+    """The current FHIR resources in the data folder's file, as the load counts them: not
+    the audit records (AuditEvents, Provenances) nor the server's own (access grants)."""
+    types = sorted(set(STORED_TYPES) - RECORD_TYPES)
     conn = sqlite3.connect(f"file:{data / 'planbro.db'}?mode=ro", uri=True)
     try:
-        marks = ", ".join("?" for _ in RECORD_TYPES)
+        marks = ", ".join("?" for _ in types)
         found: int = conn.execute(f"SELECT count(*) FROM resource WHERE deleted = 0 AND type "
-                                  f"NOT IN ({marks})", sorted(RECORD_TYPES)).fetchone()[0]
+                                  f"IN ({marks})", types).fetchone()[0]
         return found
     finally:
         conn.close()
