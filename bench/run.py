@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import people  # noqa: E402
 import workload  # noqa: E402
 
 from server.demo import demo_bundle  # noqa: E402
+from server.fhir.search.ast import SearchQuery  # noqa: E402
 from server.fhir.search.parse import parse_search  # noqa: E402
 from server.fhir.search.registry import Registry  # noqa: E402
 from server.fhir.types import STORED_TYPES  # noqa: E402
@@ -154,6 +154,12 @@ def server(data: Path, args: argparse.Namespace, app: str = AUDITED_APP,
 BENCH_SCOPE = "system/*.cruds planbro/admin planbro/audit"
 
 
+def data_store(data: Path, registry: Registry | None = None) -> EmbeddedStore:
+    """The store of a data folder, opened in this process (close it before the server
+    starts or after it stopped)."""
+    return EmbeddedStore((registry or Registry.load_default()).extract, data / "planbro.db")
+
+
 def register_bench_client(data: Path) -> tuple[str, Any]:
     """Register the benchmark's own system client (private_key_jwt) in the data folder's
     store, before the server starts."""
@@ -163,7 +169,7 @@ def register_bench_client(data: Path) -> tuple[str, Any]:
 
     client_id = "bench-system"
     key = jwk.ECKey.generate_key("P-256", parameters={"kid": "bench-1"})
-    store = EmbeddedStore(Registry.load_default().extract, data / "planbro.db")
+    store = data_store(data)
     try:
         ClientRegistry(store).put(ClientRecord(
             client_id=client_id, name="Benchmark load generator", scope=BENCH_SCOPE,
@@ -387,7 +393,7 @@ def floor_phase(data: Path, args: argparse.Namespace) -> dict[str, dict[str, Any
 def direct_phase(data: Path, loaded: workload.Loaded,
                  args: argparse.Namespace) -> tuple[Phase, list[dict[str, Any]]]:
     registry = Registry.load_default()
-    store = EmbeddedStore(registry.extract, data / "planbro.db")
+    store = data_store(data, registry)
     try:
         phase = measure_all(
             lambda n: workload.direct_operations(store, registry, loaded, n), args, "store")
@@ -517,17 +523,14 @@ def _as_dicts(phase: Phase) -> dict[str, dict[str, Any]]:
 
 
 def stored_resources(data: Path) -> int:
-    """The current FHIR resources in the data folder's file, as the load counts them: not
+    """The current FHIR resources in the data folder's store, as the load counts them: not
     the audit records (AuditEvents, Provenances) nor the server's own (access grants)."""
-    types = sorted(set(STORED_TYPES) - RECORD_TYPES)
-    conn = sqlite3.connect(f"file:{data / 'planbro.db'}?mode=ro", uri=True)
+    store = data_store(data)
     try:
-        marks = ", ".join("?" for _ in types)
-        found: int = conn.execute(f"SELECT count(*) FROM resource WHERE deleted = 0 AND type "
-                                  f"IN ({marks})", types).fetchone()[0]
-        return found
+        return sum(store.search(SearchQuery(type_, count=0, total=True)).total or 0
+                   for type_ in sorted(set(STORED_TYPES) - RECORD_TYPES))
     finally:
-        conn.close()
+        store.close()
 
 
 WORKLOAD_FILE = "bench-workload.json"
