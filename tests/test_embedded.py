@@ -156,6 +156,36 @@ def test_a_probe_reads_only_its_index(embedded: EmbeddedStore, probed: str) -> N
                and "(pk=? AND param=?" in line for line in plan), plan
 
 
+@pytest.mark.parametrize("sort", [False, True])
+def test_a_large_driver_gives_way_to_a_smaller_one(
+        embedded: EmbeddedStore, monkeypatch: pytest.MonkeyPatch, sort: bool) -> None:
+    """The ranks put a reference before a date, but when every task has that owner and few
+    were authored before the date, the date drives (sorted or not), with the same pages
+    and total as the plan the ranks choose."""
+    with embedded.unit_of_work() as uow:
+        for i in range(700):
+            uow.update("Task", f"t{i:03}", {
+                "resourceType": "Task", "status": "ready",
+                "owner": {"reference": "Practitioner/x0"},
+                "authoredOn": f"{2023 if i % 100 == 7 else 2024}-02-{1 + i % 28:02}"})
+    query = SearchQuery("Task", [_clause("Task.owner", ReferenceQuery("Practitioner", "x0")),
+                                 _clause("Task.authored-on", DateQuery("lt", *_DAY))],
+                        sort=[SortKey(PARAMS["Task.authored-on"])] if sort else [],
+                        count=3, total=True)
+    plan = embedded.explain(query)
+    assert any(line.startswith("SEARCH t") and "idx_date" in line for line in plan), plan
+    assert not any(line.startswith("SEARCH t") and "idx_reference" in line
+                   and "pk=?" not in line for line in plan), plan
+    found = embedded.search(query)
+    monkeypatch.setattr(embedded_engine, "ORDERED_PLAN_FROM", 10**9)  # the ranks' plan
+    assert not any("idx_date" in line and "pk=?" not in line
+                   for line in embedded.explain(query)), embedded.explain(query)
+    assert found == embedded.search(query)
+    ids = [r["id"] for r in found.resources]
+    assert found.total == 7 and len(ids) == 3 and all(i.endswith("07") for i in ids)
+    assert ids == ["t507", "t007", "t207"] or not sort  # by authored-on: 4, 8, 12 February
+
+
 def _tasks(store: EmbeddedStore, n: int) -> None:
     with store.unit_of_work() as uow:
         for i in range(n):
@@ -230,7 +260,7 @@ def test_the_ordered_plan_walks_the_update_order_index(embedded: EmbeddedStore) 
     compiled = compile_search(SearchQuery("Task", [
         _clause("Task.status", TokenQuery(None, "ready")),
         _clause("Task.for", ReferenceQuery("Patient", "3"))]), 0)
-    assert compiled.window is not None and compiled.estimate is not None
+    assert compiled.window is not None and compiled.plans[0].estimate is not None
     conn = sqlite3.connect(embedded.path)
     plan = [row[3] for row in conn.execute(
         "EXPLAIN QUERY PLAN " + compiled.window,

@@ -95,7 +95,7 @@ from .port import (
     now_instant,
     stamp,
 )
-from .sql_query import MAX_CHAR, CompiledSearch, compile_scope, compile_search
+from .sql_query import MAX_CHAR, CompiledSearch, Plan, compile_scope, compile_search
 
 ORDERED_PLAN_FROM = 500
 """A search in the default order walks the order (the ordered plan) when its driving index
@@ -380,27 +380,43 @@ class _Reader:
     def search(self, query: SearchQuery) -> SearchResult:
         compiled = compile_search(query, now_instant()[1])
         with self.snapshot():
+            plan, large = self.plan(compiled)
             total = None
-            if compiled.count is not None:
-                total = self.conn.execute(compiled.count, compiled.params).fetchone()[0]
-            rows = self._page(query, compiled) if query.count > 0 else []
+            if plan.count is not None:
+                total = self.conn.execute(plan.count, compiled.params).fetchone()[0]
+            rows = self._page(query, compiled, plan, large) if query.count > 0 else []
         return SearchResult([jsonio.loads(text) for (text,) in rows], total)
 
-    def _page(self, query: SearchQuery, compiled: CompiledSearch) -> list[tuple[str]]:
+    def plan(self, compiled: CompiledSearch) -> tuple[Plan, bool]:
+        """The driven plan to answer by, and whether its driver is large (at least
+        :data:`ORDERED_PLAN_FROM` index rows). The first plan (by rank) unless its driver is
+        large: then the next drivers are estimated in turn, until one is not large, and the
+        smallest drives (see :mod:`.sql_query`)."""
+        plans = compiled.plans
+        if plans[0].estimate is None or (len(plans) == 1 and compiled.window is None):
+            return plans[0], False
+        params = {**compiled.params, "cap": ORDERED_PLAN_FROM}
+        sized: list[tuple[int, int]] = []  # (estimate, position) of the plans estimated
+        for i, plan in enumerate(plans):
+            sized.append((self.conn.execute(str(plan.estimate), params).fetchone()[0], i))
+            if sized[-1][0] < ORDERED_PLAN_FROM:
+                break
+        size, best = min(sized)
+        return plans[best], size >= ORDERED_PLAN_FROM
+
+    def _page(self, query: SearchQuery, compiled: CompiledSearch, plan: Plan,
+              large: bool) -> list[tuple[str]]:
         """The page: by the ordered plan when the driver is large and a bounded prefix of the
-        order holds the whole page, else by the driven plan (see :mod:`.sql_query`)."""
+        order holds the whole page, else by the driven ``plan`` (see :mod:`.sql_query`)."""
         params = compiled.params
-        if compiled.window is not None and compiled.estimate is not None:
-            size = self.conn.execute(compiled.estimate, {**params, "cap": ORDERED_PLAN_FROM}
-                                     ).fetchone()[0]
-            if size >= ORDERED_PLAN_FROM:
-                bound = self._bound(str(query.type))
-                wms, wid = bound if bound is not None else (MAX_MS, MAX_CHAR)
-                rows = self.conn.execute(compiled.window,
-                                         {**params, "wms": wms, "wid": wid}).fetchall()
-                if len(rows) == query.count or bound is None:
-                    return rows
-        return self.conn.execute(compiled.select, params).fetchall()
+        if compiled.window is not None and large:
+            bound = self._bound(str(query.type))
+            wms, wid = bound if bound is not None else (MAX_MS, MAX_CHAR)
+            rows = self.conn.execute(compiled.window,
+                                     {**params, "wms": wms, "wid": wid}).fetchall()
+            if len(rows) == query.count or bound is None:
+                return rows
+        return self.conn.execute(plan.select, params).fetchall()
 
     def _bound(self, type_: str) -> tuple[int, str] | None:
         """Where the window of the ordered plan ends: the (time, id) of the resource of the
@@ -1045,10 +1061,14 @@ class EmbeddedStore(Store):
         return self._reader().search(query)
 
     def explain(self, query: SearchQuery) -> list[str]:
-        """SQLite's plan for the search ``query`` (``EXPLAIN QUERY PLAN`` details)."""
+        """SQLite's plan for the search ``query`` (``EXPLAIN QUERY PLAN`` details) by the
+        driven plan the search would answer by now."""
         compiled = compile_search(query, now_instant()[1])
-        rows = self._connection().execute("EXPLAIN QUERY PLAN " + compiled.select,
-                                          compiled.params).fetchall()
+        reader = self._reader()
+        with reader.snapshot():
+            plan, _ = reader.plan(compiled)
+            rows = reader.conn.execute("EXPLAIN QUERY PLAN " + plan.select,
+                                       compiled.params).fetchall()
         return [row[3] for row in rows]
 
     # -- server records (key-value) --------------------------------------------------------

@@ -71,6 +71,13 @@ are). The engine estimates the driver's size (``estimate``: at most ``cap`` inde
 walks only a bounded prefix of the order (``window``: rows up to ``:wms``/``:wid``); a prefix
 that holds the whole page holds exactly the page the driven plan would return, otherwise the
 driven plan answers.
+
+Which index condition drives: the rank of each condition's kind (:func:`_selectivity`) orders
+them, and the search has one driven plan per index condition in that order
+(``CompiledSearch.plans``). The rank is a guess about typical data; when the first driver
+turns out large (its estimate reaches the cap), the engine estimates the next ones and lets
+the smallest drive, so that, say, an overdue date drives a search of one common code rather
+than every resource with that code.
 """
 
 from __future__ import annotations
@@ -135,19 +142,34 @@ _SORT_COLUMNS: dict[str, tuple[str, str]] = {
 
 
 @dataclass(frozen=True)
-class CompiledSearch:
-    """``select`` returns the ``json`` of the requested page; ``count`` (when a total was
-    asked for) the number of matches. Both take ``params`` (named parameters).
-
-    For a search in the default order with an index condition: ``estimate`` counts the
-    driver's index rows up to ``:cap``; ``window`` is the ordered plan, returning the page
-    among the resources up to ``(:wms, :wid)`` in page order (see the module doc)."""
+class Plan:
+    """A driven plan: ``select`` returns the ``json`` of the requested page; ``count`` (when
+    a total was asked for) the number of matches; ``estimate`` (when an index condition
+    drives) counts the driver's index rows up to ``:cap``."""
 
     select: str
     count: str | None
-    params: dict[str, Any]
     estimate: str | None = None
+
+
+@dataclass(frozen=True)
+class CompiledSearch:
+    """``plans``: one driven plan per index condition, the most selective by rank first (one
+    plan when there is no index condition). All statements take ``params`` (named
+    parameters).
+
+    For a search in the default order with an index condition, ``window`` is the ordered
+    plan, returning the page among the resources up to ``(:wms, :wid)`` in page order (see
+    the module doc)."""
+
+    plans: tuple[Plan, ...]
+    params: dict[str, Any]
     window: str | None = None
+
+    @property
+    def select(self) -> str:
+        """The page by the plan the ranks choose."""
+        return self.plans[0].select
 
 
 def compile_search(query: SearchQuery, now_ms: int) -> CompiledSearch:
@@ -157,7 +179,6 @@ def compile_search(query: SearchQuery, now_ms: int) -> CompiledSearch:
                                 "search one resource type", code="not-supported")
     compiler = _Compiler(now_ms)
     parts = compiler.parts(query.type, "r", query.conditions, query.ids)
-    where = compiler.where(query.type, "r", parts)
     order = compiler.order_by(query.sort)
     params = compiler.params
     params["limit"] = query.count
@@ -170,22 +191,30 @@ def compile_search(query: SearchQuery, now_ms: int) -> CompiledSearch:
         return (f"{ctes}SELECT r.json FROM resource AS r WHERE r.pk IN (SELECT r.pk FROM "
                 f"{rows} ORDER BY {order} LIMIT :limit OFFSET :offset) ORDER BY {order}")
 
-    select = paged(f"resource AS r WHERE {where}")
-    count = f"{ctes}SELECT count(*) FROM resource AS r WHERE {where}" if query.total else None
+    def plan(driver: int, estimate: str | None) -> Plan:
+        where = compiler.where(query.type, "r", parts, driver=driver)
+        count = (f"{ctes}SELECT count(*) FROM resource AS r WHERE {where}"
+                 if query.total else None)
+        return Plan(paged(f"resource AS r WHERE {where}"), count, estimate)
+
     indexed = _indexed(parts)
-    if query.sort or not indexed:
-        return CompiledSearch(select, count, params)
+    if not indexed:
+        return CompiledSearch((plan(0, None),), params)
+    plans = tuple(plan(i, f"{ctes}SELECT count(*) FROM (SELECT 1 FROM ({p.sql}) LIMIT :cap)")
+                  for i, p in enumerate(indexed))
+    if query.sort:
+        return CompiledSearch(plans, params)
     walk = compiler.where(query.type, "r", parts, ordered=True)
     window = paged(f"resource AS r INDEXED BY resource_updated WHERE {walk} "
                    "AND (r.last_updated_ms, r.id) <= (:wms, :wid)")
-    estimate = f"{ctes}SELECT count(*) FROM (SELECT 1 FROM ({indexed[0].sql}) LIMIT :cap)"
-    return CompiledSearch(select, count, params, estimate, window)
+    return CompiledSearch(plans, params, window)
 
 
-def _indexed(parts: list[_Part]) -> list[_Part]:
-    """The index conditions, most selective (by rank) first: the first drives the driven
-    plan."""
-    return sorted((p for p in parts if p.pks), key=lambda p: p.rank)
+def _indexed(parts: list[_Part], driver: int = 0) -> list[_Part]:
+    """The index conditions, most selective (by rank) first, except that the ``driver`` th
+    of them comes first: the first drives the driven plan."""
+    ranked = sorted((p for p in parts if p.pks), key=lambda p: p.rank)
+    return ranked[driver:driver + 1] + ranked[:driver] + ranked[driver + 1:]
 
 
 def compile_scope(types: Sequence[str], within: Sequence[SearchQuery],
@@ -299,12 +328,14 @@ class _Compiler:
             parts.append(self._ids(type_, f"SELECT value FROM json_each({listed})"))
         return parts
 
-    def where(self, type_: str, r: str, parts: list[_Part], *, ordered: bool = False) -> str:
+    def where(self, type_: str, r: str, parts: list[_Part], *, ordered: bool = False,
+              driver: int = 0) -> str:
         """The predicate of ``parts``. Driven (default): the most selective index condition
-        drives the search and the other index conditions are tested row by row on what it
-        finds (instead of each being read in full). ``ordered``: every condition is tested
-        row by row (the rows come in page order from the caller's scan)."""
-        indexed = _indexed(parts)
+        (or the ``driver`` th by rank) drives the search and the other index conditions are
+        tested row by row on what it finds (instead of each being read in full).
+        ``ordered``: every condition is tested row by row (the rows come in page order from
+        the caller's scan)."""
+        indexed = _indexed(parts, driver)
         drivers = [f"{r}.pk IN ({p.sql})" if (i == 0 and not ordered) or p.probe is None
                    else p.probe for i, p in enumerate(indexed)]
         kind = f"+{r}.type" if drivers and not ordered else f"{r}.type"
