@@ -277,6 +277,7 @@ def test_the_ordered_plan_walks_the_update_order_index(embedded: EmbeddedStore) 
 def test_history_and_read_many_use_indexes(embedded: EmbeddedStore) -> None:
     conn = sqlite3.connect(embedded.path)
     plans = {
+        "journal span": embedded_engine.JOURNAL_SPAN,  # looked at after every few reads
         "history one": "SELECT * FROM history WHERE type = ? AND id = ? ORDER BY version DESC",
         "history type": "SELECT * FROM history WHERE type = ? AND last_updated_ms >= ? "
                         "ORDER BY last_updated_ms DESC, seq DESC LIMIT 5",

@@ -658,6 +658,11 @@ class _Pending:
     side: list[Row]
 
 
+JOURNAL_SPAN = "SELECT (SELECT min(seq) FROM journal), (SELECT max(seq) FROM journal)"
+"""The oldest and newest record numbers of the journal, each read from one end of its key
+(SQLite reads the whole table for ``SELECT min(seq), max(seq)``)."""
+
+
 def _pending(conn: sqlite3.Connection, records: RecordFile, limit: int | None,
              upto: tuple[int | None, int | None]) -> _Pending:
     """The oldest ``limit`` records of each journal, up to ``upto`` (see
@@ -892,7 +897,7 @@ class EmbeddedStore(Store):
         """How many records wait in the journal and the records file (about: the numbers
         between the oldest and the newest)."""
         conn = self._connection()
-        lo, hi = conn.execute("SELECT min(seq), max(seq) FROM journal").fetchone()
+        lo, hi = conn.execute(JOURNAL_SPAN).fetchone()
         waiting = self._records.last() - _mark(conn, self._records)
         return (hi - lo + 1 if lo is not None else 0) + max(waiting, 0)
 
