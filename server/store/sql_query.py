@@ -166,11 +166,6 @@ class CompiledSearch:
     params: dict[str, Any]
     window: str | None = None
 
-    @property
-    def select(self) -> str:
-        """The page by the plan the ranks choose."""
-        return self.plans[0].select
-
 
 def compile_search(query: SearchQuery, now_ms: int) -> CompiledSearch:
     """Compile ``query``; ``now_ms`` (epoch milliseconds) anchors the ``ap`` prefix."""
