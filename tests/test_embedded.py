@@ -260,7 +260,7 @@ def test_the_ordered_plan_walks_the_update_order_index(embedded: EmbeddedStore) 
     compiled = compile_search(SearchQuery("Task", [
         _clause("Task.status", TokenQuery(None, "ready")),
         _clause("Task.for", ReferenceQuery("Patient", "3"))]), 0)
-    assert compiled.window is not None and compiled.plans[0].estimate is not None
+    assert compiled.window is not None and compiled.estimates
     conn = sqlite3.connect(embedded.path)
     plan = [row[3] for row in conn.execute(
         "EXPLAIN QUERY PLAN " + compiled.window,

@@ -389,20 +389,20 @@ class _Reader:
 
     def plan(self, compiled: CompiledSearch) -> tuple[Plan, bool]:
         """The driven plan to answer by, and whether its driver is large (at least
-        :data:`ORDERED_PLAN_FROM` index rows). The first plan (by rank) unless its driver is
-        large: then the next drivers are estimated in turn, until one is not large, and the
+        :data:`ORDERED_PLAN_FROM` index rows). The first by rank unless its driver is large:
+        then the next drivers are estimated in turn, until one is not large, and the
         smallest drives (see :mod:`.sql_query`)."""
-        plans = compiled.plans
-        if plans[0].estimate is None or (len(plans) == 1 and compiled.window is None):
-            return plans[0], False
+        estimates = compiled.estimates
+        if not estimates or (len(estimates) == 1 and compiled.window is None):
+            return compiled.driven(0), False
         params = {**compiled.params, "cap": ORDERED_PLAN_FROM}
-        sized: list[tuple[int, int]] = []  # (estimate, position) of the plans estimated
-        for i, plan in enumerate(plans):
-            sized.append((self.conn.execute(str(plan.estimate), params).fetchone()[0], i))
+        sized: list[tuple[int, int]] = []  # (estimate, position) of the drivers estimated
+        for i, estimate in enumerate(estimates):
+            sized.append((self.conn.execute(estimate, params).fetchone()[0], i))
             if sized[-1][0] < ORDERED_PLAN_FROM:
                 break
         size, best = min(sized)
-        return plans[best], size >= ORDERED_PLAN_FROM
+        return compiled.driven(best), size >= ORDERED_PLAN_FROM
 
     def _page(self, query: SearchQuery, compiled: CompiledSearch, plan: Plan,
               large: bool) -> list[tuple[str]]:

@@ -67,24 +67,24 @@ every match from the most selective index condition and sorts them (its cost gro
 number of matches); the ordered plan walks the type's resources in page order through the
 ``(type, deleted, last_updated_ms, id)`` index and tests each row against every condition,
 stopping when the page is full (its cost grows with the page and how sparse the matches
-are). The engine estimates the driver's size (``estimate``: at most ``cap`` index rows) and
+are). The engine estimates the driver's size (``estimates``: at most ``cap`` index rows) and
 walks only a bounded prefix of the order (``window``: rows up to ``:wms``/``:wid``); a prefix
 that holds the whole page holds exactly the page the driven plan would return, otherwise the
 driven plan answers.
 
 Which index condition drives: the rank of each condition's kind (:func:`_selectivity`) orders
-them, and the search has one driven plan per index condition in that order
-(``CompiledSearch.plans``). The rank is a guess about typical data; when the first driver
-turns out large (its estimate reaches the cap), the engine estimates the next ones and lets
-the smallest drive, so that, say, an overdue date drives a search of one common code rather
-than every resource with that code.
+them, and the search can be driven by each of them in turn (``CompiledSearch.driven``). The
+rank is a guess about typical data; when the first driver turns out large (its estimate
+reaches the cap), the engine estimates the next ones and lets the smallest drive, so that,
+say, an overdue date drives a search of one common code rather than every resource with that
+code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,25 +144,26 @@ _SORT_COLUMNS: dict[str, tuple[str, str]] = {
 @dataclass(frozen=True)
 class Plan:
     """A driven plan: ``select`` returns the ``json`` of the requested page; ``count`` (when
-    a total was asked for) the number of matches; ``estimate`` (when an index condition
-    drives) counts the driver's index rows up to ``:cap``."""
+    a total was asked for) the number of matches."""
 
     select: str
     count: str | None
-    estimate: str | None = None
 
 
 @dataclass(frozen=True)
 class CompiledSearch:
-    """``plans``: one driven plan per index condition, the most selective by rank first (one
-    plan when there is no index condition). All statements take ``params`` (named
-    parameters).
+    """``estimates``: for each index condition, the most selective by rank first, a count of
+    its index rows up to ``:cap`` (empty when there is no index condition). ``driven(i)``:
+    the driven plan whose driver is the ``i`` th of them (0 without an index condition); it
+    is compiled when asked for, adding its parameters to ``params``, which every statement
+    takes.
 
     For a search in the default order with an index condition, ``window`` is the ordered
     plan, returning the page among the resources up to ``(:wms, :wid)`` in page order (see
     the module doc)."""
 
-    plans: tuple[Plan, ...]
+    estimates: tuple[str, ...]
+    driven: Callable[[int], Plan]
     params: dict[str, Any]
     window: str | None = None
 
@@ -172,8 +173,9 @@ def compile_search(query: SearchQuery, now_ms: int) -> CompiledSearch:
     if query.type is None:
         raise FhirError.of(400, "Searching across all resource types is not supported; "
                                 "search one resource type", code="not-supported")
+    type_ = query.type
     compiler = _Compiler(now_ms)
-    parts = compiler.parts(query.type, "r", query.conditions, query.ids)
+    parts = compiler.parts(type_, "r", query.conditions, query.ids)
     order = compiler.order_by(query.sort)
     params = compiler.params
     params["limit"] = query.count
@@ -186,23 +188,20 @@ def compile_search(query: SearchQuery, now_ms: int) -> CompiledSearch:
         return (f"{ctes}SELECT r.json FROM resource AS r WHERE r.pk IN (SELECT r.pk FROM "
                 f"{rows} ORDER BY {order} LIMIT :limit OFFSET :offset) ORDER BY {order}")
 
-    def plan(driver: int, estimate: str | None) -> Plan:
-        where = compiler.where(query.type, "r", parts, driver=driver)
+    def driven(driver: int) -> Plan:
+        where = compiler.where(type_, "r", parts, driver=driver)
         count = (f"{ctes}SELECT count(*) FROM resource AS r WHERE {where}"
                  if query.total else None)
-        return Plan(paged(f"resource AS r WHERE {where}"), count, estimate)
+        return Plan(paged(f"resource AS r WHERE {where}"), count)
 
-    indexed = _indexed(parts)
-    if not indexed:
-        return CompiledSearch((plan(0, None),), params)
-    plans = tuple(plan(i, f"{ctes}SELECT count(*) FROM (SELECT 1 FROM ({p.sql}) LIMIT :cap)")
-                  for i, p in enumerate(indexed))
-    if query.sort:
-        return CompiledSearch(plans, params)
-    walk = compiler.where(query.type, "r", parts, ordered=True)
+    estimates = tuple(f"{ctes}SELECT count(*) FROM (SELECT 1 FROM ({p.sql}) LIMIT :cap)"
+                      for p in _indexed(parts))
+    if query.sort or not estimates:
+        return CompiledSearch(estimates, driven, params)
+    walk = compiler.where(type_, "r", parts, ordered=True)
     window = paged(f"resource AS r INDEXED BY resource_updated WHERE {walk} "
                    "AND (r.last_updated_ms, r.id) <= (:wms, :wid)")
-    return CompiledSearch(plans, params, window)
+    return CompiledSearch(estimates, driven, params, window)
 
 
 def _indexed(parts: list[_Part], driver: int = 0) -> list[_Part]:
