@@ -686,6 +686,27 @@ def test_a_version_3_file_gets_the_target_indexes(db: Path) -> None:
     store.close()
 
 
+def test_rows_bound_one_by_one_are_the_rows_read_from_json(db: Path) -> None:
+    """The records process binds each row (``alone``); other writers read the rows from one
+    JSON array: both store the same values, of the same SQL types."""
+    store = embedded_store(db)
+    conn = store._connection()
+    rows = [("AuditEvent", "p", 1.5, "http://unitsofmeasure.org", "mg", "mg"),
+            ("AuditEvent", "p", 3.0, "", "", ""), ("AuditEvent", "q", -0.1, "s", "c", "år"),
+            ("AuditEvent", "q", 1e300, "s", "c", "\"quoted\"")]
+    stored = {}
+    for alone, first in ((False, 1), (True, 101)):
+        embedded_engine._insert_rows(conn, "idx_quantity", [
+            (pk, *row) for pk, row in enumerate(rows, first)], alone=alone)
+        stored[alone] = conn.execute(
+            "SELECT pk - ?, type, param, value, typeof(value), system, code, unit, typeof(unit) "
+            "FROM idx_quantity WHERE pk >= ? AND pk < ? ORDER BY pk",
+            (first, first, first + 100)).fetchall()
+    assert stored[True] == stored[False] and len(stored[True]) == len(rows)
+    assert {r[4] for r in stored[True]} == {"real"} and stored[True][3][3] == 1e300
+    store.close()
+
+
 def _count_events(store: EmbeddedStore) -> int | None:
     return store.search(SearchQuery("AuditEvent", count=0, total=True)).total
 
