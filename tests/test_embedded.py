@@ -686,6 +686,32 @@ def test_a_version_3_file_gets_the_target_indexes(db: Path) -> None:
     store.close()
 
 
+def test_a_thread_waiting_for_the_movers_lock_tries_it_every_few_milliseconds(
+        db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch holds the mover's lock for tens of milliseconds: who waits for it pauses up to
+    :data:`MOVER_POLL_MAX_S` between tries, not the writers' 0.2 ms (hundreds of tries)."""
+    store = embedded_store(db)
+    tries = []
+    real_flock = journal.fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        if operation & journal.fcntl.LOCK_NB:
+            tries.append(fd)
+        real_flock(fd, operation)
+
+    holder = os.open(f"{db}.move.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    journal.fcntl.flock(holder, journal.fcntl.LOCK_EX)  # another process moves a batch
+    threading.Timer(0.2, journal.fcntl.flock, (holder, journal.fcntl.LOCK_UN)).start()
+    monkeypatch.setattr(journal.fcntl, "flock", flock)
+    begin = time.monotonic()
+    with store._mover.hold():
+        waited = time.monotonic() - begin
+    os.close(holder)
+    assert waited >= 0.19
+    assert len(tries) <= waited / embedded_engine.MOVER_POLL_MAX_S + 12
+    store.close()
+
+
 def test_rows_bound_one_by_one_are_the_rows_read_from_json(db: Path) -> None:
     """The records process binds each row (``alone``); other writers read the rows from one
     JSON array: both store the same values, of the same SQL types."""

@@ -115,12 +115,14 @@ class WriterLock:
     process on a mutex, processes on an advisory lock of ``<file>.lock``. SQLite's own busy
     handler sleeps in steps of up to 100 ms, which would make writers that merely queue wait
     far longer than the writes take. One thread of a process at a time tries the file lock,
-    every :data:`LOCK_POLL_MAX_S` at most: a write holds it for a few milliseconds, and a
-    longer pause leaves it free while the next writer sleeps."""
+    every :data:`LOCK_POLL_MAX_S` at most (or ``poll_max``): a write holds it for a few
+    milliseconds, and a longer pause leaves it free while the next writer sleeps."""
 
-    def __init__(self, path: Path, timeout: Callable[[], float]) -> None:
+    def __init__(self, path: Path, timeout: Callable[[], float], *,
+                 poll_max: float | None = None) -> None:
         self._path = Path(f"{path}.lock")
         self._timeout = timeout
+        self._poll_max = LOCK_POLL_MAX_S if poll_max is None else poll_max
         self._thread_lock = threading.Lock()
         self._fd_guard = threading.Lock()
         self._owner = 0
@@ -143,7 +145,7 @@ class WriterLock:
                     if time.monotonic() > deadline:
                         raise busy() from None
                     time.sleep(pause)
-                    pause = min(pause * 2, LOCK_POLL_MAX_S)
+                    pause = min(pause * 2, self._poll_max)
             try:
                 yield
             finally:
