@@ -276,10 +276,12 @@ def test_the_ordered_plan_walks_the_update_order_index(embedded: EmbeddedStore) 
 
 def test_history_and_read_many_use_indexes(embedded: EmbeddedStore) -> None:
     conn = sqlite3.connect(embedded.path)
+    columns = embedded_engine._H_VERSION_COLUMNS  # a record's JSON: from its resource row
     plans = {
         "journal span": embedded_engine.JOURNAL_SPAN,  # looked at after every few reads
-        "history one": "SELECT * FROM history WHERE type = ? AND id = ? ORDER BY version DESC",
-        "history type": "SELECT * FROM history WHERE type = ? AND last_updated_ms >= ? "
+        "history one": f"SELECT {columns} FROM history WHERE type = ? AND id = ? "
+                       "ORDER BY version DESC",
+        "history type": f"SELECT {columns} FROM history WHERE type = ? AND last_updated_ms >= ? "
                         "ORDER BY last_updated_ms DESC, seq DESC LIMIT 5",
         "read many": "SELECT r.* FROM (VALUES (?, ?), (?, ?)) AS v JOIN resource AS r "
                      "ON r.type = v.column1 AND r.id = v.column2 WHERE r.deleted = 0",
@@ -553,6 +555,37 @@ def _record(store: EmbeddedStore, n: int) -> None:
     with store.unit_of_work() as uow:
         for _ in range(n):
             uow.record("AuditEvent", _EVENT)
+
+
+def test_a_record_is_stored_once_and_its_history_shows_it(
+        embedded: EmbeddedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A moved record's history row leaves the JSON to its current row; vread and history
+    show it all the same, and a version replaced later (an administrative system may update
+    or delete a record) keeps its own JSON."""
+    monkeypatch.setattr(EmbeddedStore, "_wake_drainer", lambda self: None)
+    _record(embedded, 1)  # a write's record: the main journal
+    embedded.record([("AuditEvent", {**_EVENT, "outcome": "4"})])  # a read's: the records file
+    found = embedded.search(SearchQuery("AuditEvent", count=10)).resources
+    assert len(found) == 2
+    conn = embedded._connection()
+    assert conn.execute("SELECT count(*) FROM history WHERE type = 'AuditEvent' "
+                        "AND json IS NULL AND deleted = 0").fetchone()[0] == 2
+    for event in found:
+        version = embedded.vread("AuditEvent", event["id"], 1)
+        assert version is not None and version.resource == event and not version.deleted
+    listed, total = embedded.history("AuditEvent")
+    assert total == 2 and sorted(v.resource["outcome"] for v in listed) == ["0", "4"]
+    first, second = found
+    changed = {**first, "outcome": "8"}
+    with embedded.unit_of_work() as uow:
+        uow.update("AuditEvent", first["id"], changed)
+        assert uow.delete("AuditEvent", second["id"]) is not None
+    assert embedded.vread("AuditEvent", first["id"], 1).resource == first
+    assert embedded.vread("AuditEvent", first["id"], 2).resource["outcome"] == "8"
+    assert embedded.vread("AuditEvent", second["id"], 1).resource == second
+    assert embedded.vread("AuditEvent", second["id"], 2).deleted
+    history, _ = embedded.history("AuditEvent", first["id"])
+    assert [v.resource["outcome"] for v in history] == ["8", "0"]
 
 
 def test_a_read_moves_what_the_background_has_not(embedded: EmbeddedStore,

@@ -4,7 +4,10 @@ Layout (schema version in ``PRAGMA user_version``):
 
 * ``resource`` - the current version of every resource (tombstones included), the JSON as
   stored, and the server-owned fields beside it;
-* ``history`` - every version, tombstones included, in commit order (``seq``);
+* ``history`` - every version, tombstones included, in commit order (``seq``); a record's
+  version (see below) leaves its JSON to its ``resource`` row, which holds the same version:
+  a record is stored once, not twice (a version that is changed later gets its JSON back
+  first);
 * ``idx_token``, ``idx_reference``, ``idx_date``, ``idx_string``, ``idx_uri``, ``idx_number``,
   ``idx_quantity`` - the index values of the current, non-deleted versions, filled at write
   time from the indexer and keyed by resource ``pk``, resource ``type`` and parameter code;
@@ -109,7 +112,7 @@ walks the window)."""
 
 _log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DRAIN_BATCH = 100
 """Journalled records moved into the tables per transaction, of each journal. Their index
 values are computed before the transaction, which holds the write lock for the inserts, so
@@ -168,8 +171,11 @@ row."""
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: _JOURNAL, 2: ("DROP INDEX idx_token_pk", "DROP INDEX idx_reference_pk", *_PROBES),
     3: ("DROP INDEX idx_reference_target", "DROP INDEX idx_reference_url",
-        "DROP INDEX idx_token_text", *_TARGETS)}
-"""The statements that bring a file from a schema version to the next one."""
+        "DROP INDEX idx_token_text", *_TARGETS),
+    4: ()}
+"""The statements that bring a file from a schema version to the next one (4 to 5: records
+moved from then on leave their JSON out of ``history``, which an older server would take for
+a deletion)."""
 
 _SCHEMA: tuple[str, ...] = (
     """CREATE TABLE resource (
@@ -246,6 +252,11 @@ _INDEX_TABLES = ("idx_token", "idx_reference", "idx_date", "idx_string", "idx_ur
 
 _VERSION_COLUMNS = "type, id, version, last_updated, deleted, method, json"
 _R_VERSION_COLUMNS = ", ".join(f"r.{c}" for c in _VERSION_COLUMNS.split(", "))
+_H_VERSION_COLUMNS = _VERSION_COLUMNS.replace(
+    "json", "coalesce(json, (SELECT r.json FROM resource AS r WHERE r.type = history.type "
+    "AND r.id = history.id AND r.version = history.version))")
+"""The columns of a version read from ``history``: a record's JSON is in its ``resource`` row
+(a row of a deletion has none)."""
 
 
 def _index_rows(values: IndexValues) -> dict[str, list[tuple[Any, ...]]]:
@@ -338,7 +349,8 @@ class _Reader:
 
     def vread(self, type_: str, id_: str, version: int) -> Version | None:
         row = self.conn.execute(
-            f"SELECT {_VERSION_COLUMNS} FROM history WHERE type = ? AND id = ? AND version = ?",
+            f"SELECT {_H_VERSION_COLUMNS} FROM history "
+            "WHERE type = ? AND id = ? AND version = ?",
             (type_, id_, version)).fetchone()
         return None if row is None else _version(row)
 
@@ -382,7 +394,7 @@ class _Reader:
             total = self.conn.execute(
                 f"{ctes}SELECT count(*) FROM history WHERE {condition}", params).fetchone()[0]
             rows = self.conn.execute(
-                f"{ctes}SELECT {_VERSION_COLUMNS} FROM history WHERE {condition} "
+                f"{ctes}SELECT {_H_VERSION_COLUMNS} FROM history WHERE {condition} "
                 f"ORDER BY {order} LIMIT :count OFFSET :offset",
                 {**params, "count": count, "offset": offset}).fetchall()
         return [_version(row) for row in rows], total
@@ -512,7 +524,8 @@ class _EmbeddedUnitOfWork(UnitOfWork):
         :meth:`RecordFile.forget`). They are read here, under the write lock: what a caller
         read before taking it may have been moved by another process meanwhile.
         ``prepared``: index rows computed beforehand, by record; ``alone``: see
-        :func:`_insert_rows`. Returns what was moved."""
+        :func:`_insert_rows`. A record's history row leaves its JSON to its ``resource``
+        row (:data:`_H_VERSION_COLUMNS`). Returns what was moved."""
         self._check_open()
         now = _pending(self._conn, self._records, limit, upto)
         rows = now.journal + now.side
@@ -527,7 +540,7 @@ class _EmbeddedUnitOfWork(UnitOfWork):
         for pk, row in enumerate(rows, first):
             _, type_, id_, instant, ms, text = row
             current.append((pk, type_, id_, 1, instant, ms, 0, "POST", text))
-            history.append((type_, id_, 1, instant, ms, 0, "POST", text))
+            history.append((type_, id_, 1, instant, ms, 0, "POST", None))
             for table, found in index_rows[id_].items():
                 index.setdefault(table, []).extend((pk, type_, *value) for value in found)
         _insert_rows(self._conn, "resource (pk, type, id, version, last_updated, "
@@ -566,6 +579,7 @@ class _EmbeddedUnitOfWork(UnitOfWork):
                 self._claim_keys(type_, id_, keys, replace=True)
             if current is None:
                 return self._write(type_, id_, 1, resource, method, pk=None), True
+            self._keep_json(type_, id_, current)
             version = self._write(type_, id_, current.version + 1, resource, method,
                                   pk=current.pk)
             return version, live is None
@@ -578,6 +592,7 @@ class _EmbeddedUnitOfWork(UnitOfWork):
                 raise VersionConflict(type_, id_, if_match, live)
             if live is None or current is None:
                 return None
+            self._keep_json(type_, id_, current)
             instant, ms = now_instant()
             tombstone = Version(type_, id_, live + 1, instant, True, None, "DELETE")
             self._conn.execute(
@@ -645,6 +660,15 @@ class _EmbeddedUnitOfWork(UnitOfWork):
         version = Version(type_, id_, number, instant, False, stored, method)
         self._add_history(version, ms, text)
         return version
+
+    def _keep_json(self, type_: str, id_: str, current: _Current) -> None:
+        """Before the current version of a record is replaced: its history row gets the JSON
+        it left to the ``resource`` row (:meth:`move`)."""
+        if type_ in RECORD_TYPES and not current.deleted:
+            self._conn.execute(
+                "UPDATE history SET json = (SELECT json FROM resource WHERE pk = ?) "
+                "WHERE type = ? AND id = ? AND version = ? AND json IS NULL",
+                (current.pk, type_, id_, current.version))
 
     def _clear_index(self, pk: int) -> None:
         for table in _INDEX_TABLES:
