@@ -62,7 +62,14 @@ def test_nobody_else_reads_audit_events_but_auditors(world: World) -> None:
         assert world.get(caller, f"AuditEvent/{event_id}").status_code == 404, caller
         if caller != "self:active":  # who reads only their own
             assert world.bundle(caller, "AuditEvent?_total=accurate")["total"] == 0, caller
-    assert world.get("auditor", f"AuditEvent/{event_id}").status_code == 200
+    current = world.get("auditor", f"AuditEvent/{event_id}")
+    assert current.status_code == 200
+    for path in (f"AuditEvent/{event_id}/_history/1", f"AuditEvent/{event_id}/_history"):
+        found = world.get("auditor", path)  # its history holds it once stored
+        assert found.status_code == 200, path
+        body = found.json()
+        assert (body if path.endswith("/1") else body["entry"][0]["resource"]) == \
+            current.json(), path
     everyone = world.bundle("auditor", "AuditEvent?_count=1000")["entry"]
     people = set().union(*(_people(e["resource"]) for e in everyone))
     assert {"Patient/active", "Patient/limited"} <= people
