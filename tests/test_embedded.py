@@ -732,7 +732,7 @@ def test_a_thread_waiting_for_the_movers_lock_tries_it_every_few_milliseconds(
             tries.append(fd)
         real_flock(fd, operation)
 
-    holder = os.open(f"{db}.move.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    holder = os.open(store._mover._path, os.O_RDWR | os.O_CREAT, 0o600)
     journal.fcntl.flock(holder, journal.fcntl.LOCK_EX)  # another process moves a batch
     threading.Timer(0.2, journal.fcntl.flock, (holder, journal.fcntl.LOCK_UN)).start()
     monkeypatch.setattr(journal.fcntl, "flock", flock)
