@@ -147,7 +147,8 @@ class Stats:
     first_error: str | None = None
     server_cpu_ms: float | None = None
     """CPU time the server's processes spent per operation (all of them: it does not
-    depend on how the work was spread over them)."""
+    depend on how the work was spread over them), the work they deferred included: it is
+    counted until they are quiet again (:func:`settle`)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,6 +179,32 @@ def tree_cpu_seconds(root: int) -> float | None:
     return sum(spent.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
+QUIET_SHARE = 0.05
+"""A server is quiet when its processes use less than this share of one CPU ..."""
+QUIET_WINDOW_S = 0.25
+"""... over this long."""
+SETTLE_TIMEOUT_S = 120.0
+"""The longest :func:`settle` waits for a server that stays busy."""
+
+
+def settle(root: int) -> float | None:
+    """Wait until the server whose first process is ``root`` is quiet: the work it deferred
+    (moving audit records into their tables, checkpoints) is done. Returns the CPU time its
+    processes had spent by then (:func:`tree_cpu_seconds`); None where that is unknown.
+
+    Between the figures of a run this keeps what one operation left behind from being
+    charged to the next one (and lets the next one start from the same state)."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    spent = tree_cpu_seconds(root)
+    while spent is not None and time.monotonic() < deadline:
+        time.sleep(QUIET_WINDOW_S)
+        now = tree_cpu_seconds(root)
+        if now is None or now - spent < QUIET_SHARE * QUIET_WINDOW_S:
+            return now
+        spent = now
+    return spent
+
+
 def percentile(sorted_ms: list[float], fraction: float) -> float:
     """Nearest-rank percentile of an ascending list (0.0 when empty)."""
     if not sorted_ms:
@@ -190,7 +217,10 @@ def run(name: str, operation: Operation, *, concurrency: int, duration: float,
         max_count: int, server: int | None = None) -> Stats:
     """Run ``operation`` from ``concurrency`` threads until ``duration`` seconds have passed
     or ``max_count`` operations have started, whichever comes first. ``server``: the id of
-    the server's (first) process, for :attr:`Stats.server_cpu_ms`."""
+    the server's (first) process, for :attr:`Stats.server_cpu_ms`; the run then starts once
+    the server is quiet, and its CPU time is counted until it is quiet again
+    (:func:`settle`)."""
+    cpu_before = None if server is None else settle(server)
     lock = threading.Lock()
     started = 0
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
@@ -218,7 +248,6 @@ def run(name: str, operation: Operation, *, concurrency: int, duration: float,
             mine.append((time.perf_counter() - t0) * 1000)
 
     begin = time.perf_counter()
-    cpu_before = None if server is None else tree_cpu_seconds(server)
     threads = [threading.Thread(target=worker, args=(i,), daemon=True)
                for i in range(concurrency)]
     for t in threads:
@@ -226,7 +255,7 @@ def run(name: str, operation: Operation, *, concurrency: int, duration: float,
     for t in threads:
         t.join()
     seconds = time.perf_counter() - begin
-    cpu_after = None if server is None else tree_cpu_seconds(server)
+    cpu_after = None if server is None else settle(server)
     merged = sorted(ms for per_thread in latencies for ms in per_thread)
     server_cpu_ms = None
     if cpu_before is not None and cpu_after is not None and merged:

@@ -1,0 +1,77 @@
+"""The benchmark's measuring tools (bench/measure.py) on real processes: a figure's server
+CPU time counts what the server's processes did after the answers were given, and the next
+figure starts only once that work is done."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("bench_measure", ROOT / "bench" / "measure.py")
+assert _spec is not None and _spec.loader is not None
+measure = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = measure
+_spec.loader.exec_module(measure)
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(),
+                                reason="the benchmark reads CPU times from Linux's /proc")
+
+BUSY_S = 0.6
+# A "server" whose child process goes on working after the parent has answered (as the
+# records process moves audit records), then idles.
+_CHILD = f"""
+import time
+start = time.process_time()
+while time.process_time() - start < {BUSY_S}:
+    pass
+time.sleep(60)
+"""
+_PARENT = f"""
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", {_CHILD!r}])
+time.sleep(60)
+"""
+
+
+def test_settle_waits_until_the_deferred_work_of_a_child_process_is_done() -> None:
+    server = subprocess.Popen([sys.executable, "-c", _PARENT])
+    try:
+        began = time.monotonic()
+        spent = measure.settle(server.pid)
+        waited = time.monotonic() - began
+        assert spent is not None and spent >= BUSY_S
+        assert waited < measure.SETTLE_TIMEOUT_S
+        # quiet now: it stays put
+        again = measure.tree_cpu_seconds(server.pid)
+        assert again is not None and again - spent < 0.05
+    finally:
+        for child in _children(server.pid):
+            os.kill(child, signal.SIGKILL)
+        server.kill()
+        server.wait()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if entry.isdigit() and int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_settle_returns_none_for_a_process_that_is_gone() -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert measure.settle(gone.pid) is None
