@@ -996,3 +996,43 @@ def test_acknowledged_records_survive_kill_9(db: Path) -> None:
     assert _journalled(store) == 0
     assert store._connection().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     store.close()
+
+
+def test_a_request_over_the_backlog_waits_for_the_mover_at_work_instead_of_queueing(
+        embedded: EmbeddedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(EmbeddedStore, "_wake_drainer", lambda self: None)
+    monkeypatch.setattr(embedded_engine, "BACKLOG_CHECK_EVERY", 1)
+    monkeypatch.setattr(embedded_engine, "BACKLOG_LIMIT", 10**9)
+    embedded.record([("AuditEvent", _EVENT)] * 20)  # behind, unchecked
+    monkeypatch.setattr(embedded_engine, "BACKLOG_LIMIT", 5)
+    moving, moved, returned = threading.Event(), threading.Event(), threading.Event()
+    released = threading.Event()
+    seen: list[bool] = []
+
+    def mover() -> None:  # holds the mover's lock, moves everything, then holds on a while
+        with embedded._mover.hold():
+            moving.set()
+            time.sleep(0.2)
+            with embedded.unit_of_work() as uow:
+                assert isinstance(uow, embedded_engine._EmbeddedUnitOfWork)
+                uow.move(None, (None, None))
+            moved.set()
+            returned.wait(5)
+            released.set()
+
+    def request() -> None:
+        embedded.record([("AuditEvent", _EVENT)])
+        seen.append(released.is_set())
+        returned.set()
+
+    holder = threading.Thread(target=mover, daemon=True)
+    holder.start()
+    assert moving.wait(5)
+    asker = threading.Thread(target=request, daemon=True)
+    asker.start()
+    time.sleep(0.1)
+    assert not returned.is_set()  # over the backlog: it waits
+    assert returned.wait(5) and moved.is_set()  # back once the mover has caught up ...
+    assert seen == [False]  # ... without waiting for its lock
+    holder.join(5)
+    assert _count_events(embedded) == 21

@@ -130,6 +130,9 @@ AUTOCHECKPOINT_PAGES = 20000
 mover does not: a process that never records)."""
 DRAIN_DELAY_S = 0.01
 """How long the background thread lets records gather before it moves them."""
+HELP_PAUSE_S = 0.01
+"""How often a request that waits for the mover (:meth:`EmbeddedStore._recorded`) looks at
+the backlog again (a look costs three queries; a batch takes tens of milliseconds)."""
 RECORDS_POLL_S = 0.02
 """How often the records process looks for records to move."""
 RECORDS_GATHER_S = 0.1
@@ -915,17 +918,26 @@ class EmbeddedStore(Store):
 
     def _recorded(self) -> None:
         """After records were stored: the mover moves them; when it is more than
-        :data:`BACKLOG_LIMIT` records behind, the request that recorded moves batches itself
+        :data:`BACKLOG_LIMIT` records behind, the request that recorded does not return
         until it is not (so the journal cannot outgrow what a reader of the records waits
-        for). The backlog is looked at every :data:`BACKLOG_CHECK_EVERY` requests."""
+        for). While the mover is at work, the request waits for it (a batch moved by a
+        request thread took 180-290 ms, several times what the records process takes,
+        and requests queued behind each other's batches for up to a second); when nobody
+        moves, it moves batches itself. The backlog is looked at every
+        :data:`BACKLOG_CHECK_EVERY` requests."""
         self._wake_drainer()
         self._unchecked += 1
         if self._unchecked < BACKLOG_CHECK_EVERY:
             return
         self._unchecked = 0
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
         try:
-            while self._backlog() > BACKLOG_LIMIT and self._drain(DRAIN_BATCH):
-                pass
+            while self._backlog() > BACKLOG_LIMIT and time.monotonic() < deadline:
+                moved = self._drain(DRAIN_BATCH, block=False)
+                if moved is None:  # the mover is at work
+                    time.sleep(HELP_PAUSE_S)
+                elif not moved:
+                    return
         except Exception:  # the records are stored; the mover moves them later
             _log.warning("could not help move journalled records into %s", self.path,
                          exc_info=True)
@@ -1039,13 +1051,16 @@ class EmbeddedStore(Store):
             self._records.append(rows)
             self._recorded()
 
-    def _drain(self, limit: int, upto: tuple[int, int] | None = None) -> bool:
+    def _drain(self, limit: int, upto: tuple[int, int] | None = None, *,
+               block: bool = True) -> bool | None:
         """Move up to ``limit`` records of each journal (those up to ``upto``: the journal's
         and the records file's numbers) into the tables; True when more may be left. Their
         index values are computed before the write lock is taken, so writes wait only for
-        the inserts."""
+        the inserts. ``block`` False: None at once when another holds the mover's lock."""
         bounds: tuple[int | None, int | None] = upto if upto is not None else (None, None)
-        with self._mover.hold():
+        with self._mover.hold(block=block) as held:
+            if not held:
+                return None
             pending = _pending(self._connection(), self._records, limit, bounds)
             if not pending.journal and not pending.side:
                 return False

@@ -129,7 +129,14 @@ class WriterLock:
         self._fd = -1
 
     @contextmanager
-    def hold(self) -> Iterator[None]:
+    def hold(self, *, block: bool = True) -> Iterator[bool]:
+        """Hold the lock for the ``with`` block, which gets True. ``block`` False: when
+        another thread or process holds it, the block gets False at once (and holds
+        nothing)."""
+        if not block:
+            with self._try_hold() as held:
+                yield held
+            return
         wait = self._timeout()
         deadline = time.monotonic() + wait
         fd = self._descriptor()
@@ -147,7 +154,26 @@ class WriterLock:
                     time.sleep(pause)
                     pause = min(pause * 2, self._poll_max)
             try:
-                yield
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    @contextmanager
+    def _try_hold(self) -> Iterator[bool]:
+        if not self._thread_lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            fd = self._descriptor()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
