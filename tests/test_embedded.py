@@ -745,6 +745,33 @@ def test_a_thread_waiting_for_the_movers_lock_tries_it_every_few_milliseconds(
     store.close()
 
 
+def test_a_lock_taken_without_blocking_is_refused_while_another_holds_it(db: Path) -> None:
+    store = embedded_store(db)
+    holder = os.open(store._mover._path, os.O_RDWR | os.O_CREAT, 0o600)
+    journal.fcntl.flock(holder, journal.fcntl.LOCK_EX)  # another process moves a batch
+    begin = time.monotonic()
+    with store._mover.hold(block=False) as held:
+        assert held is False
+    assert time.monotonic() - begin < 0.1  # at once
+    journal.fcntl.flock(holder, journal.fcntl.LOCK_UN)
+    os.close(holder)
+    with store._mover.hold(block=False) as held:
+        assert held is True
+        seen: list[bool] = []
+
+        def other_thread() -> None:
+            with store._mover.hold(block=False) as other:
+                seen.append(other)
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join(5)
+        assert seen == [False]  # a thread of this process is refused too
+    with store._mover.hold(block=False) as held:
+        assert held is True  # let go after each block
+    store.close()
+
+
 def test_rows_bound_one_by_one_are_the_rows_read_from_json(db: Path) -> None:
     """The records process binds each row (``alone``); other writers read the rows from one
     JSON array: both store the same values, of the same SQL types."""

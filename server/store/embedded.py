@@ -119,7 +119,8 @@ values are computed before the transaction, which holds the write lock for the i
 writes wait for at most one batch's inserts."""
 BACKLOG_LIMIT = 500
 """Records the mover (process or thread) may be behind (about half a second of work) before the
-requests that record help it: a reader of the records never waits longer than that."""
+requests that record wait for it (or move batches themselves when nobody else does): a reader
+of the records never waits longer than that."""
 BACKLOG_CHECK_EVERY = 8
 """A process looks at the backlog after every this many requests that recorded (looking
 costs three queries; the backlog cannot grow much in between)."""

@@ -133,15 +133,14 @@ class WriterLock:
         """Hold the lock for the ``with`` block, which gets True. ``block`` False: when
         another thread or process holds it, the block gets False at once (and holds
         nothing)."""
-        if not block:
-            with self._try_hold() as held:
-                yield held
-            return
-        wait = self._timeout()
+        wait = self._timeout() if block else 0.0
         deadline = time.monotonic() + wait
         fd = self._descriptor()
         if not self._thread_lock.acquire(timeout=wait):
-            raise busy()
+            if block:
+                raise busy()
+            yield False
+            return
         try:
             pause = 0.0001
             while True:
@@ -149,29 +148,13 @@ class WriterLock:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
+                    if not block:
+                        yield False
+                        return
                     if time.monotonic() > deadline:
                         raise busy() from None
                     time.sleep(pause)
                     pause = min(pause * 2, self._poll_max)
-            try:
-                yield True
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            self._thread_lock.release()
-
-    @contextmanager
-    def _try_hold(self) -> Iterator[bool]:
-        if not self._thread_lock.acquire(blocking=False):
-            yield False
-            return
-        try:
-            fd = self._descriptor()
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
             try:
                 yield True
             finally:
