@@ -154,13 +154,10 @@ class Stats:
         return asdict(self)
 
 
-def tree_cpu_seconds(root: int) -> float | None:
-    """CPU time (user + system) spent so far by process ``root`` and its descendants that
-    are alive (from Linux's /proc; None elsewhere)."""
-    if not os.path.isdir(f"/proc/{root}"):
-        return None
-    parents: dict[int, int] = {}
-    spent: dict[int, int] = {}
+def _processes() -> dict[int, tuple[int, int]]:
+    """Every live process: its parent's id and the CPU time (user + system, in ticks) it
+    has spent so far (from Linux's /proc)."""
+    found: dict[int, tuple[int, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -169,14 +166,32 @@ def tree_cpu_seconds(root: int) -> float | None:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:  # ended meanwhile
             continue
-        parents[int(entry)] = int(fields[1])
-        spent[int(entry)] = int(fields[11]) + int(fields[12])  # utime + stime, in ticks
+        found[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return found
+
+
+def _tree(root: int, processes: dict[int, tuple[int, int]]) -> set[int]:
     tree, grown = {root}, True
     while grown:
-        more = {pid for pid, parent in parents.items() if parent in tree} - tree
+        more = {pid for pid, (parent, _) in processes.items() if parent in tree} - tree
         tree |= more
         grown = bool(more)
-    return sum(spent.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+    return tree
+
+
+def tree_pids(root: int) -> set[int]:
+    """Process ``root`` and its live descendants (Linux)."""
+    return _tree(root, _processes())
+
+
+def tree_cpu_seconds(root: int) -> float | None:
+    """CPU time (user + system) spent so far by process ``root`` and its descendants that
+    are alive (from Linux's /proc; None elsewhere)."""
+    if not os.path.isdir(f"/proc/{root}"):
+        return None
+    processes = _processes()
+    return (sum(processes[pid][1] for pid in _tree(root, processes) if pid in processes)
+            / os.sysconf("SC_CLK_TCK"))
 
 
 QUIET_SHARE = 0.05

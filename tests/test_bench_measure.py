@@ -53,22 +53,10 @@ def test_settle_waits_until_the_deferred_work_of_a_child_process_is_done() -> No
         again = measure.tree_cpu_seconds(server.pid)
         assert again is not None and again - spent < 0.05
     finally:
-        for child in _children(server.pid):
+        for child in measure.tree_pids(server.pid) - {server.pid}:
             os.kill(child, signal.SIGKILL)
         server.kill()
         server.wait()
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                if entry.isdigit() and int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry))
-        except (OSError, ValueError):
-            continue
-    return found
 
 
 def test_settle_returns_none_for_a_process_that_is_gone() -> None:
