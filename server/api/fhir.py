@@ -222,11 +222,23 @@ def system_history() -> Response:
     return _respond(service().history(ctx(), _params()))
 
 
+_READS = ("GET", "HEAD")
+"""Methods that read: a HEAD is a GET whose answer has no body (RFC 9110 9.3.2), never a
+write (Flask adds HEAD to every route that has GET)."""
+
+
+def _require_method(expected: str) -> None:
+    """Guard of a route's last branch: it runs for ``expected`` only."""
+    if request.method != expected:
+        raise FhirError.of(405, f"{request.method} is not supported on {request.path}",
+                           code="not-supported")
+
+
 @bp.route("/<rtype:rtype>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 def type_level(rtype: str) -> Response:
     svc, params = service(), _params()
     svc.check_type(rtype)
-    if request.method == "GET":
+    if request.method in _READS:
         return _respond(svc.search(ctx(), rtype, params))
     if request.method == "POST":
         return _respond(svc.create(ctx(), rtype, _resource_body(),
@@ -237,6 +249,7 @@ def type_level(rtype: str) -> Response:
     if request.method == "PATCH":
         return _respond(svc.conditional_patch(ctx(), rtype, params, _patch_body(),
                                               if_match=_if_match()))
+    _require_method("DELETE")
     return _respond(svc.conditional_delete(ctx(), rtype, params, if_match=_if_match()))
 
 
@@ -269,12 +282,13 @@ def instance(rtype: str, rid: str) -> Response:
     svc = service()
     svc.check_type(rtype)
     svc.check_id(rid)
-    if request.method == "GET":
+    if request.method in _READS:
         return _respond(svc.read(ctx(), rtype, rid, if_none_match=_if_none_match()))
     if request.method == "PUT":
         return _respond(svc.update(ctx(), rtype, rid, _resource_body(), if_match=_if_match()))
     if request.method == "PATCH":
         return _respond(svc.patch(ctx(), rtype, rid, _patch_body(), if_match=_if_match()))
+    _require_method("DELETE")
     return _respond(svc.delete(ctx(), rtype, rid, if_match=_if_match()))
 
 

@@ -98,6 +98,20 @@ def test_delete_then_gone(fhir: Fhir) -> None:
     assert revived.json()["meta"]["versionId"] == "3"
 
 
+def test_head_reads_and_changes_nothing(fhir: Fhir) -> None:
+    """HEAD is a GET without a body (RFC 9110 9.3.2), on an instance and on a search URL; it
+    never deletes (a proxy or monitor that sends one must not touch the data)."""
+    pid = fhir.create(patient(7, family="Head"))["id"]
+    head = fhir.request("HEAD", f"Patient/{pid}")
+    assert head.status_code == 200 and head.headers["ETag"] == 'W/"1"' and not head.content
+    searched = fhir.request("HEAD", f"Patient?_id={pid}")
+    assert searched.status_code == 200 and not searched.content
+    read = fhir.get(f"Patient/{pid}")
+    assert read.status_code == 200 and read.json()["meta"]["versionId"] == "1"
+    assert len(fhir.search(f"Patient/{pid}/_history")["entry"]) == 1
+    assert fhir.request("HEAD", "Patient/no-such-patient").status_code == 404
+
+
 def test_read_unknown_is_404_outcome(fhir: Fhir) -> None:
     response = fhir.get("Patient/does-not-exist")
     assert response.status_code == 404
