@@ -388,8 +388,8 @@ def test_date_prefix_filters() -> None:
                                       elem("dt", p="birthdate", hi={"$gt": QHI})]}
     assert compiled("gt") == elem("dt", p="birthdate", hi={"$gt": QHI})
     assert compiled("lt") == elem("dt", p="birthdate", lo={"$lt": QLO})
-    assert compiled("ge") == {"$or": [elem("dt", p="birthdate", hi={"$gt": QHI}), eq]}
-    assert compiled("le") == {"$or": [elem("dt", p="birthdate", lo={"$lt": QLO}), eq]}
+    assert compiled("ge") == elem("dt", p="birthdate", hi={"$gte": QLO})
+    assert compiled("le") == elem("dt", p="birthdate", lo={"$lte": QHI})
     assert compiled("sa") == elem("dt", p="birthdate", lo={"$gt": QHI})
     assert compiled("eb") == elem("dt", p="birthdate", hi={"$lt": QLO})
     margin = (NOW - QHI) // 10
@@ -409,8 +409,8 @@ def _date_oracle(prefix: str, lo: int, hi: int, qlo: int, qhi: int) -> bool:
     """The documented date rules, for one stored range."""
     eq = lo >= qlo and hi <= qhi
     d = approx_margin(DateQuery("ap", qlo, qhi), NOW)
-    return {"eq": eq, "ne": not eq, "gt": hi > qhi, "lt": lo < qlo, "ge": hi > qhi or eq,
-            "le": lo < qlo or eq, "sa": lo > qhi, "eb": hi < qlo,
+    return {"eq": eq, "ne": not eq, "gt": hi > qhi, "lt": lo < qlo, "ge": hi >= qlo,
+            "le": lo <= qhi, "sa": lo > qhi, "eb": hi < qlo,
             "ap": lo <= qhi + d and hi >= qlo - d}[prefix]
 
 

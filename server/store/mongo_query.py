@@ -419,7 +419,8 @@ def approx_margin(value: DateQuery, now_ms: int) -> int:
 
 
 def date_conditions(value: DateQuery, now_ms: int) -> list[Filter]:
-    """Conditions on one stored range ``{lo, hi}``, any of which makes it match."""
+    """Conditions on one stored range ``{lo, hi}``, any of which makes it match (the
+    prefixes mean what they mean in the embedded engine's ``_Compiler._date``)."""
     qlo, qhi = value.lo, value.hi
     # `lo <= qhi` follows from `hi <= qhi`; it bounds the index range on `lo`.
     eq = {"lo": {"$gte": qlo, "$lte": qhi}, "hi": {"$lte": qhi}}
@@ -431,8 +432,8 @@ def date_conditions(value: DateQuery, now_ms: int) -> list[Filter]:
         "ne": [{"lo": {"$lt": qlo}}, {"hi": {"$gt": qhi}}],
         "gt": [{"hi": {"$gt": qhi}}],
         "lt": [{"lo": {"$lt": qlo}}],
-        "ge": [{"hi": {"$gt": qhi}}, eq],
-        "le": [{"lo": {"$lt": qlo}}, eq],
+        "ge": [{"hi": {"$gte": qlo}}],
+        "le": [{"lo": {"$lte": qhi}}],
         "sa": [{"lo": {"$gt": qhi}}],
         "eb": [{"hi": {"$lt": qlo}}],
     }

@@ -529,6 +529,9 @@ class _Compiler:
             d = self._approximation_ms(q)
             return f"({lo} <= {self.bind(q.hi + d)} AND {hi} >= {self.bind(q.lo - d)})"
         qlo, qhi = self.bind(q.lo), self.bind(q.hi)
+        # ``ge``/``le``: the stored range reaches into the searched one or beyond it, so a
+        # less precise value never matches less than a more precise one inside it (a plan
+        # that ends on 31 August is found by ``ge2028-08-31`` as by ``ge2028-08-31T12:00Z``).
         # ``lo <= qhi`` is implied by ``hi <= qhi``; it bounds the index range on ``lo``.
         eq = f"({lo} >= {qlo} AND {lo} <= {qhi} AND {hi} <= {qhi})"
         preds = {
@@ -536,8 +539,8 @@ class _Compiler:
             "ne": f"({lo} < {qlo} OR {hi} > {qhi})",
             "gt": f"{hi} > {qhi}",
             "lt": f"{lo} < {qlo}",
-            "ge": f"({hi} > {qhi} OR {eq})",
-            "le": f"({lo} < {qlo} OR {eq})",
+            "ge": f"{hi} >= {qlo}",
+            "le": f"{lo} <= {qhi}",
             "sa": f"{lo} > {qhi}",
             "eb": f"{hi} < {qlo}",
         }
