@@ -58,6 +58,18 @@ def test_dates(fhir: Fhir, people: dict[str, str]) -> None:
     assert fhir.ids("Patient?birthdate=ge1950&birthdate=lt1980") == [people["ola"]]
 
 
+def test_reference_by_this_servers_absolute_url(fhir: Fhir, people: dict[str, str]) -> None:
+    """A reference value under the server's base matches the relative reference it stands
+    for (R4 search 3.1.1.4.12); another server's URL with the same tail does not."""
+    kari = people["kari"]
+    assert fhir.ids(f"Goal?subject={fhir.base}/Patient/{kari}") == [people["goal_kari"]]
+    assert fhir.ids(f"CarePlan?subject={fhir.base}/Patient/{kari}&status=active") == [
+        people["plan"]]
+    assert fhir.ids(f"Patient?general-practitioner={fhir.base}/Practitioner/{people['gp']}"
+                    ) == [kari]
+    assert fhir.ids(f"Goal?subject=https://other.example.org/fhir/Patient/{kari}") == []
+
+
 def test_chain_and_has(fhir: Fhir, people: dict[str, str]) -> None:
     assert fhir.ids("Goal?subject:Patient.birthdate=1942") == [people["goal_rut"]]
     assert fhir.ids("CarePlan?subject.family=nordmann") == [people["plan"]]
