@@ -98,8 +98,11 @@ def process(service: FhirService, ctx: RequestContext, bundle: Any) -> Result:
         except Exception as exc:  # nothing was written; the observers (audit) hear of it
             service.observe(Interaction(ctx, "transaction", error=exc))
             raise
-    return Result(200, {"resourceType": "Bundle", "id": new_id(), "type": f"{kind}-response",
-                        "entry": entries})
+    answer: dict[str, Any] = {"resourceType": "Bundle", "id": new_id(),
+                              "type": f"{kind}-response"}
+    if entries:
+        answer["entry"] = entries
+    return Result(200, answer)
 
 
 # -- parsing -----------------------------------------------------------------------------------

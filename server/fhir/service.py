@@ -854,7 +854,8 @@ class FhirService:
                 f"Ignored search parameter '{name}'", code="not-supported",
                 severity="warning", expression=name) for name in parsed.ignored]),
                 "search": {"mode": "outcome"}})
-        bundle["entry"] = entries
+        if entries:  # FHIR JSON has no empty arrays
+            bundle["entry"] = entries
         return bundle
 
     @staticmethod
@@ -973,11 +974,12 @@ class FhirService:
             links.append(_link("previous", url(max(0, offset - count))))
         if count > 0 and offset + len(versions) < total:
             links.append(_link("next", url(offset + count)))
-        return Result(200, {
+        bundle: dict[str, Any] = {
             "resourceType": "Bundle", "id": new_id(), "meta": {"lastUpdated": _now()},
-            "type": "history", "total": total, "link": links,
-            "entry": [self._history_entry(ctx, v) for v in versions],
-        })
+            "type": "history", "total": total, "link": links}
+        if versions:
+            bundle["entry"] = [self._history_entry(ctx, v) for v in versions]
+        return Result(200, bundle)
 
     def _history_params(self, ctx: RequestContext, params: list[tuple[str, str]]
                         ) -> tuple[int | None, int, int, list[tuple[str, str]]]:

@@ -145,6 +145,16 @@ def test_elements(fhir: Fhir, people: dict[str, str]) -> None:
     assert set(qualified["entry"][0]["resource"]) == {"resourceType", "id", "meta", "name"}
 
 
+def test_empty_results_have_no_entry_array(fhir: Fhir, people: dict[str, str]) -> None:
+    """FHIR JSON has no empty arrays: a search or history without entries leaves the element
+    out (a strict parser rejects ``"entry": []``)."""
+    for query in ("Patient?family=nobody-by-this-name", "Patient?_count=0",
+                  f"Patient?_id={people['kari']}&_count=1&_offset=5"):
+        assert "entry" not in fhir.search(query)
+    history = fhir.get(f"Patient/{people['kari']}/_history?_since=2999-01-01T00:00:00Z")
+    assert history.status_code == 200 and "entry" not in history.json()
+
+
 def test_summary_modes(fhir: Fhir) -> None:
     pid = fhir.create(patient(
         20, maritalStatus={"text": "Gift"},
