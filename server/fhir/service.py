@@ -1157,8 +1157,9 @@ def _subset(resource: dict[str, Any], parsed: ParsedSearch) -> dict[str, Any]:
     summary = parsed.summary
     if parsed.elements is not None:
         prefix = resource["resourceType"] + "."
-        keep = _ALWAYS | {e.removeprefix(prefix) for e in parsed.elements
-                          if "." not in e.removeprefix(prefix)}
+        # mandatory elements are returned whether asked for or not (R4 search 3.1.1.5.9)
+        keep = _ALWAYS | _required_elements(resource["resourceType"]) | {
+            e.removeprefix(prefix) for e in parsed.elements if "." not in e.removeprefix(prefix)}
         out = {k: v for k, v in resource.items() if k.lstrip("_") in keep}
     elif summary == "true":
         elements = _summary_elements(resource["resourceType"])

@@ -143,6 +143,10 @@ def test_elements(fhir: Fhir, people: dict[str, str]) -> None:
     assert "_elements=gender" in _links(bundle)["self"]
     qualified = fhir.search(f"Patient?_id={people['kari']}&_elements=Patient.name")
     assert set(qualified["entry"][0]["resource"]) == {"resourceType", "id", "meta", "name"}
+    # a Goal's mandatory elements come whether asked for or not; its optional ones do not
+    goal = fhir.search(f"Goal?_id={people['goal_kari']}&_elements=target")["entry"][0]
+    assert set(goal["resource"]) == {"resourceType", "id", "meta", "lifecycleStatus",
+                                     "description", "subject"}
 
 
 def test_empty_results_have_no_entry_array(fhir: Fhir, people: dict[str, str]) -> None:
