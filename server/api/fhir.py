@@ -111,10 +111,33 @@ def _check_format() -> None:
             raise FhirError.of(406, f"_format={requested} is not supported; this server "
                                "speaks application/fhir+json only", code="not-supported")
         return
-    accept = request.accept_mimetypes
-    if accept and accept.best_match([FHIR_JSON, "application/json"]) is None:
-        raise FhirError.of(406, f"Cannot answer in {request.headers.get('Accept')}; this "
-                           "server speaks application/fhir+json only", code="not-supported")
+    accept = request.headers.get("Accept", "").strip()
+    if accept and not any(_answerable(media_range) for media_range in accept.split(",")):
+        raise FhirError.of(406, f"Cannot answer in {accept}; this server speaks "
+                           "application/fhir+json (FHIR 4.0) only", code="not-supported")
+
+
+_ANSWERABLE = (*_JSON_FORMATS[1:], "*/*", "application/*")
+_FHIR_VERSIONS = ("4.0", "4.0.1")
+
+
+def _answerable(media_range: str) -> bool:
+    """Whether one range of an Accept header takes our JSON: its parameters may name a
+    charset, a quality above 0 and FHIR version 4.0 (R4 http.html: the fhirVersion
+    parameter)."""
+    media, *params = (part.strip() for part in media_range.split(";"))
+    if media.lower() not in _ANSWERABLE:
+        return False
+    for param in params:
+        name, _, value = param.partition("=")
+        name, value = name.strip().lower(), value.strip().strip('"')
+        if name == "q" and value.replace(".", "", 1).strip("0") == "":
+            return False  # q=0: not acceptable
+        if name == "fhirversion" and value not in _FHIR_VERSIONS:
+            return False
+        if name == "charset" and value.lower() not in ("utf-8", "utf8"):
+            return False
+    return True
 
 
 def _prefer() -> dict[str, str]:

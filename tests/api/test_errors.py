@@ -69,6 +69,20 @@ class TestErrors:
         assert fhir.get("Patient", headers={"Accept": "text/html,*/*;q=0.8"}).ok
         assert fhir.get("Patient?_format=json").ok
 
+    def test_accept_parameters(self, fhir: Fhir) -> None:
+        """A media range may carry a charset, a quality and the FHIR version (R4 http.html
+        3.1.0.1.11 and 3.1.0.1.12); another FHIR version, q=0 or another charset is not
+        ours."""
+        for accept in ("application/fhir+json; fhirVersion=4.0", "application/fhir+json;"
+                       " charset=utf-8", "application/json; charset=UTF-8",
+                       "application/fhir+json;q=0.9", "text/json",
+                       "application/fhir+xml, application/fhir+json; fhirVersion=4.0.1"):
+            assert fhir.get("metadata", headers={"Accept": accept}).ok, accept
+            assert fhir.get("Patient", headers={"Accept": accept}).ok, accept
+        for accept in ("application/fhir+json; fhirVersion=3.0", "application/fhir+json;q=0",
+                       "application/fhir+json; charset=iso-8859-1", "text/html"):
+            _assert_outcome(fhir.get("Patient", headers={"Accept": accept}), 406)
+
     def test_body_too_large(self, fhir: Fhir) -> None:
         big = {**patient(4), "text": {"status": "generated",
                                       "div": f"<div>{'x' * MAX_BODY}</div>"}}
