@@ -659,13 +659,23 @@ class FhirService:
 
     def conditional_target(self, uow: UnitOfWork, ctx: RequestContext, type_: str,
                            params: list[tuple[str, str]], body_id: Any) -> str | None:
-        """The id a conditional update writes to: the single match, else the body's id,
-        else None (create with a new id)."""
+        """The id a conditional update writes to: the single match, else the body's id
+        (when no resource has that id: update as create), else None (create with a new
+        id). A body id of a resource the criteria do not match is 409: the criteria guard
+        the write, which must not replace a resource they do not select."""
         matches = self.conditional_matches(uow, ctx, type_, params)
         if len(matches) > 1:
             raise _multiple_matches(type_, "update")
         if not matches:
-            return str(body_id) if body_id is not None else None
+            if body_id is None:
+                return None
+            existing = uow.read(type_, str(body_id))
+            if existing is not None and not existing.deleted:
+                self._load(ctx, uow, type_, str(body_id))  # 404 when the caller may not see it
+                raise FhirError.of(409, f"No {type_} matches the criteria, and {type_}/{body_id} "
+                                   "exists but does not match them", code="conflict",
+                                   expression=f"{type_}.id")
+            return str(body_id)
         match_id = str(matches[0]["id"])
         if body_id is not None and body_id != match_id:
             raise FhirError.of(400, f"The resource id ({body_id!r}) differs from the id of the "

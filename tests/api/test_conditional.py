@@ -57,6 +57,23 @@ def test_conditional_update_with_body_id_and_no_match(fhir: Fhir) -> None:
     assert response.json()["id"] == "given-id"
 
 
+def test_conditional_update_does_not_replace_a_resource_the_criteria_miss(fhir: Fhir) -> None:
+    """No match, and the body's id names an existing resource that does not match: 409, and
+    that resource is left as it was (R5 http.html states this case; an upsert by business
+    identifier must not overwrite another record)."""
+    fhir.put("Patient/kept-as-is", {**patient(8), "id": "kept-as-is"})
+    response = fhir.put(f"Patient?{_by_identifier(9)}", {**patient(9), "id": "kept-as-is"})
+    assert response.status_code == 409
+    assert response.json()["issue"][0]["expression"] == ["Patient.id"]
+    kept = fhir.get("Patient/kept-as-is").json()
+    assert kept["meta"]["versionId"] == "1"
+    assert kept["identifier"][0]["value"] == synthetic_fnr(8)
+    # a deleted id may be written again (update as create)
+    assert fhir.delete("Patient/kept-as-is").status_code == 204
+    again = fhir.put(f"Patient?{_by_identifier(9)}", {**patient(9), "id": "kept-as-is"})
+    assert again.status_code == 201
+
+
 def test_conditional_update_several_matches(fhir: Fhir) -> None:
     fhir.create(patient(8, family="Hansen"))
     fhir.create(patient(9, family="Hansen"))
