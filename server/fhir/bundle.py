@@ -319,8 +319,13 @@ class _Transaction:
             self._assign_ids(entries)
             for entry in _in_phase(entries, 0):
                 self._guard(entry, lambda e: self._delete(uow, e))
-            self._resolve_targets(uow, entries)
+            conditional = [e for e in entries
+                           if e.method in ("PUT", "PATCH") and e.target.conditional]
+            named = self._named_by_posts(conditional, _in_phase(entries, 1))
+            self._resolve_conditionals(uow, named)
             self._posts(uow, _in_phase(entries, 1))
+            self._resolve_conditionals(uow, [e for e in conditional if e not in named])
+            self._check_identities(entries)
             for entry in _in_phase(entries, 2):
                 self._guard(entry, lambda e: self._put_or_patch(uow, e))
             for entry in _in_phase(entries, 3):
@@ -372,15 +377,26 @@ class _Transaction:
             entry.target = Target(type=t.type, id=written.version.id)
         self.responses[entry.index] = write_response(self.service, self.ctx, written)
 
-    def _resolve_targets(self, uow: UnitOfWork, entries: list[Entry]) -> None:
-        """Resolve conditional PUT/PATCH targets to ids; refuse an identity that more than
-        one DELETE/PUT/PATCH entry writes."""
+    @staticmethod
+    def _named_by_posts(conditional: list[Entry], posts: list[Entry]) -> list[Entry]:
+        """The conditional PUT/PATCH entries a POST refers to by fullUrl: their criteria are
+        evaluated before the POSTs, which need their ids. The others' criteria are evaluated
+        after the POSTs, as the processing order asks (a PUT's criteria see what the POSTs
+        created)."""
+        named = {ref for post in posts for ref in _references(post.resource or {})}
+        return [e for e in conditional if e.full_url is not None and e.full_url in named]
+
+    def _resolve_conditionals(self, uow: UnitOfWork, entries: list[Entry]) -> None:
+        for entry in entries:
+            self._guard(entry, lambda e: self._resolve_conditional(uow, e))
+
+    @staticmethod
+    def _check_identities(entries: list[Entry]) -> None:
+        """Refuse an identity that more than one DELETE/PUT/PATCH entry writes."""
         written: dict[tuple[str, str], int] = {}
         for entry in entries:
             if entry.method not in ("DELETE", "PUT", "PATCH"):
                 continue
-            if entry.target.conditional and entry.method != "DELETE":
-                self._guard(entry, lambda e: self._resolve_conditional(uow, e))
             t = entry.target
             if t.type is None or t.id is None:  # a conditional delete that matched nothing
                 continue

@@ -201,6 +201,26 @@ def test_transaction_patch_and_conditional_update(fhir: Fhir) -> None:
     assert fhir.get(f"Goal/{goal_id}").json()["subject"]["reference"] == f"Patient/{created}"
 
 
+def test_conditional_put_sees_what_the_posts_created(fhir: Fhir) -> None:
+    """POSTs are processed before PUTs (R4 http.html#trules), so a conditional PUT whose
+    criteria match the resource a POST of the same transaction creates updates it."""
+    criteria = "identifier=urn:test:org|order-1"
+    org = {"resourceType": "Organization",
+           "identifier": [{"system": "urn:test:org", "value": "order-1"}]}
+    response = fhir.post("", _bundle(
+        "transaction",
+        {"resource": {**org, "name": "via PUT"},
+         "request": {"method": "PUT", "url": f"Organization?{criteria}"}},
+        _post({**org, "name": "via POST"}),
+    ))
+    assert response.status_code == 200, response.text
+    assert _statuses(response.json()) == ["200 OK", "201 Created"]
+    found = fhir.search(f"Organization?{criteria}")["entry"]
+    assert len(found) == 1
+    assert found[0]["resource"]["name"] == "via PUT"
+    assert found[0]["resource"]["meta"]["versionId"] == "2"
+
+
 def test_overlapping_identities_are_refused(fhir: Fhir) -> None:
     body = {**patient(15), "id": "twice"}
     response = fhir.post("", _bundle(
