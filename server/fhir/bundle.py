@@ -31,6 +31,7 @@ from ..store.port import UnitOfWork, new_id
 from . import jsonio
 from .outcome import FhirError, Issue
 from .patch import JSON_PATCH_MEDIA_TYPE
+from .references import CONDITIONAL_REF_RE, PLACEHOLDER_RE, references_in, rewrite_references
 from .search.normalize import ID_RE, TYPE_RE
 from .service import (
     FhirService,
@@ -46,11 +47,6 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 _CONDITIONS = {"ifNoneExist": ("POST",), "ifMatch": ("PUT", "PATCH", "DELETE"),
                "ifNoneMatch": ("GET", "HEAD")}
 _PHASES = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
-_URN_RE = re.compile(r"urn:uuid:[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"
-                     r"|urn:oid:[0-2](\.(0|[1-9][0-9]*))+")
-_CONDITIONAL_REF_RE = re.compile(r"(?P<type>[A-Z][A-Za-z]+)\?(?P<query>.+)")
-
-Resolve = Callable[[str, str], str | None]
 
 
 @dataclass(frozen=True)
@@ -197,7 +193,7 @@ def _full_url(raw: dict[str, Any], where: str) -> str | None:
     if full_url is None:
         return None
     if not isinstance(full_url, str) or not (
-            _URN_RE.fullmatch(full_url) or re.match(r"https?://\S+$", full_url)):
+            PLACEHOLDER_RE.fullmatch(full_url) or re.match(r"https?://\S+$", full_url)):
         raise _bad(f"{where}.fullUrl must be an absolute URL, urn:uuid: or urn:oid:",
                    f"{where}.fullUrl")
     return full_url
@@ -383,7 +379,7 @@ class _Transaction:
         evaluated before the POSTs, which need their ids. The others' criteria are evaluated
         after the POSTs, as the processing order asks (a PUT's criteria see what the POSTs
         created)."""
-        named = {ref for post in posts for ref in _references(post.resource or {})}
+        named = {ref for post in posts for ref, _ in references_in(post.resource or {})}
         return [e for e in conditional if e.full_url is not None and e.full_url in named]
 
     def _resolve_conditionals(self, uow: UnitOfWork, entries: list[Entry]) -> None:
@@ -434,8 +430,8 @@ class _Transaction:
             self._guard(ready, lambda e: self._post(uow, e))
 
     def _waits(self, entry: Entry) -> bool:
-        refs = _references(entry.resource or {})
-        return any(ref in self.unresolved and ref != entry.full_url for ref in refs)
+        return any(ref in self.unresolved and ref != entry.full_url
+                   for ref, _ in references_in(entry.resource or {}))
 
     def _post(self, uow: UnitOfWork, entry: Entry) -> None:
         t = entry.target
@@ -483,9 +479,9 @@ class _Transaction:
                 if ref in self.unresolved:
                     self.tentative.setdefault(self.ids[ref], where)
                 return self.ids[ref]
-            if _URN_RE.fullmatch(ref):
+            if PLACEHOLDER_RE.fullmatch(ref):
                 raise _bad(f"{ref} is not the fullUrl of any entry", where, "not-found")
-            m = _CONDITIONAL_REF_RE.fullmatch(ref)
+            m = CONDITIONAL_REF_RE.fullmatch(ref)
             if m is None:
                 return None
             return self._conditional_reference(uow, m["type"], m["query"], where)
@@ -592,39 +588,6 @@ def read_response(entry: Entry, result: Result) -> dict[str, Any]:
         out["resource"] = body
     out["response"] = response
     return out
-
-
-# -- references --------------------------------------------------------------------------------
-
-
-def rewrite_references(resource: dict[str, Any], path: str, resolve: Resolve) -> dict[str, Any]:
-    """A copy of ``resource`` in which every ``Reference.reference`` (at any depth) for which
-    ``resolve(reference, element_path)`` returns a string is replaced by it."""
-    return _rewrite(resource, path, resolve)
-
-
-def _rewrite(node: Any, path: str, resolve: Resolve) -> Any:
-    if isinstance(node, list):
-        return [_rewrite(item, f"{path}[{i}]", resolve) for i, item in enumerate(node)]
-    if not isinstance(node, dict):
-        return node
-    out = {key: _rewrite(value, f"{path}.{key}", resolve) for key, value in node.items()}
-    ref = node.get("reference")
-    if isinstance(ref, str):
-        replaced = resolve(ref, path)
-        if replaced is not None:
-            out["reference"] = replaced
-    return out
-
-
-def _references(resource: Any) -> list[str]:
-    found: list[str] = []
-
-    def collect(ref: str, _where: str) -> None:
-        found.append(ref)
-
-    _rewrite(resource, "", collect)
-    return found
 
 
 # -- errors ------------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ from ..store.port import (
 from . import capability, model
 from .outcome import FhirError, Issue, issue, not_found, outcome
 from .patch import apply_json_patch
+from .references import placeholder_issues
 from .search.ast import Clause, Condition, ReferenceQuery, SearchQuery, SearchResult
 from .search.normalize import ID_RE, date_range
 from .search.parse import Include, ParsedSearch, parse_search
@@ -352,6 +353,8 @@ class FhirService:
                                                                                  list[Issue]]:
         """(base FHIR issues, profile issues) of ``resource``."""
         base = model.validate(resource, type_=type_, id_=id_, mode=mode)
+        if type_ != "Bundle":  # a Bundle's entries may refer to each other by placeholder
+            base.extend(placeholder_issues(resource, type_))
         profiled: list[Issue] = []
         for validator in self.validators:
             profiled.extend(validator(resource, profiles))

@@ -232,6 +232,32 @@ def test_overlapping_identities_are_refused(fhir: Fhir) -> None:
     assert fhir.get("Patient/twice").status_code == 404
 
 
+def test_placeholders_outside_a_transaction_are_refused(fhir: Fhir) -> None:
+    """A urn:uuid or conditional reference resolves only inside a transaction: a plain
+    create, an update or a batch entry that holds one is 400 naming it, and nothing is
+    stored (it would never point at a resource)."""
+    pid = fhir.create(patient(40))["id"]
+    versions = fhir.versions()
+    conditional = f"Patient?identifier={FNR_SYSTEM}|{synthetic_fnr(40)}"
+    for ref in (UUID_PATIENT, conditional):
+        response = fhir.post("Goal", _goal(ref))
+        assert response.status_code == 400, response.text
+        assert response.json()["issue"][0]["expression"] == ["Goal.subject.reference"]
+    goal = fhir.create(_goal(f"Patient/{pid}"))
+    updated = fhir.put(f"Goal/{goal['id']}", {**goal, "addresses": [{"reference": UUID_OTHER}]})
+    assert updated.status_code == 400
+    assert updated.json()["issue"][0]["expression"] == ["Goal.addresses[0].reference"]
+    versions += 1  # the goal
+    batch = fhir.post("", _bundle("batch", _post(_goal(conditional)),
+                                  _post(_goal(f"Patient/{pid}"))))
+    statuses = _statuses(batch.json())
+    assert statuses[0].startswith("400") and statuses[1].startswith("201")
+    assert fhir.versions() == versions + 1  # the batch's second goal only
+    # the same conditional reference in a transaction is resolved
+    done = fhir.post("", _bundle("transaction", _post(_goal(conditional))))
+    assert done.status_code == 200, done.text
+
+
 def test_batch_entries_are_independent(fhir: Fhir) -> None:
     response = fhir.post("", _bundle(
         "batch",
