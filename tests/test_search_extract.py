@@ -21,10 +21,12 @@ from server.fhir.search.ast import (
     UriValue,
 )
 from server.fhir.search.normalize import (
+    ReferenceParts,
     date_range,
     decimal_range,
     normalize_string,
     parse_reference,
+    serving,
 )
 from server.fhir.search.registry import Registry, expression_for
 
@@ -256,8 +258,9 @@ def test_careplan(registry: Registry) -> None:
     assert of(values, "subject") == [ReferenceValue("subject", "Patient", "p1")]
     assert of(values, "patient") == [ReferenceValue("patient", "Patient", "p1")]
     assert of(values, "replaces") == [ReferenceValue("replaces", "CarePlan", "ip-0", "", "4")]
+    # another server's plan: its URL only (it names no plan here)
     assert of(values, "part-of") == [ReferenceValue(
-        "part-of", "CarePlan", "77", "http://other.example.no/fhir/CarePlan/77")]
+        "part-of", "", "", "http://other.example.no/fhir/CarePlan/77")]
     assert of(values, "instantiates-canonical") == [ReferenceValue(
         "instantiates-canonical", "", "", "http://planbro.no/fhir/PlanDefinition/ip", "1.0")]
     assert [r.target_id for r in of(values, "goal")] == ["g1", "g2", "g3"]  # type: ignore
@@ -715,10 +718,18 @@ def test_decimal_range() -> None:
 def test_parse_reference() -> None:
     assert parse_reference("#x") is None
     assert parse_reference("Patient?identifier=x") is None
-    ref = parse_reference("https://fhir.example.no/r4/Patient/p1/_history/3")
-    assert ref is not None and (ref.target_type, ref.target_id, ref.version) == (
-        "Patient", "p1", "3")
-    assert ref.url == "https://fhir.example.no/r4/Patient/p1/_history/3"
+    url = "https://fhir.example.no/r4/Patient/p1/_history/3"
+    assert parse_reference(url) == ReferenceParts(url=url)  # no base known: another server's
+    for base in ("https://fhir.example.no/r4", "https://fhir.example.no/r4/"):
+        serving(base)
+        try:
+            assert parse_reference(url) == ReferenceParts("Patient", "p1", url, "3")
+            other = "https://fhir.example.no/other/Patient/p1"
+            assert parse_reference(other) == ReferenceParts(url=other)
+            odd = "https://fhir.example.no/r4/Patient/p1/extra"
+            assert parse_reference(odd) == ReferenceParts(url=odd)
+        finally:
+            serving(None)
     ref = parse_reference("urn:oid:2.16.578.1.12.4.1.4.101")
     assert ref is not None and (ref.target_type, ref.url) == (
         "", "urn:oid:2.16.578.1.12.4.1.4.101")

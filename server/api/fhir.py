@@ -21,6 +21,7 @@ from werkzeug.routing import BaseConverter
 from ..fhir import bundle, jsonio
 from ..fhir.outcome import FhirError, issue, outcome
 from ..fhir.patch import JSON_PATCH_MEDIA_TYPE
+from ..fhir.search.normalize import serving
 from ..fhir.service import PREFER_RETURN, FhirService, RequestContext, Result, parse_etag
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,10 @@ def _begin() -> Response | None:
     if (request.content_length or 0) > _max_body():
         raise _too_large()
     prefer = _prefer()
+    base_url = _base_url()
+    serving(base_url)  # absolute references below it name resources here
     g.fhir_context = RequestContext(
-        base_url=_base_url(),
+        base_url=base_url,
         principal=g.get("principal"),
         prefer_return=prefer.get("return", "representation"),
         lenient=prefer.get("handling") == "lenient",

@@ -63,7 +63,7 @@ from ..store.port import (
 from . import capability, model
 from .outcome import FhirError, Issue, issue, not_found, outcome
 from .patch import apply_json_patch
-from .references import placeholder_issues
+from .references import foreign_patient_issues, placeholder_issues, references_in
 from .search.ast import Clause, Condition, ReferenceQuery, SearchQuery, SearchResult
 from .search.normalize import ID_RE, date_range
 from .search.parse import Include, ParsedSearch, parse_search
@@ -351,11 +351,14 @@ class FhirService:
     def _validation_issues(self, resource: dict[str, Any], type_: str, id_: str | None,
                            mode: str, profiles: tuple[str, ...] = ()) -> tuple[list[Issue],
                                                                                  list[Issue]]:
-        """(base FHIR issues, profile issues) of ``resource``."""
+        """(base FHIR issues, issues of profiles and of the server's rules) of
+        ``resource``."""
         base = model.validate(resource, type_=type_, id_=id_, mode=mode)
-        if type_ != "Bundle":  # a Bundle's entries may refer to each other by placeholder
-            base.extend(placeholder_issues(resource, type_))
         profiled: list[Issue] = []
+        if type_ != "Bundle":  # a Bundle's entries may refer to each other by placeholder
+            refs = references_in(resource, type_)
+            base.extend(placeholder_issues(refs))
+            profiled.extend(foreign_patient_issues(refs))
         for validator in self.validators:
             profiled.extend(validator(resource, profiles))
         return base, profiled

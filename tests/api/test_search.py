@@ -70,6 +70,33 @@ def test_reference_by_this_servers_absolute_url(fhir: Fhir, people: dict[str, st
     assert fhir.ids(f"Goal?subject=https://other.example.org/fhir/Patient/{kari}") == []
 
 
+def test_another_servers_reference_names_nothing_here(fhir: Fhir) -> None:
+    """A reference to another server's resource is not taken for the resource with the same
+    type and id here (R4 search 3.1.1.4.12): not by search, chain, _has or _include; its URL
+    finds it. An absolute URL under this server's base is a reference to a resource here."""
+    local = fhir.create({"resourceType": "Organization", "name": "Local one"})["id"]
+    foreign_url = f"https://other.example.org/fhir/Organization/{local}"
+    pid = fhir.create(patient(60, managingOrganization={"reference": foreign_url}))["id"]
+    own = fhir.create(patient(61, managingOrganization={
+        "reference": f"{fhir.base}/Organization/{local}"}))["id"]
+    assert fhir.ids(f"Patient?organization=Organization/{local}") == [own]
+    assert fhir.ids(f"Patient?organization={foreign_url}") == [pid]
+    assert fhir.ids("Patient?organization.name=local") == [own]
+    assert fhir.ids(f"Organization?_has:Patient:organization:_id={pid}") == []
+    assert fhir.ids(f"Patient?_id={pid}&_include=Patient:organization", "include") == []
+    assert fhir.ids(f"Patient?_id={own}&_include=Patient:organization", "include") == [local]
+
+
+def test_a_patient_on_another_server_is_refused(fhir: Fhir, people: dict[str, str]) -> None:
+    """A person's data is kept with their Patient here: a reference to a Patient elsewhere
+    is 422 naming it (it would leave the data with no person, so with no one's protection)."""
+    foreign = f"https://other.example.org/fhir/Patient/{people['kari']}"
+    response = fhir.post("Goal", _goal(foreign))
+    assert response.status_code == 422, response.text
+    assert response.json()["issue"][0]["expression"] == ["Goal.subject.reference"]
+    assert fhir.post("Goal", _goal(f"{fhir.base}/Patient/{people['kari']}")).status_code == 201
+
+
 def test_chain_and_has(fhir: Fhir, people: dict[str, str]) -> None:
     assert fhir.ids("Goal?subject:Patient.birthdate=1942") == [people["goal_rut"]]
     assert fhir.ids("CarePlan?subject.family=nordmann") == [people["plan"]]

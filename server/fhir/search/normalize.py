@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -147,9 +148,6 @@ def decimal_range(value: Decimal) -> tuple[Decimal, Decimal]:
 _TYPE = r"[A-Z][A-Za-z]{1,63}"
 _ID = r"[A-Za-z0-9\-.]{1,64}"
 _RELATIVE_RE = re.compile(rf"(?P<type>{_TYPE})/(?P<id>{_ID})(?:/_history/(?P<version>{_ID}))?")
-_ABSOLUTE_TAIL_RE = re.compile(
-    rf"/(?P<type>{_TYPE})/(?P<id>{_ID})(?:/_history/(?P<version>{_ID}))?$"
-)
 ID_RE = re.compile(_ID)
 TYPE_RE = re.compile(_TYPE)
 
@@ -168,12 +166,32 @@ def is_absolute(text: str) -> bool:
     return "://" in text or text.startswith(("urn:uuid:", "urn:oid:"))
 
 
+_LOCAL_BASE: ContextVar[str | None] = ContextVar("planbro_local_base", default=None)
+
+
+def serving(base: str | None) -> None:
+    """Declare the base URL this server answers the current request under: an absolute
+    reference below it is a reference to a resource here (the request's thread and what it
+    calls; other threads and processes know no base)."""
+    _LOCAL_BASE.set(base.rstrip("/") if base else None)
+
+
+def local_base() -> str | None:
+    """The base URL declared by :func:`serving` (None outside a request)."""
+    return _LOCAL_BASE.get()
+
+
 def parse_reference(text: str) -> ReferenceParts | None:
-    """``Type/id[/_history/v]``, or an absolute URL (its last segments give type and id when
-    they look like ``Type/id``), or a ``urn:uuid:``/``urn:oid:`` (url only). ``None`` for
-    local (``#id``) and unparseable references."""
+    """``Type/id[/_history/v]``; an absolute URL below this server's base (:func:`serving`)
+    as that relative reference (type, id and the URL); any other absolute URL - another
+    server's, a ``urn:uuid:``/``urn:oid:`` - as the URL only: it names nothing here, even
+    when it ends like ``Type/id``. ``None`` for local (``#id``) and unparseable
+    references."""
     if is_absolute(text):
-        m = _ABSOLUTE_TAIL_RE.search(text) if "://" in text else None
+        base = _LOCAL_BASE.get()
+        if base is None or not text.startswith(base + "/"):
+            return ReferenceParts(url=text)
+        m = _RELATIVE_RE.fullmatch(text[len(base) + 1:])
         if m is None:
             return ReferenceParts(url=text)
         return ReferenceParts(m["type"], m["id"], text, m["version"] or "")
