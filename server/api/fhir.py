@@ -224,8 +224,10 @@ def _if_none_exist() -> list[tuple[str, str]] | None:
 
 
 def _respond(result: Result) -> Response:
-    if result.body is None:
-        return Response(status=result.status, headers=result.headers)
+    if result.body is None:  # no body, so no Content-Type (werkzeug's default is HTML)
+        response = Response(status=result.status, headers=result.headers)
+        response.headers.pop("Content-Type", None)
+        return response
     return Response(jsonio.dumps(result.body), status=result.status, headers=result.headers,
                     content_type=CONTENT_TYPE)
 

@@ -112,6 +112,15 @@ def test_head_reads_and_changes_nothing(fhir: Fhir) -> None:
     assert fhir.request("HEAD", "Patient/no-such-patient").status_code == 404
 
 
+def test_an_answer_without_a_body_has_no_content_type(fhir: Fhir) -> None:
+    pid = fhir.create(patient(8))["id"]
+    minimal = fhir.put(f"Patient/{pid}", {**patient(8), "id": pid},
+                       headers={"Prefer": "return=minimal"})
+    deleted = fhir.delete(f"Patient/{pid}")
+    for response in (minimal, deleted):
+        assert not response.content and "Content-Type" not in response.headers, response
+
+
 def test_read_unknown_is_404_outcome(fhir: Fhir) -> None:
     response = fhir.get("Patient/does-not-exist")
     assert response.status_code == 404
