@@ -67,14 +67,21 @@ def apply_json_patch(resource: dict[str, Any], doc: Any) -> dict[str, Any]:
 
 def _apply_one(target: Any, op: dict[str, Any], where: str) -> Any:
     """Apply one operation; failures name the operation (``Patch[i]``) and its path."""
+    for key in ("path", "from"):
+        if key in op:
+            try:
+                jsonpointer.JsonPointer(op[key])
+            except jsonpointer.JsonPointerException as exc:
+                raise FhirError.of(400, f"{where}: '{key}' is not a JSON Pointer: {exc}",
+                                   code="structure", expression=where) from exc
     try:
         return jsonpatch.JsonPatch([op]).apply(target, in_place=True)
     except jsonpatch.JsonPatchTestFailed as exc:
         raise FhirError.of(422, f"{where}: the 'test' of {op['path']!r} failed",
                            code="processing", expression=where) from exc
-    except jsonpointer.JsonPointerException as exc:
-        raise FhirError.of(400, f"{where}: invalid JSON Pointer: {exc}", code="structure",
-                           expression=where) from exc
+    except jsonpointer.JsonPointerException as exc:  # a well-formed pointer to nothing here
+        raise FhirError.of(422, f"{where}: {op['path']!r} does not exist in the resource",
+                           code="processing", expression=where) from exc
     except (jsonpatch.JsonPatchConflict, jsonpatch.InvalidJsonPatch) as exc:
         raise FhirError.of(422, f"{where}: cannot be applied: {exc}", code="processing",
                            expression=where) from exc

@@ -51,6 +51,12 @@ def test_patch_that_cannot_apply_is_422(fhir: Fhir) -> None:
     assert issue["expression"] == ["Patch[1]"]
     missing = fhir.patch(f"Patient/{pid}", [{"op": "remove", "path": "/telecom"}])
     assert missing.status_code == 422
+    # a well-formed path whose parent is not there: 422 too, naming the path, not the data
+    no_parent = fhir.patch(f"Patient/{pid}", [{"op": "add", "path": "/telecom/0/system",
+                                               "value": "phone"}])
+    assert no_parent.status_code == 422
+    text = no_parent.json()["issue"][0]["diagnostics"]
+    assert "/telecom/0/system" in text and "Nordmann" not in text and "{" not in text
     for element in ("id", "resourceType"):
         response = fhir.patch(f"Patient/{pid}", [{"op": "replace", "path": f"/{element}",
                                                   "value": "Other"}])
