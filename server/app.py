@@ -15,6 +15,7 @@ from .api import fhir as fhir_api
 from .audit import store_indexer
 from .auth import AuthConfig, AuthServer, init_app
 from .auth.guard import ScopeGuard
+from .auth.metadata import capability_security
 from .config import Config
 from .fhir.search.registry import Registry
 from .fhir.service import FhirService
@@ -64,6 +65,7 @@ def create_app(config: Config | None = None) -> Flask:
         AuthConfig.from_env(data_dir=config.data_dir, demo=config.demo, base_url=config.base_url),
         people=lambda: listed_people(service),
         find_patient_by_fnr=lambda number: patient_by_national_id(service, number))
+    service.security = capability_security(auth.config)
     app.extensions["planbro.access"] = access_control = access.install(service, auth)
     app.extensions["planbro.audit"] = audit.install(service, access_control)
     app.extensions["planbro"] = planbro = Planbro(config, store, registry, service, auth,

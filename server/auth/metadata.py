@@ -73,3 +73,25 @@ def smart_configuration(config: AuthConfig) -> dict[str, Any]:
     doc = {k: meta[k] for k in keep}
     doc["capabilities"] = list(SMART_CAPABILITIES)
     return doc
+
+
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+
+
+def capability_security(config: AuthConfig) -> dict[str, Any]:
+    """``CapabilityStatement.rest.security``: SMART on FHIR, with the OAuth endpoints in the
+    oauth-uris extension (for clients that read them there rather than from
+    ``.well-known/smart-configuration``)."""
+    uris = [("token", config.token_endpoint), ("authorize", config.endpoint("authorize")),
+            ("revoke", config.endpoint("revoke")), ("introspect", config.endpoint("introspect"))]
+    return {
+        "extension": [{"url": OAUTH_URIS, "extension": [
+            {"url": name, "valueUri": uri} for name, uri in uris]}],
+        "cors": bool(config.cors_origins),
+        "service": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+            "code": "SMART-on-FHIR"}]}],
+        "description": "OAuth 2.0 with SMART App Launch v2 scopes: private_key_jwt client "
+                       "credentials for systems, authorization code with PKCE for people "
+                       "(discovery: .well-known/smart-configuration)",
+    }

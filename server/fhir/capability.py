@@ -23,11 +23,12 @@ def build(
     system_interactions: Iterable[str],
     operations: Iterable[tuple[str, str]],
     type_operations: dict[str, list[tuple[str, str]]] | None = None,
+    security: dict[str, Any] | None = None,
     date: str | None = None,
 ) -> dict[str, Any]:
     """A CapabilityStatement (kind instance) describing this server at ``base_url``;
-    ``operations`` apply to every type, ``type_operations`` to one; ``date`` defaults to
-    now."""
+    ``operations`` apply to every type, ``type_operations`` to one; ``security`` is
+    ``rest.security``; ``date`` defaults to now."""
     types = list(types)
     params = {t: registry.params(t) for t in types}
     operation_list = [{"name": name, "definition": url} for name, url in operations]
@@ -43,6 +44,7 @@ def build(
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
+            **({"security": security} if security else {}),
             "resource": [_resource(t, params, type_interactions, operation_list + [
                 {"name": name, "definition": url}
                 for name, url in (type_operations or {}).get(t, [])]) for t in types],
@@ -58,11 +60,11 @@ def _resource(type_: str, params: dict[str, dict[str, SearchParam]],
         "type": type_,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{type_}",
         "interaction": [{"code": code} for code in interactions],
-        "versioning": "versioned",
+        "versioning": "versioned-update",  # If-Match is honoured
         "readHistory": True,
         "updateCreate": True,
         "conditionalCreate": True,
-        "conditionalRead": "not-supported",
+        "conditionalRead": "not-match",  # If-None-Match (not If-Modified-Since)
         "conditionalUpdate": True,
         "conditionalDelete": "single",
         "searchInclude": sorted(f"{type_}:{p.code}" for p in own.values()

@@ -316,6 +316,8 @@ class FhirService:
         self.validators: list[Validator] = []
         self.before_commit: list[CommitHook] = []
         self.guard: Guard = OpenGuard()
+        self.security: dict[str, Any] | None = None
+        """``rest.security`` of the CapabilityStatement (set by the auth layer)."""
         self.access: Access = OpenAccess()
         self.observers: list[Observer] = []
         self.server_records: set[str] = set()
@@ -1075,7 +1077,8 @@ class FhirService:
         return Result(200, capability.build(
             self.registry, base_url=ctx.base_url, types=STORED_TYPES,
             type_interactions=TYPE_INTERACTIONS, system_interactions=SYSTEM_INTERACTIONS,
-            operations=OPERATIONS, type_operations=self._type_operations(ctx)))
+            operations=OPERATIONS, type_operations=self._type_operations(ctx),
+            security=self.security))
 
     def _type_operations(self, ctx: RequestContext) -> dict[str, list[tuple[str, str]]]:
         out: dict[str, list[tuple[str, str]]] = {}

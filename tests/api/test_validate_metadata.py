@@ -62,6 +62,12 @@ def test_metadata_lists_every_type_and_parameter(fhir: Fhir) -> None:
     assert "json" in statement["format"]
     rest = statement["rest"][0]
     assert rest["mode"] == "server"
+    # where to get a token, for clients that look here rather than in smart-configuration
+    assert rest["security"]["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+    oauth = {e["url"]: e["valueUri"] for e in rest["security"]["extension"][0]["extension"]}
+    smart = fhir.get(".well-known/smart-configuration").json()
+    assert oauth["token"] == smart["token_endpoint"]
+    assert oauth["authorize"] == smart["authorization_endpoint"]
     assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch",
                                                          "history-system"}
     registry = fhir.planbro.registry
@@ -76,9 +82,9 @@ def test_metadata_lists_every_type_and_parameter(fhir: Fhir) -> None:
         assert {i["code"] for i in resource["interaction"]} >= {
             "read", "vread", "update", "patch", "delete", "create", "search-type",
             "history-instance", "history-type"}
-        assert resource["versioning"] == "versioned"
+        assert resource["versioning"] == "versioned-update"
         assert resource["conditionalDelete"] == "single"
-        assert resource["conditionalRead"] == "not-supported"
+        assert resource["conditionalRead"] == "not-match"
         assert resource["conditionalCreate"] and resource["conditionalUpdate"]
         assert resource["operation"][0]["name"] == "validate"
     assert "CarePlan:subject" in by_type["CarePlan"]["searchInclude"]
