@@ -44,6 +44,7 @@ from typing import Any
 
 from ..fhir import model
 from ..fhir.outcome import FhirError, Issue
+from ..fhir.search.normalize import serving
 from ..fhir.service import FhirService, RequestContext, WriteContext
 from ..store.port import UniqueConflict, UnitOfWork, format_instant, new_id
 from .calendar import add_working_days
@@ -331,6 +332,9 @@ def send_reminders(service: FhirService, settings: WorkflowSettings, now: int,
     interval; returns how many were sent now. Which reminders of a page of notifications
     exist already is found with one search, without the write lock; only those that do not
     are written (each in a unit of work whose unique key stops a second writer)."""
+    # a reminder copies its Task's person: the configured public base tells an absolute
+    # reference to this server from another server's here, as a request's URL does there
+    serving(service.config.base_url)
     sent = 0
     offset = 0
     while True:

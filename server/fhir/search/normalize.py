@@ -176,11 +176,6 @@ def serving(base: str | None) -> None:
     _LOCAL_BASE.set(base.rstrip("/") if base else None)
 
 
-def local_base() -> str | None:
-    """The base URL declared by :func:`serving` (None outside a request)."""
-    return _LOCAL_BASE.get()
-
-
 def parse_reference(text: str) -> ReferenceParts | None:
     """``Type/id[/_history/v]``; an absolute URL below this server's base (:func:`serving`)
     as that relative reference (type, id and the URL); any other absolute URL - another
