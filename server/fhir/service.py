@@ -474,7 +474,7 @@ class FhirService:
                lenient: bool) -> ParsedSearch:
         return parse_search(self.registry, type_, params, lenient=lenient,
                             default_count=self.config.default_count,
-                            max_count=self.config.max_count, base=ctx.base_url)
+                            max_count=self.config.max_count)
 
     def lookup(self, reader: Reader, type_: str, params: dict[str, str],
                limit: int = 100, *, ctx: RequestContext | None = None) -> list[dict[str, Any]]:
@@ -493,8 +493,7 @@ class FhirService:
             restriction = self.guard.restriction(ctx, type_, "s")
         parsed = parse_search(self.registry, type_,
                               [*params.items(), *restriction, ("_count", str(limit))],
-                              max_count=max(limit, self.config.max_count),
-                              base=ctx.base_url if ctx is not None else None)
+                              max_count=max(limit, self.config.max_count))
         if ctx is None:
             return list(reader.search(parsed.query).resources)
         return self._execute(ctx, reader, parsed.query).resources

@@ -194,18 +194,16 @@ def _resource_id(raw: str, name: str) -> TokenQuery:
     return TokenQuery(None, value)
 
 
-def _reference(raw: str, name: str, param: SearchParam, type_: str | None,
-               base: str | None) -> ReferenceQuery:
-    """A reference value; an absolute URL under ``base`` (this server's) is read as the
-    relative reference it stands for, which also matches the absolute form (R4 search
-    3.1.1.4.12: a relative reference and the absolute URL it resolves to match each other)."""
+def _reference(raw: str, name: str, param: SearchParam, type_: str | None) -> ReferenceQuery:
+    """A reference value. An absolute URL under this server's base (as
+    :func:`~.normalize.parse_reference` knows it) is read as the relative reference it
+    stands for, which also matches the absolute form (R4 search 3.1.1.4.12: a relative
+    reference and the absolute URL it resolves to match each other)."""
     text = unescape(raw)
-    if base and text.startswith(base + "/"):
-        text = text[len(base) + 1:]
-    if is_absolute(text):
+    ref = parse_reference(text)
+    if is_absolute(text) and (ref is None or not ref.target_type):
         parts = parse_canonical(text)
         return ReferenceQuery(None, None, url=parts.url, version=parts.version or None)
-    ref = parse_reference(text)
     if ref is not None:
         if type_ and ref.target_type != type_:
             raise _Invalid(f"Parameter '{name}': {text!r} is not a {type_} reference")
@@ -227,8 +225,8 @@ def _missing(raw: str, name: str) -> MissingQuery:
 ValueParser = Callable[[str, str], QueryValue]
 
 
-def _value_parser(param: SearchParam, modifier: str | None, type_modifier: str | None,
-                  base: str | None) -> ValueParser:
+def _value_parser(param: SearchParam, modifier: str | None,
+                  type_modifier: str | None) -> ValueParser:
     """How the values of ``param[:modifier]`` are read."""
     if modifier == "missing":
         return _missing
@@ -238,7 +236,7 @@ def _value_parser(param: SearchParam, modifier: str | None, type_modifier: str |
     if kind == "reference":
         if modifier == "identifier":
             return _token
-        return lambda raw, name: _reference(raw, name, param, type_modifier, base)
+        return lambda raw, name: _reference(raw, name, param, type_modifier)
     if kind == "token":
         if modifier == "text":  # the normalised text, matched against TokenValue.text
             return lambda raw, _name: TokenQuery(None, normalize_string(unescape(raw)))
@@ -279,7 +277,7 @@ def _target_modifier(param: SearchParam, registry: Registry, target: str) -> boo
         not param.targets or target in param.targets)
 
 
-def _clause(registry: Registry, type_: str, key: str, raw: str, base: str | None) -> Clause:
+def _clause(registry: Registry, type_: str, key: str, raw: str) -> Clause:
     code, _, modifier = key.partition(":")
     param = _param(registry, type_, code)
     type_modifier = None
@@ -291,13 +289,12 @@ def _clause(registry: Registry, type_: str, key: str, raw: str, base: str | None
     elif modifier and modifier not in param.modifiers:
         raise _Unsupported(f"The modifier ':{modifier}' is not supported for {param.type} "
                            f"parameter '{code}' of {type_}")
-    read = _value_parser(param, modifier or None, type_modifier, base)
+    read = _value_parser(param, modifier or None, type_modifier)
     values = tuple(read(v, key) for v in _split_or(raw))
     return Clause(param, None if type_modifier else (modifier or None), values)
 
 
-def _chain(registry: Registry, type_: str, head: str, tail: str, raw: str,
-           base: str | None) -> Chain:
+def _chain(registry: Registry, type_: str, head: str, tail: str, raw: str) -> Chain:
     code, _, target = head.partition(":")
     param = _param(registry, type_, code)
     if param.type != "reference":
@@ -321,10 +318,10 @@ def _chain(registry: Registry, type_: str, head: str, tail: str, raw: str,
             raise _Invalid(f"'{head}.{tail}': '{code}' can refer to {named}; name the type "
                            f"to chain through, as {code}:Type.{tail}")
         target = candidates[0]
-    return Chain(param, target, _clause(registry, target, tail, raw, base))
+    return Chain(param, target, _clause(registry, target, tail, raw))
 
 
-def _has(registry: Registry, type_: str, key: str, raw: str, base: str | None) -> Has:
+def _has(registry: Registry, type_: str, key: str, raw: str) -> Has:
     pieces = key[len("_has:"):].split(":", 2)
     if len(pieces) != 3 or not all(pieces):
         raise _Invalid(f"'{key}' is not _has:Type:reference-parameter:parameter")
@@ -336,17 +333,16 @@ def _has(registry: Registry, type_: str, key: str, raw: str, base: str | None) -
         raise _Invalid(f"'{key}': '{ref_code}' of {other} is not a reference parameter")
     if ref.targets and type_ not in ref.targets:
         raise _Invalid(f"'{key}': '{ref_code}' of {other} cannot refer to a {type_}")
-    return Has(other, ref, _condition(registry, other, inner_key, raw, base))
+    return Has(other, ref, _condition(registry, other, inner_key, raw))
 
 
-def _condition(registry: Registry, type_: str, key: str, raw: str,
-               base: str | None) -> Condition:
+def _condition(registry: Registry, type_: str, key: str, raw: str) -> Condition:
     if key.startswith("_has:"):
-        return _has(registry, type_, key, raw, base)
+        return _has(registry, type_, key, raw)
     head, dot, tail = key.partition(".")
     if dot:
-        return _chain(registry, type_, head, tail, raw, base)
-    return _clause(registry, type_, key, raw, base)
+        return _chain(registry, type_, head, tail, raw)
+    return _clause(registry, type_, key, raw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,7 +439,6 @@ class _Parse:
     lenient: bool
     max_count: int
     result: ParsedSearch
-    base: str | None
     issues: list[Issue] = field(default_factory=list)
     conditions: list[tuple[str, str]] = field(default_factory=list)
     includes: list[tuple[str, str]] = field(default_factory=list)
@@ -479,7 +474,7 @@ class _Parse:
             raise _Unsupported(f"Parameter '{base}' takes no modifier")
         else:
             self.result.query.conditions.append(
-                _condition(self.registry, self.type_, name, raw, self.base))
+                _condition(self.registry, self.type_, name, raw))
             self.conditions.append((name, raw))
 
     def result_param(self, name: str, raw: str) -> None:
@@ -520,16 +515,15 @@ class _Parse:
 
 def parse_search(registry: Registry, type_: str, params: list[tuple[str, str]], *,
                  lenient: bool = False, default_count: int = 20,
-                 max_count: int = 1000, base: str | None = None) -> ParsedSearch:
-    """Parse the search parameters of a search of ``type_``; ``base``: this server's base
-    URL (reference values under it are read as relative references).
+                 max_count: int = 1000) -> ParsedSearch:
+    """Parse the search parameters of a search of ``type_``.
 
     Raises :class:`FhirError` (400) with one issue per problem, each naming its parameter.
     """
     if type_ not in registry.types:
         raise FhirError.of(400, f"Searching {type_} is not supported", code="not-supported")
     result = ParsedSearch(SearchQuery(type=type_, count=min(default_count, max_count)))
-    parse = _Parse(registry, type_, lenient, max_count, result, base.rstrip("/") if base else None)
+    parse = _Parse(registry, type_, lenient, max_count, result)
     parse.run(params)
     if parse.issues:
         raise FhirError(400, parse.issues)
