@@ -10,16 +10,17 @@ from collections.abc import Callable
 from typing import Any
 
 from .outcome import Issue, issue
-from .search.normalize import parse_reference
+from .search.normalize import parse_reference, url_names
 
 PLACEHOLDER_RE = re.compile(r"urn:uuid:[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"
                             r"|urn:oid:[0-2](\.(0|[1-9][0-9]*))+")
 """A Bundle entry's fullUrl that is not a location (a transaction gives the entry an id)."""
 CONDITIONAL_REF_RE = re.compile(r"(?P<type>[A-Z][A-Za-z]+)\?(?P<query>.+)")
 """A conditional reference: the one resource a search finds (a transaction resolves it)."""
-_PATIENT_URL_RE = re.compile(r"/Patient/[A-Za-z0-9\-.]{1,64}(/_history/[A-Za-z0-9\-.]{1,64})?$")
 
 Resolve = Callable[[str, str], str | None]
+References = list[tuple[str, str]]
+"""(reference, path of its Reference) pairs, as :func:`references_in` gives them."""
 
 
 def rewrite_references(resource: dict[str, Any], path: str, resolve: Resolve) -> dict[str, Any]:
@@ -42,9 +43,9 @@ def _rewrite(node: Any, path: str, resolve: Resolve) -> Any:
     return out
 
 
-def references_in(resource: Any, path: str = "") -> list[tuple[str, str]]:
+def references_in(resource: Any, path: str = "") -> References:
     """Every ``Reference.reference`` in ``resource`` with the path of its Reference."""
-    found: list[tuple[str, str]] = []
+    found: References = []
 
     def walk(node: Any, where: str) -> None:
         if isinstance(node, list):
@@ -60,10 +61,6 @@ def references_in(resource: Any, path: str = "") -> list[tuple[str, str]]:
 
     walk(resource, path)
     return found
-
-
-References = list[tuple[str, str]]
-"""(reference, path of its Reference) pairs, as :func:`references_in` gives them."""
 
 
 def placeholder_issues(refs: References) -> list[Issue]:
@@ -88,7 +85,7 @@ def foreign_patient_issues(refs: References) -> list[Issue]:
 
 
 def _foreign_patient(ref: str) -> bool:
-    if "://" not in ref or not _PATIENT_URL_RE.search(ref):
+    if url_names(ref) != "Patient":
         return False
     parts = parse_reference(ref)
     return parts is None or parts.target_type != "Patient"

@@ -148,6 +148,7 @@ def decimal_range(value: Decimal) -> tuple[Decimal, Decimal]:
 _TYPE = r"[A-Z][A-Za-z]{1,63}"
 _ID = r"[A-Za-z0-9\-.]{1,64}"
 _RELATIVE_RE = re.compile(rf"(?P<type>{_TYPE})/(?P<id>{_ID})(?:/_history/(?P<version>{_ID}))?")
+_URL_TAIL_RE = re.compile(rf"/(?P<type>{_TYPE})/{_ID}(?:/_history/{_ID})?$")
 ID_RE = re.compile(_ID)
 TYPE_RE = re.compile(_TYPE)
 
@@ -174,6 +175,13 @@ def serving(base: str | None) -> None:
     reference below it is a reference to a resource here (the request's thread and what it
     calls; other threads and processes know no base)."""
     _LOCAL_BASE.set(base.rstrip("/") if base else None)
+
+
+def url_names(text: str) -> str | None:
+    """The resource type the last segments of an absolute URL name (``.../Type/id`` or
+    ``.../Type/id/_history/v``), on whatever server; None when they name none."""
+    m = _URL_TAIL_RE.search(text) if "://" in text else None
+    return m["type"] if m else None
 
 
 def parse_reference(text: str) -> ReferenceParts | None:
