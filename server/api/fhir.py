@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from flask import Blueprint, Flask, Response, current_app, g, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import BaseConverter
 
 from ..fhir import bundle, jsonio
@@ -120,7 +120,7 @@ def _check_format() -> None:
                            "application/fhir+json (FHIR 4.0) only", code="not-supported")
 
 
-_ANSWERABLE = (*_JSON_FORMATS[1:], "*/*", "application/*")
+_ANSWERABLE = (*(f for f in _JSON_FORMATS if "/" in f), "*/*", "application/*")
 _FHIR_VERSIONS = ("4.0", "4.0.1")
 
 
@@ -134,13 +134,21 @@ def _answerable(media_range: str) -> bool:
     for param in params:
         name, _, value = param.partition("=")
         name, value = name.strip().lower(), value.strip().strip('"')
-        if name == "q" and value.replace(".", "", 1).strip("0") == "":
-            return False  # q=0: not acceptable
+        if name == "q" and _quality(value) == 0:
+            return False  # not acceptable
         if name == "fhirversion" and value not in _FHIR_VERSIONS:
             return False
         if name == "charset" and value.lower() not in ("utf-8", "utf8"):
             return False
     return True
+
+
+def _quality(value: str) -> float:
+    """An Accept quality; an empty one is 0, one that is not a number is ignored (1)."""
+    try:
+        return float(value)
+    except ValueError:
+        return 1.0 if value else 0.0
 
 
 def _prefer() -> dict[str, str]:
@@ -256,10 +264,11 @@ write (Flask adds HEAD to every route that has GET)."""
 
 
 def _require_method(expected: str) -> None:
-    """Guard of a route's last branch: it runs for ``expected`` only."""
+    """Guard of a route's last branch: it runs for ``expected`` only (otherwise the 405
+    every unsupported method gets)."""
     if request.method != expected:
-        raise FhirError.of(405, f"{request.method} is not supported on {request.path}",
-                           code="not-supported")
+        rule = request.url_rule
+        raise MethodNotAllowed(valid_methods=sorted(rule.methods or ()) if rule else None)
 
 
 @bp.route("/<rtype:rtype>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
