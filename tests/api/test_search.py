@@ -91,9 +91,12 @@ def test_a_patient_on_another_server_is_refused(fhir: Fhir, people: dict[str, st
     """A person's data is kept with their Patient here: a reference to a Patient elsewhere
     is 422 naming it (it would leave the data with no person, so with no one's protection)."""
     foreign = f"https://other.example.org/fhir/Patient/{people['kari']}"
+    versions = fhir.versions()
     response = fhir.post("Goal", _goal(foreign))
     assert response.status_code == 422, response.text
+    assert response.json()["resourceType"] == "OperationOutcome"
     assert response.json()["issue"][0]["expression"] == ["Goal.subject.reference"]
+    assert fhir.versions() == versions  # nothing stored
     assert fhir.post("Goal", _goal(f"{fhir.base}/Patient/{people['kari']}")).status_code == 201
 
 
