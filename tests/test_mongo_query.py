@@ -29,6 +29,7 @@ from server.fhir.search.ast import (
     DateValue,
     Has,
     IndexValues,
+    Keyset,
     MissingQuery,
     NumberQuery,
     NumberValue,
@@ -46,6 +47,7 @@ from server.fhir.search.ast import (
     TokenValue,
     UriQuery,
     UriValue,
+    row_order,
 )
 from server.store.mongo_query import (
     DEFAULT_SORT,
@@ -717,6 +719,85 @@ def test_plain_search_pages_with_find() -> None:
                              no_lookups, NOW)
     assert compiled == CompiledQuery({"type": "Patient", "deleted": False}, DEFAULT_SORT, 30, 10)
     assert DEFAULT_SORT == [("lum", 1), ("id", 1)]  # last update, then id
+
+
+def _keyset_page(docs: list[dict[str, Any]], sort: list[SortKey], keyset: Keyset | None,
+                 count: int = 3) -> list[dict[str, Any]]:
+    """A keyset page of ``docs`` (current Patients) the way the engine runs the compiled
+    page: its filter, then its sort (find's, or the pipeline's on the computed field)."""
+    query = SearchQuery("Patient", sort=sort, count=count, keyset=keyset)
+    if keyset is None:
+        compiled = compile_query(query, no_lookups, NOW)
+        found = [d for d in docs if matches(d, compiled.filter)]
+        order = compiled.sort
+    else:
+        compiled = compile_query(query, no_lookups, NOW)
+        assert compiled.skip == 0 and compiled.page is not None
+        found = [dict(d) for d in docs if matches(d, compiled.page)]
+        order = compiled.sort
+        if compiled.pipeline is not None:
+            stages = {next(iter(stage)): stage[next(iter(stage))] for stage in compiled.pipeline}
+            assert stages["$match"] == compiled.page and stages["$limit"] == count
+            assert stages["$addFields"] == {"_chg": {"$cond": [
+                {"$gt": ["$lum", keyset.snapshot_ms]}, 1, 0]}}
+            for d in found:
+                d["_chg"] = int(d["lum"] > keyset.snapshot_ms)
+            order = list(stages["$sort"].items())
+    for field, direction in reversed(order):
+        found.sort(key=lambda d, f=field: d[f], reverse=direction < 0)
+    page = found[:count]
+    return page[::-1] if compiled.reverse else page
+
+
+def _keyset_of(doc: dict[str, Any], sort: list[SortKey], snapshot: int,
+               backward: bool = False) -> Keyset:
+    order = row_order(sort)
+    assert order is not None
+    return Keyset(tuple(doc["lum"] if code == "_lastUpdated" else doc["id"]
+                        for code, _ in order), snapshot, backward)
+
+
+@pytest.mark.parametrize("sort", [[], [SortKey(LAST_UPDATED, True)], [SortKey(ID, True)],
+                                  [SortKey(LAST_UPDATED), SortKey(ID, True)]],
+                         ids=["default", "-lastUpdated", "-id", "lastUpdated,-id"])
+def test_keyset_pages_neither_skip_nor_take_in_what_came_later(sort: list[SortKey]) -> None:
+    def doc(id_: str, lum: int, born: int | None) -> dict[str, Any]:
+        out = {"type": "Patient", "deleted": False, "id": id_, "lum": lum, "born": born}
+        return out if born is not None else {k: v for k, v in out.items() if k != "born"}
+
+    # k0 has no ``born`` (written before the field was): it is as old as any
+    docs = [doc(f"k{n}", 1000 + 10 * n, None if n == 0 else 1000 + 10 * n) for n in range(9)]
+    snapshot = 2000
+    order = [d["id"] for d in _keyset_page(docs, sort, None, count=100)]
+    seen: list[str] = []
+    keyset: Keyset | None = None
+    for n in range(20):
+        page = _keyset_page(docs, sort, keyset)
+        if not page:
+            break
+        seen += [d["id"] for d in page]
+        if n == 0:  # a seen one updated, an unseen one updated, one deleted, one created
+            unseen = [i for i in order if i not in seen]
+            by_id = {d["id"]: d for d in docs}
+            by_id[seen[0]]["lum"] = 3000
+            by_id[unseen[0]]["lum"] = 3010
+            docs.remove(by_id[unseen[1]])
+            docs.append(doc("later", 3020, 3020))
+        keyset = _keyset_of(page[-1], sort, snapshot)
+    assert set(seen) == set(order) - {unseen[1]}
+    assert len(seen) - len(set(seen)) <= (1 if row_order(sort)[0][0] == "_lastUpdated" else 0)
+    # with no writes, a new walk forward and one back from its last resource agree
+    forward: list[str] = []
+    keyset, snapshot = None, 4000
+    while page := _keyset_page(docs, sort, keyset):
+        forward += [d["id"] for d in page]
+        keyset = _keyset_of(page[-1], sort, snapshot)
+    back = [forward[-1]]
+    keyset = _keyset_of(next(d for d in docs if d["id"] == forward[-1]), sort, snapshot, True)
+    while page := _keyset_page(docs, sort, keyset):
+        back = [d["id"] for d in page] + back
+        keyset = _keyset_of(page[0], sort, snapshot, backward=True)
+    assert back == forward and len(forward) == 9
 
 
 def test_row_sorts_use_find() -> None:

@@ -13,6 +13,7 @@ from server.fhir.search.ast import (
     Clause,
     DateQuery,
     Has,
+    Keyset,
     MissingQuery,
     NumberQuery,
     QuantityQuery,
@@ -20,8 +21,15 @@ from server.fhir.search.ast import (
     StringQuery,
     TokenQuery,
     UriQuery,
+    row_order,
 )
-from server.fhir.search.parse import ParsedSearch, parse_search, split_escaped, unescape
+from server.fhir.search.parse import (
+    ParsedSearch,
+    page_token,
+    parse_search,
+    split_escaped,
+    unescape,
+)
 from server.fhir.search.registry import Registry
 
 FNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.1"
@@ -388,6 +396,26 @@ def test_count_offset_total(registry: Registry) -> None:
     for name, value in (("_count", "abc"), ("_count", "-1"), ("_offset", "1.5"),
                         ("_total", "some")):
         assert single_issue(registry, "CarePlan", name, value)[0] == "value"
+
+
+@pytest.mark.parametrize(("sort", "keyset"), [
+    ("", Keyset((1763856000123, "a-1.b"), 1763856000999)),
+    ("-_lastUpdated", Keyset((1763856000123, "x"), 1763856000999, backward=True)),
+    ("-_id", Keyset(("x",), 5)),
+    ("_lastUpdated,-_id,_lastUpdated", Keyset((-12, "x"), 5))])
+def test_page_tokens_read_back_as_their_keyset(registry: Registry, sort: str,
+                                               keyset: Keyset) -> None:
+    token = page_token(keyset)
+    params = [("_page", token), *([("_sort", sort)] if sort else [])]
+    result = parse(registry, "CarePlan", *params)
+    assert result.query.keyset == keyset and result.query.offset == 0
+    assert ("_page", token) in result.self_params
+    for other in ("", "-_lastUpdated", "-_id", "_id,_lastUpdated"):  # keys of another order
+        if len(row_order(parse(registry, "CarePlan", ("_sort", other)).query.sort
+                         if other else [])) != len(keyset.values):
+            assert error(registry, "CarePlan", ("_page", token),
+                         *([("_sort", other)] if other else [])).issues[0].expression == (
+                "_page",)
 
 
 def test_summary_and_elements(registry: Registry) -> None:

@@ -7,6 +7,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +20,7 @@ from server.fhir.search.ast import (
     Condition,
     DateQuery,
     Has,
+    Keyset,
     MissingQuery,
     NumberQuery,
     QuantityQuery,
@@ -30,6 +32,7 @@ from server.fhir.search.ast import (
     StringQuery,
     TokenQuery,
     UriQuery,
+    row_order,
 )
 from server.store.port import (
     Store,
@@ -934,6 +937,90 @@ def test_paging_and_total(store: Store) -> None:
     assert (result.resources, result.total) == ([], 13)
     beyond = store.search(SearchQuery("Task", count=10, offset=30, total=True))
     assert (beyond.resources, beyond.total) == ([], 25)
+
+
+def _keyset(resource: dict[str, Any], sort: list[SortKey], snapshot_ms: int,
+            backward: bool = False) -> Keyset:
+    """The keyset page after (or before) ``resource`` in the row order of ``sort``."""
+    order = row_order(sort)
+    assert order is not None
+    return Keyset(tuple(date_range(resource["meta"]["lastUpdated"])[0]
+                        if code == "_lastUpdated" else resource["id"] for code, _ in order),
+                  snapshot_ms, backward)
+
+
+def _walk(store: Store, sort: list[SortKey], snapshot_ms: int,
+          between: Callable[[int, list[str]], None] = lambda n, ids: None) -> list[str]:
+    """Every id a walk by keyset pages of three finds, from the first page on; ``between``
+    runs after each page (its number, the ids so far)."""
+    ids: list[str] = []
+    keyset: Keyset | None = None
+    for n in range(20):
+        result = store.search(SearchQuery("Task", sort=sort, count=3, keyset=keyset))
+        ids += [r["id"] for r in result.resources]
+        if not result.resources:
+            return ids
+        between(n, ids)
+        keyset = _keyset(result.resources[-1], sort, snapshot_ms)
+    raise AssertionError(f"paging did not end: {ids}")
+
+
+ROW_SORTS = [[], [SortKey(LAST_UPDATED, True)], [SortKey(ID, True)],
+             [SortKey(LAST_UPDATED), SortKey(ID, True)]]
+
+
+@pytest.mark.parametrize("sort", ROW_SORTS, ids=["default", "-lastUpdated", "-id",
+                                                 "lastUpdated,-id"])
+def test_keyset_pages_neither_skip_nor_take_in_what_came_later(store: Store,
+                                                               sort: list[SortKey]) -> None:
+    for n in range(9):
+        put(store, "Task", f"k{n}", {"status": "ready"})
+        time.sleep(0.002)
+    before = find(store, "Task", sort=sort)
+    snapshot = now_instant()[1]
+    time.sleep(0.002)
+
+    def write(page: int, seen: list[str]) -> None:
+        if page == 0:  # a seen one updated, an unseen one updated, one deleted, one created
+            unseen = [i for i in before if i not in seen]
+            put(store, "Task", seen[0], {"status": "draft"})
+            put(store, "Task", unseen[0], {"status": "draft"})
+            delete(store, "Task", unseen[1])
+            put(store, "Task", "later", {"status": "ready"})
+
+    seen = _walk(store, sort, snapshot, write)
+    deleted = [i for i in before if i not in seen]
+    assert len(deleted) == 1 and "later" not in seen  # nothing else missed
+    assert set(seen) == set(before) - set(deleted)
+    # only a resource updated after it was seen may come again, at its new place
+    assert len(seen) - len(set(seen)) <= (1 if row_order(sort)[0][0] == "_lastUpdated" else 0)
+    counted = store.search(SearchQuery("Task", sort=sort, count=3, total=True,
+                                       keyset=_keyset(store.read("Task", before[0]).resource,
+                                                      sort, snapshot)))
+    assert counted.total == 8  # the total is of the whole search as of the snapshot
+
+
+@pytest.mark.parametrize("sort", ROW_SORTS, ids=["default", "-lastUpdated", "-id",
+                                                 "lastUpdated,-id"])
+def test_keyset_pages_before_a_resource_are_the_pages_walked_forward(
+        store: Store, sort: list[SortKey]) -> None:
+    with store.unit_of_work() as uow:  # some share a millisecond: the id decides
+        for n in range(8):
+            uow.update("Task", f"k{n}", {"resourceType": "Task", "status": "ready"})
+    snapshot = now_instant()[1]
+    forward = _walk(store, sort, snapshot)
+    assert sorted(forward) == [f"k{n}" for n in range(8)] and forward == find(store, "Task",
+                                                                               sort=sort)
+    last = store.read("Task", forward[-1]).resource
+    backward: list[str] = [forward[-1]]
+    keyset = _keyset(last, sort, snapshot, backward=True)
+    while True:
+        page = store.search(SearchQuery("Task", sort=sort, count=3, keyset=keyset)).resources
+        if not page:
+            break
+        backward = [r["id"] for r in page] + backward
+        keyset = _keyset(page[0], sort, snapshot, backward=True)
+    assert backward == forward
 
 
 # -- server records (key-value) ---------------------------------------------------------------

@@ -64,9 +64,17 @@ from . import capability, model
 from .outcome import FhirError, Issue, issue, not_found, outcome
 from .patch import apply_json_patch
 from .references import foreign_patient_issues, placeholder_issues, references_in
-from .search.ast import Clause, Condition, ReferenceQuery, SearchQuery, SearchResult
+from .search.ast import (
+    Clause,
+    Condition,
+    Keyset,
+    ReferenceQuery,
+    SearchQuery,
+    SearchResult,
+    row_order,
+)
 from .search.normalize import ID_RE, date_range
-from .search.parse import Include, ParsedSearch, parse_search
+from .search.parse import Include, ParsedSearch, page_token, parse_search
 from .search.registry import Registry
 from .types import STORED_TYPES
 
@@ -79,7 +87,7 @@ MAX_INCLUDE_DEPTH = 3  # rounds of _include:iterate / _revinclude:iterate
 MAX_INCLUDED = 1000  # resources added to one page by _include / _revinclude
 PREFER_RETURN = ("minimal", "representation", "OperationOutcome")
 _SUMMARY_MODES = ("true", "text", "data", "count", "false")
-_PAGING_PARAMS = ("_count", "_offset")
+_PAGING_PARAMS = ("_count", "_offset", "_page")
 
 # The interactions this service implements, read by the CapabilityStatement.
 TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance",
@@ -789,7 +797,7 @@ class FhirService:
                                code="required")
         criteria = sorted(p for p in parsed.self_params if p[0] not in _PAGING_PARAMS)
         uow.lock(f"cond:{type_}?{urlencode(criteria)}")
-        query = dataclasses.replace(parsed.query, count=2, offset=0, total=False)
+        query = dataclasses.replace(parsed.query, count=2, offset=0, total=False, keyset=None)
         return self.access.matches(ctx, uow, query)
 
     def _before(self, ctx: RequestContext, uow: UnitOfWork, interaction: str, type_: str,
@@ -848,19 +856,26 @@ class FhirService:
         count_only = parsed.summary == "count"
         if count_only:
             query = dataclasses.replace(query, total=True, count=0)
-        # One row more than the page tells whether a next page exists.
+        keyset = query.keyset
+        backward = keyset is not None and keyset.backward
+        snapshot = keyset.snapshot_ms if keyset is not None else now_instant()[1]
+        # One row more than the page tells whether another page follows it (precedes it,
+        # for a page before a resource: that row then comes first).
         page = dataclasses.replace(query, count=query.count + 1)
         result = self._execute(ctx, reader, page)
-        matches = result.resources[:query.count]
-        has_next = 0 < query.count < len(result.resources)
+        more = 0 < query.count < len(result.resources)
+        matches = result.resources[1:] if backward and more else result.resources[:query.count]
+        has_next = backward or more
         total = result.total if query.total else None
-        if total is None and not has_next and (matches or query.offset == 0):
+        if total is None and not has_next and keyset is None and (matches or not query.offset):
             total = query.offset + len(matches)
         bundle: dict[str, Any] = {"resourceType": "Bundle", "id": new_id(),
                                   "meta": {"lastUpdated": _now()}, "type": "searchset"}
         if total is not None:
             bundle["total"] = total
-        bundle["link"] = self._search_links(ctx, type_, parsed, query, has_next)
+        has_previous = more if backward else keyset is not None
+        bundle["link"] = self._search_links(ctx, type_, parsed, query, matches, snapshot,
+                                            has_next=has_next, has_previous=has_previous)
         if count_only:
             return bundle
         entries = [self._entry(ctx, _subset(r, parsed), "match") for r in matches]
@@ -884,20 +899,45 @@ class FhirService:
         return [t for t in candidates if t in STORED_TYPES]
 
     def _search_links(self, ctx: RequestContext, type_: str, parsed: ParsedSearch,
-                      query: SearchQuery, has_next: bool) -> list[dict[str, str]]:
+                      query: SearchQuery, matches: list[dict[str, Any]], snapshot_ms: int, *,
+                      has_next: bool, has_previous: bool) -> list[dict[str, str]]:
+        """``self``, ``first`` and, where there are such pages, ``previous`` and ``next``.
+
+        A search in a row order (by default: last update, then id) pages by keyset: the
+        next page starts after this page's last resource, the previous one ends before its
+        first, among the resources first written by the time of the first page (see
+        :class:`~.search.ast.Keyset`). Other sorts, and a search given ``_offset``, page by
+        offset."""
         criteria = [p for p in parsed.self_params if p[0] not in _PAGING_PARAMS]
 
-        def url(offset: int) -> str:
-            paging = [("_count", str(query.count))]
-            if offset:
-                paging.append(("_offset", str(offset)))
-            return f"{ctx.base_url}/{type_}?{urlencode(criteria + paging)}"
+        def url(*paging: tuple[str, str]) -> str:
+            return (f"{ctx.base_url}/{type_}?"
+                    f"{urlencode([*criteria, ('_count', str(query.count)), *paging])}")
 
-        links = [_link("self", url(query.offset)), _link("first", url(0))]
-        if query.offset > 0 and query.count > 0:
-            links.append(_link("previous", url(max(0, query.offset - query.count))))
-        if has_next:
-            links.append(_link("next", url(query.offset + query.count)))
+        order = None if query.offset else row_order(query.sort)
+        if order is None or query.count == 0:
+            def at(offset: int) -> str:
+                return url(("_offset", str(offset))) if offset else url()
+
+            links = [_link("self", at(query.offset)), _link("first", at(0))]
+            if query.offset > 0 and query.count > 0:
+                links.append(_link("previous", at(max(0, query.offset - query.count))))
+            if has_next:
+                links.append(_link("next", at(query.offset + query.count)))
+            return links
+
+        def page(resource: dict[str, Any], backward: bool) -> str:
+            values = tuple(date_range(resource["meta"]["lastUpdated"])[0]
+                           if code == "_lastUpdated" else str(resource["id"])
+                           for code, _ in order)
+            return url(("_page", page_token(Keyset(values, snapshot_ms, backward))))
+
+        here = url(("_page", page_token(query.keyset))) if query.keyset else url()
+        links = [_link("self", here), _link("first", url())]
+        if has_previous and matches:
+            links.append(_link("previous", page(matches[0], backward=True)))
+        if has_next and matches:
+            links.append(_link("next", page(matches[-1], backward=False)))
         return links
 
     def _entry(self, ctx: RequestContext, resource: dict[str, Any], mode: str) -> dict:

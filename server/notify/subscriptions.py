@@ -38,7 +38,7 @@ from ..store.port import UnitOfWork, Version, now_instant
 from . import outbox, subscribers
 
 FHIR_JSON = "application/fhir+json"
-_NOT_FILTERS = ("_include", "_revinclude", "_sort", "_count", "_offset", "_summary",
+_NOT_FILTERS = ("_include", "_revinclude", "_sort", "_count", "_offset", "_page", "_summary",
                 "_elements", "_total", "_contained", "_containedType")
 
 

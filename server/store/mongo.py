@@ -394,9 +394,11 @@ class MongoStore(Store):
                 cursor = self._resources.aggregate(compiled.pipeline, session=session)
             else:
                 cursor = self._resources.find(
-                    compiled.filter, {"json": 1}, sort=compiled.sort, skip=compiled.skip,
-                    limit=compiled.limit, session=session)
+                    compiled.page or compiled.filter, {"json": 1}, sort=compiled.sort,
+                    skip=compiled.skip, limit=compiled.limit, session=session)
             resources = [loads(doc["json"]) for doc in cursor]
+            if compiled.reverse:
+                resources.reverse()
         total = None
         if query.total:
             total = self._resources.count_documents(compiled.filter, session=session)
@@ -660,7 +662,8 @@ class _MongoUnitOfWork(UnitOfWork):
         body = None if resource is None else stamp(resource, type_, id_, version, instant)
         doc: Document = {
             "_id": f"{type_}/{id_}", "type": type_, "id": id_, "version": version,
-            "lu": instant, "lum": ms, "deleted": body is None, "method": method,
+            "lu": instant, "lum": ms, "born": ms if prev is None else prev.get("born"),
+            "deleted": body is None, "method": method,
             "keys": keys if body is not None else [],
             "json": None if body is None else dumps(body),
             "ix": {} if body is None else index_document(self._store.indexer(body)),

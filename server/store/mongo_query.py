@@ -4,7 +4,7 @@ Nothing here talks to a database; :mod:`server.store.mongo` runs what this modul
 
 One ``resources`` document holds the current version of one resource::
 
-    {_id: "Type/id", type, id, version, lu, lum, deleted, method, keys, json,
+    {_id: "Type/id", type, id, version, lu, lum, born, deleted, method, keys, json,
      ix: {tok: [{p, s, c, x, i}],     token: param, system, code, text, identifier flag
           ref: [{p, t, id, u, v}],    reference: param, target type, id, url, version
           dt:  [{p, lo, hi}],         date range, epoch ms, both ends inclusive
@@ -47,7 +47,9 @@ when ANY of its values matches it, so ``ne`` is "some value not equal", while ``
   ``$and`` / ``$or`` of their conditions; an empty ``AnyOf`` matches nothing.
 * Order: each sort key (the smallest value ascending, the largest descending; dates by start
   ascending and end descending; without a value last either way), then the id. Without sort
-  keys: last update, then id.
+  keys: last update, then id. A keyset page (``SearchQuery.keyset``) compares the order's
+  keys with ``$or`` of key-by-key filters, among the documents ``born`` (first written) at or
+  before its snapshot.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from bson.decimal128 import Decimal128, create_decimal128_context
 
 from ..fhir.outcome import FhirError
 from ..fhir.search.ast import (
+    CHANGED,
     MODIFIERS,
     AllOf,
     AnyOf,
@@ -80,6 +83,7 @@ from ..fhir.search.ast import (
     StringQuery,
     TokenQuery,
     UriQuery,
+    keyset_keys,
 )
 
 Filter = dict[str, Any]
@@ -197,6 +201,10 @@ class CompiledQuery:
     skip: int
     limit: int
     pipeline: Pipeline | None = None
+    # A keyset page (``SearchQuery.keyset``): the page's own filter (where it starts), and
+    # whether ``sort`` is the reverse order (a page before a resource), to be turned back.
+    page: Filter | None = None
+    reverse: bool = False
 
 
 def compile_query(query: SearchQuery, resolve: Resolve, now_ms: int) -> CompiledQuery:
@@ -206,6 +214,8 @@ def compile_query(query: SearchQuery, resolve: Resolve, now_ms: int) -> Compiled
         raise FhirError.of(400, "Searching across all resource types is not supported; "
                                 "search one resource type", code="not-supported")
     filter_ = query_filter(query, resolve, now_ms)
+    if query.keyset is not None:
+        return _keyset_page(query, filter_)
     keys = _unique_keys(query.sort)
     if not keys:
         return CompiledQuery(filter_, list(DEFAULT_SORT), query.offset, query.count)
@@ -216,6 +226,45 @@ def compile_query(query: SearchQuery, resolve: Resolve, now_ms: int) -> Compiled
         return CompiledQuery(filter_, sort, query.offset, query.count)
     pipeline = sort_pipeline(filter_, keys, query.offset, query.count)
     return CompiledQuery(filter_, [], query.offset, query.count, pipeline)
+
+
+def _keyset_page(query: SearchQuery, filter_: Filter) -> CompiledQuery:
+    """A keyset page: among the resources first written (``born``) by the snapshot, those
+    after (backward: before, taken in the reverse order) the keyset's resource, compared
+    key by key (:func:`~server.fhir.search.ast.keyset_keys`); a page led by
+    :data:`~server.fhir.search.ast.CHANGED` is sorted by an aggregation, which can sort by
+    a computed field."""
+    keyset = query.keyset
+    if keyset is None:
+        raise ValueError("a keyset page needs a keyset")
+    keys = keyset_keys(query.sort, keyset)
+    snapshot = keyset.snapshot_ms
+    changed_after = {"lum": {"$gt": snapshot}}
+    changed_not = {"lum": {"$lte": snapshot}}
+
+    def compare(code: str, op: str, value: int | str) -> Filter:
+        if code != CHANGED:
+            return {ROW_FIELDS[code]: value if op == "$eq" else {op: value}}
+        if (op, value) in (("$gt", 0), ("$eq", 1)):
+            return changed_after
+        return changed_not if (op, value) in (("$lt", 1), ("$eq", 0)) else NOTHING
+
+    ways = [{"$and": [*(compare(code, "$eq", value) for code, _, value in keys[:i]),
+                      compare(code, "$gt" if descending == keyset.backward else "$lt", value)]}
+            for i, (code, descending, value) in enumerate(keys)]
+    # A document without ``born`` was first written before the field was: it is old enough.
+    counted = {"$and": [filter_, {"$nor": [{"born": {"$gt": snapshot}}]}]}
+    page = {"$and": [counted, _any(ways)]}
+    sort = [(ROW_FIELDS.get(code, "_chg"), 1 if descending == keyset.backward else -1)
+            for code, descending, _ in keys]
+    if keys[0][0] != CHANGED:
+        return CompiledQuery(counted, sort, 0, query.count, page=page, reverse=keyset.backward)
+    pipeline: Pipeline = [
+        {"$match": page},
+        {"$addFields": {"_chg": {"$cond": [{"$gt": ["$lum", snapshot]}, 1, 0]}}},
+        {"$sort": dict(sort)}, {"$limit": query.count}, {"$project": {"json": 1}}]
+    return CompiledQuery(counted, [], 0, query.count, pipeline, page=page,
+                         reverse=keyset.backward)
 
 
 def query_filter(query: SearchQuery, resolve: Resolve, now_ms: int) -> Filter:

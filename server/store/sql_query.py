@@ -60,7 +60,9 @@ start ascending / end descending, reference by target id, number and quantity by
 by value, ``_id``, ``_lastUpdated``); a multi-valued parameter sorts by its smallest value
 ascending and its largest descending; resources without a value come last either way; the
 resource id breaks ties. Without sort keys: last update, then id. ``count``/``offset`` page
-the ordered result.
+the ordered result, or, in a row order, a keyset (``SearchQuery.keyset``): the page after
+(before) a resource, compared by the order's keys (:func:`keyset_keys`), among the resources
+with a version at or before its snapshot (a ``history`` probe, for those written since).
 
 Two plans for a search without sort keys (:class:`CompiledSearch`): the driven plan reads
 every match from the most selective index condition and sorts them (its cost grows with the
@@ -91,6 +93,7 @@ from typing import Any
 from ..fhir import jsonio
 from ..fhir.outcome import FhirError
 from ..fhir.search.ast import (
+    CHANGED,
     MODIFIERS,
     AllOf,
     AnyOf,
@@ -99,6 +102,7 @@ from ..fhir.search.ast import (
     Condition,
     DateQuery,
     Has,
+    Keyset,
     NumberQuery,
     QuantityQuery,
     QueryValue,
@@ -109,6 +113,7 @@ from ..fhir.search.ast import (
     StringQuery,
     TokenQuery,
     UriQuery,
+    keyset_keys,
 )
 
 INDEX_TABLES: dict[str, str] = {
@@ -176,7 +181,13 @@ def compile_search(query: SearchQuery, now_ms: int) -> CompiledSearch:
     type_ = query.type
     compiler = _Compiler(now_ms)
     parts = compiler.parts(type_, "r", query.conditions, query.ids)
-    order = compiler.order_by(query.sort)
+    order = page_order = compiler.order_by(query.sort)
+    keyset, backward, start = query.keyset, False, ""
+    if keyset is not None:
+        parts.append(_Part(compiler.first_written("r", keyset.snapshot_ms)))
+        backward = keyset.backward
+        order, page_order, start = compiler.keyset("r", query.sort, keyset)
+        start = " AND " + start
     params = compiler.params
     params["limit"] = query.count
     params["offset"] = query.offset
@@ -186,7 +197,8 @@ def compile_search(query: SearchQuery, now_ms: int) -> CompiledSearch:
         # Page first on the narrow columns, then read the JSON of that page only: SQLite's
         # sorter would otherwise carry every match's JSON.
         return (f"{ctes}SELECT r.json FROM resource AS r WHERE r.pk IN (SELECT r.pk FROM "
-                f"{rows} ORDER BY {order} LIMIT :limit OFFSET :offset) ORDER BY {order}")
+                f"{rows}{start} ORDER BY {page_order} LIMIT :limit OFFSET :offset) "
+                f"ORDER BY {order}")
 
     def driven(driver: int) -> Plan:
         where = compiler.where(type_, "r", parts, driver=driver)
@@ -196,7 +208,7 @@ def compile_search(query: SearchQuery, now_ms: int) -> CompiledSearch:
 
     estimates = tuple(f"{ctes}SELECT count(*) FROM (SELECT 1 FROM ({p.sql}) LIMIT :cap)"
                       for p in _indexed(parts))
-    if query.sort or not estimates:
+    if query.sort or backward or not estimates:
         return CompiledSearch(estimates, driven, params)
     walk = compiler.where(type_, "r", parts, ordered=True)
     window = paged(f"resource AS r INDEXED BY resource_updated WHERE {walk} "
@@ -628,6 +640,40 @@ class _Compiler:
         parts = [f"{self._sort_expr(k)} {'DESC' if k.descending else 'ASC'} NULLS LAST"
                  for k in keys]
         return ", ".join(parts + ["r.id"])
+
+    def keyset(self, r: str, sort: list[SortKey], keyset: Keyset) -> tuple[str, str, str]:
+        """A keyset page of a search sorted by ``sort`` (see :func:`keyset_keys`): the order
+        of the result, the order the page is taken in (the reverse, for a page before a
+        resource: its last ``limit`` rows), and the predicate that ``r`` comes after (before)
+        the keyset's resource: a row value comparison when every key runs one way, else key
+        by key."""
+        keys = keyset_keys(sort, keyset)
+        columns = {"_lastUpdated": f"{r}.last_updated_ms", "_id": f"{r}.id",
+                   CHANGED: f"({r}.last_updated_ms > {self.bind(keyset.snapshot_ms)})"}
+        cols = [columns[code] for code, _, _ in keys]
+        values = [self.bind(value) for _, _, value in keys]
+        ops = [">" if descending == keyset.backward else "<" for _, descending, _ in keys]
+
+        def order_by(reverse: bool) -> str:
+            return ", ".join(f"{col} {'DESC' if descending != reverse else 'ASC'}"
+                             for col, (_, descending, _) in zip(cols, keys, strict=True))
+
+        if len(set(ops)) == 1:
+            start = f"({', '.join(cols)}) {ops[0]} ({', '.join(values)})"
+        else:
+            start = "(" + " OR ".join(
+                _all([f"{c} = {v}" for c, v in zip(cols[:i], values[:i], strict=True)]
+                     + [f"{cols[i]} {ops[i]} {values[i]}"])
+                for i in range(len(keys))) + ")"
+        return order_by(False), order_by(keyset.backward), start
+
+    def first_written(self, r: str, snapshot_ms: int) -> str:
+        """Resource ``r`` was first written at or before ``snapshot_ms`` (some version of it
+        is that old; the history is read only for what was written since)."""
+        at, h = self.bind(snapshot_ms), self._alias()
+        return (f"({r}.last_updated_ms <= {at} OR EXISTS (SELECT 1 FROM history AS {h} "
+                f"WHERE {h}.type = {r}.type AND {h}.id = {r}.id "
+                f"AND {h}.last_updated_ms <= {at}))")
 
     def _sort_expr(self, key: SortKey) -> str:
         code = key.param.code

@@ -55,6 +55,20 @@ def test_the_person_reads_their_own_access_log(world: World) -> None:
         assert [i for i in validate(event, type_="AuditEvent") if i.severity == "error"] == []
 
 
+def test_paging_the_access_log_ends(world: World) -> None:
+    """Reading one's access log adds to it; paging through it still ends, with the events
+    there were when the first page was made."""
+    world.get("kommune", "CarePlan/active")
+    bundle = world.bundle("self:active", "AuditEvent?_count=1&_total=accurate")
+    total, seen = bundle["total"], [bundle["entry"][0]["resource"]["id"]]
+    while "next" in (links := {link["relation"]: link["url"] for link in bundle["link"]}):
+        bundle = world.bundle("self:active", links["next"])
+        seen += [e["resource"]["id"] for e in bundle.get("entry", [])]
+        assert len(seen) <= total, "paging the access log did not end"
+    assert len(seen) == len(set(seen)) == total
+    assert world.bundle("self:active", "AuditEvent?_total=accurate")["total"] > 2 * total - 1
+
+
 def test_nobody_else_reads_audit_events_but_auditors(world: World) -> None:
     world.get("nav", "Goal/limited-goal")
     event_id = _log(world, "self:limited", "limited")[0]["id"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -150,6 +151,79 @@ def test_paging_walks_every_match_once(fhir: Fhir) -> None:
     first = _links(bundle)["first"]
     assert dict(parse_qsl(urlsplit(first).query))["_count"] == "5"
     assert "_offset" not in dict(parse_qsl(urlsplit(first).query))
+
+
+def _walk(fhir: Fhir, url: str, between: Any = None) -> tuple[list[str], list[dict]]:
+    """The ids of every page from ``url`` on by the ``next`` links, and the pages;
+    ``between(page, ids so far)`` runs after each page."""
+    seen: list[str] = []
+    pages: list[dict] = []
+    while url:
+        bundle = fhir.search(url)
+        pages.append(bundle)
+        seen += [e["resource"]["id"] for e in bundle.get("entry", [])]
+        if between is not None:
+            between(len(pages), seen)
+        url = _links(bundle).get("next", "")
+        assert len(pages) < 50, "paging did not end"
+    return seen, pages
+
+
+@pytest.mark.parametrize("order", ["", "&_sort=-_lastUpdated", "&_sort=_id"])
+def test_paging_neither_skips_nor_shifts_when_resources_change(fhir: Fhir,
+                                                               order: str) -> None:
+    """Pages follow one another by where the last one ended, among the resources there were
+    when the first page was made: writes between pages skip nothing and bring in nothing
+    new, and an updated resource comes (again) at its new place in the order."""
+    made = [fhir.create(patient(200 + n, family="Keyset"))["id"] for n in range(10)]
+    later: list[str] = []
+
+    def write(page: int, seen: list[str]) -> None:
+        if page == 1:  # a seen one updated, an unseen one updated, one deleted, one created
+            unseen = [i for i in made if i not in seen]
+            for pid in (seen[0], unseen[0]):
+                assert fhir.put(f"Patient/{pid}", patient(
+                    200 + made.index(pid), family="Keyset", active=True) | {"id": pid}
+                                ).status_code == 200
+            assert fhir.delete(f"Patient/{unseen[1]}").status_code in (200, 204)
+            made.remove(unseen[1])
+            later.append(fhir.create(patient(300, family="Keyset"))["id"])
+
+    seen, pages = _walk(fhir, f"Patient?family=keyset&_count=4{order}", write)
+    assert set(seen) == set(made) and later[0] not in seen
+    assert len(seen) - len(set(seen)) <= (0 if order.endswith("_id") else 1)
+    for bundle in pages[1:]:
+        assert "previous" in _links(bundle) and "_page=" in _links(bundle)["self"]
+    assert "_page" not in _links(pages[0])["self"] and "_page" not in _links(pages[0])["first"]
+
+
+def test_previous_links_lead_back_through_the_same_pages(fhir: Fhir) -> None:
+    for n in range(11):
+        fhir.create(patient(400 + n, family="Backward"))
+    _, pages = _walk(fhir, "Patient?family=backward&_count=3&_total=accurate")
+    assert [len(p.get("entry", [])) for p in pages] == [3, 3, 3, 2]
+    assert {p["total"] for p in pages} == {11}
+    bundle, back = pages[-1], [pages[-1]]
+    while "previous" in _links(bundle):
+        bundle = fhir.search(_links(bundle)["previous"])
+        back.insert(0, bundle)
+    ids = [[e["resource"]["id"] for e in p["entry"]] for p in pages]
+    assert [[e["resource"]["id"] for e in p["entry"]] for p in back] == ids
+    assert "next" in _links(back[0]) and "previous" not in _links(back[0])
+
+
+@pytest.mark.parametrize(("query", "why"), [
+    ("Patient?_page=garbage", "not a page of this search"),
+    ("Patient?_page=n1~2", "not a page of this search"),
+    ("Patient?_sort=family&_page=n1~2~abc", "page other sorts with _offset"),
+    ("Patient?_offset=3&_page=n1~2~abc", "exclude each other"),
+])
+def test_a_page_that_is_not_one_of_the_search_is_400(fhir: Fhir, query: str,
+                                                     why: str) -> None:
+    response = fhir.get(query)
+    assert response.status_code == 400, response.text
+    problem = response.json()["issue"][0]
+    assert problem["expression"] == ["_page"] and why in problem["diagnostics"]
 
 
 def test_total_and_summary_count(fhir: Fhir, people: dict[str, str]) -> None:

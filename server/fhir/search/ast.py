@@ -278,6 +278,66 @@ class SortKey:
     descending: bool = False
 
 
+ROW_KEYS = ("_lastUpdated", "_id")
+"""The sort keys engines answer from the resource row itself."""
+
+
+def row_order(sort: list[SortKey]) -> list[tuple[str, bool]] | None:
+    """The order of a search as ``(code, descending)`` row keys ending with ``_id`` (which
+    is unique, so the order is total), when every sort key is a row key: without sort keys,
+    last update then id. None when the search sorts by another parameter."""
+    if not sort:
+        return [("_lastUpdated", False), ("_id", False)]
+    if any(k.param.code not in ROW_KEYS for k in sort):
+        return None
+    order: list[tuple[str, bool]] = []
+    for key in sort:
+        if all(code != key.param.code for code, _ in order):
+            order.append((key.param.code, key.descending))
+        if key.param.code == "_id":
+            return order  # ids are unique: later keys never decide
+    return [*order, ("_id", False)]
+
+
+@dataclass(frozen=True)
+class Keyset:
+    """A page of a search in a row order (:func:`row_order`) given by where it starts rather
+    than by an offset, so that writes during paging neither skip nor shift what is left.
+
+    The page holds the matches that come after (``backward``: before, the page then being
+    the last ``count`` of them) the resource whose row key values are ``values`` (epoch
+    milliseconds for ``_lastUpdated``, the id for ``_id``), among the resources first
+    written at or before ``snapshot_ms``: what was created after the first page is left out
+    (paging AuditEvents, which the paging itself creates, ends), while what was updated
+    after it is still there (at its new place in the order)."""
+
+    values: tuple[int | str, ...]
+    snapshot_ms: int
+    backward: bool = False
+
+
+CHANGED = "_changed"
+"""The key a keyset page may lead with: 1 when the resource was written after the keyset's
+snapshot, else 0 (see :func:`keyset_keys`)."""
+
+
+def keyset_keys(sort: list[SortKey], keyset: Keyset) -> list[tuple[str, bool, int | str]]:
+    """The keys a keyset page compares, ``(code, descending, the keyset resource's value)``:
+    the row order's (:func:`row_order`), led, when that order starts with the last update
+    newest first, by :data:`CHANGED` ascending. A resource updated during paging moves to the
+    top of such an order, which the walk has passed; it comes at the end instead."""
+    order = row_order(sort)
+    if order is None or len(order) != len(keyset.values):
+        raise ValueError("a keyset page needs a search in a row order and its key values")
+    keys: list[tuple[str, bool, int | str]] = [
+        (code, descending, value) for (code, descending), value
+        in zip(order, keyset.values, strict=True)]
+    if order[0] == ("_lastUpdated", True):
+        changed = int(int(keyset.values[0]) > keyset.snapshot_ms)
+        keys.insert(0, (CHANGED, False, changed))
+    return keys
+
+
 @dataclass
 class SearchQuery:
     """A compiled search of one resource type (``type=None`` is reserved for system search)."""
@@ -287,9 +347,11 @@ class SearchQuery:
     sort: list[SortKey] = field(default_factory=list)
     count: int = 20
     offset: int = 0
-    total: bool = False  # compute the total number of matches
+    total: bool = False  # compute the total number of matches (within the keyset's snapshot)
     # Restrict to these ids (access control and _include reads add this; None = no limit).
     ids: frozenset[str] | None = None
+    # Where the page starts, instead of ``offset`` (searches in a row order only).
+    keyset: Keyset | None = None
 
 
 @dataclass

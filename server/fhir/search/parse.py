@@ -21,6 +21,7 @@ from .ast import (
     Condition,
     DateQuery,
     Has,
+    Keyset,
     MissingQuery,
     NumberQuery,
     Prefix,
@@ -33,6 +34,7 @@ from .ast import (
     StringQuery,
     TokenQuery,
     UriQuery,
+    row_order,
 )
 from .normalize import (
     ID_RE,
@@ -90,7 +92,7 @@ _UNSUPPORTED = {
     "_query": "named queries", "_filter": "_filter expressions", "_contained": "contained search",
     "_containedType": "contained search", "_type": "_type (system search only)",
 }
-_SINGLE = ("_count", "_offset", "_total", "_summary", "_elements", "_format", "_sort")
+_SINGLE = ("_count", "_offset", "_page", "_total", "_summary", "_elements", "_format", "_sort")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,6 +364,37 @@ def _choice(raw: str, name: str, allowed: tuple[str, ...]) -> str:
     return raw
 
 
+_PAGE_SEP = "~"  # in no id, number or direction, and left as it is in a URL
+_PAGE_HEAD_RE = re.compile(r"([np])(\d{1,18})")
+
+
+def page_token(keyset: Keyset) -> str:
+    """The ``_page`` value of a keyset page (read back by the parser): the direction (``n``
+    after, ``p`` before) and the snapshot, then the row key values."""
+    head = f"{'p' if keyset.backward else 'n'}{keyset.snapshot_ms}"
+    return _PAGE_SEP.join([head, *(str(v) for v in keyset.values)])
+
+
+def _page(raw: str, order: list[tuple[str, bool]] | None) -> Keyset:
+    """The keyset a ``_page`` value names, for a search in the row ``order``."""
+    if order is None:
+        raise _Invalid("Parameter '_page' pages searches in their default order or sorted "
+                       "by _lastUpdated or _id only; page other sorts with _offset")
+    head, *values = raw.split(_PAGE_SEP)
+    m = _PAGE_HEAD_RE.fullmatch(head)
+    if m is None or len(values) != len(order):
+        raise _Invalid(f"Parameter '_page' is not a page of this search: {raw!r}")
+    keys: list[int | str] = []
+    for (code, _), value in zip(order, values, strict=True):
+        if code == "_id" and ID_RE.fullmatch(value):
+            keys.append(value)
+        elif code != "_id" and re.fullmatch(r"-?\d{1,18}", value):
+            keys.append(int(value))
+        else:
+            raise _Invalid(f"Parameter '_page' is not a page of this search: {raw!r}")
+    return Keyset(tuple(keys), int(m.group(2)), backward=m.group(1) == "p")
+
+
 def _sort(registry: Registry, type_: str, raw: str, ignored: list[str],
           lenient: bool) -> list[SortKey]:
     keys: list[SortKey] = []
@@ -483,6 +516,8 @@ class _Parse:
             query.count = min(_int(raw, name), self.max_count)
         elif name == "_offset":
             query.offset = _int(raw, name)
+        elif name == "_page":
+            return  # read by page(), once the order is known
         elif name == "_total":
             _choice(raw, name, _TOTAL)
         elif name == "_summary":
@@ -493,6 +528,20 @@ class _Parse:
             _format(raw)
         else:
             query.sort = _sort(self.registry, self.type_, raw, self.result.ignored, self.lenient)
+
+    def page(self) -> None:
+        """Read ``_page`` against the search's order (known once every parameter is read)."""
+        raw = self.singles.get("_page")
+        if raw is None:
+            return
+        if "_offset" in self.singles:
+            self.issues.append(issue("Parameters '_page' and '_offset' exclude each other",
+                                     code="value", expression="_page"))
+            return
+        try:
+            self.result.query.keyset = _page(raw, row_order(self.result.query.sort))
+        except _Invalid as exc:
+            self.issues.append(issue(str(exc), code="value", expression="_page"))
 
     def finish(self) -> None:
         query, result, singles = self.result.query, self.result, self.singles
@@ -510,6 +559,8 @@ class _Parse:
         self_params.append(("_count", str(query.count)))
         if query.offset:
             self_params.append(("_offset", str(query.offset)))
+        if query.keyset is not None:
+            self_params.append(("_page", singles["_page"]))
         result.self_params = self_params
 
 
@@ -525,6 +576,7 @@ def parse_search(registry: Registry, type_: str, params: list[tuple[str, str]], 
     result = ParsedSearch(SearchQuery(type=type_, count=min(default_count, max_count)))
     parse = _Parse(registry, type_, lenient, max_count, result)
     parse.run(params)
+    parse.page()
     if parse.issues:
         raise FhirError(400, parse.issues)
     parse.finish()
