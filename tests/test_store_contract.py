@@ -460,6 +460,11 @@ def test_history(store: Store) -> None:
     assert {(v.type, v.id, v.version) for v in recent} == {
         ("Practitioner", "d", 1), ("Patient", "b", 2), ("Patient", "a", 3)}
     assert store.history("Patient", since_ms=ms)[1] == 2
+    before = ms - 1  # up to a time: what was written by then, for one resource and all
+    assert {(v.type, v.id, v.version) for v in store.history(until_ms=before)[0]} == {
+        ("Patient", "a", 1), ("Patient", "a", 2), ("Patient", "b", 1)}
+    assert [v.version for v in store.history("Patient", "a", until_ms=before)[0]] == [2, 1]
+    assert store.history("Patient", since_ms=ms, until_ms=ms + 10**6)[1] == 2
 
     page1, total1 = store.history("Patient", count=2)
     page2, _ = store.history("Patient", count=2, offset=2)

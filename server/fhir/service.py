@@ -455,17 +455,19 @@ class FhirService:
         return [found[ref] for ref in refs if ref in found]
 
     def _history(self, ctx: RequestContext, type_: str | None, id_: str | None,
-                 since_ms: int | None, count: int, offset: int) -> tuple[list[Version], int]:
-        """Versions (newest first) of what the caller may see, and their total: of one
-        resource the caller may see now, or of the resources of a type (or of every type
-        but the server's records) whose current version the caller may see."""
+                 since_ms: int | None, count: int, offset: int,
+                 until_ms: int) -> tuple[list[Version], int]:
+        """Versions (newest first, written by ``until_ms``) of what the caller may see, and
+        their total: of one resource the caller may see now, or of the resources of a type
+        (or of every type but the server's records) whose current version the caller may
+        see."""
         if type_ is not None and id_ is not None:
             if self.access.conditions(ctx, type_) is not None:
                 self._load(ctx, self.store, type_, id_)
             elif self.store.read(type_, id_) is None:
                 raise not_found(type_, id_)
             versions, total = self.store.history(type_, id_, since_ms=since_ms, count=count,
-                                                 offset=offset)
+                                                 offset=offset, until_ms=until_ms)
         else:
             listed = [type_] if type_ is not None else [
                 t for t in STORED_TYPES if t not in self.server_records]
@@ -475,7 +477,8 @@ class FhirService:
             narrowed = type_ is None or bool(within)
             versions, total = self.store.history(
                 type_, None, since_ms=since_ms, count=count, offset=offset,
-                types=open_types if narrowed else None, within=within if narrowed else None)
+                types=open_types if narrowed else None, within=within if narrowed else None,
+                until_ms=until_ms)
         return [self._shown(ctx, v) for v in versions], total
 
     def _parse(self, ctx: RequestContext, type_: str, params: list[tuple[str, str]], *,
@@ -1017,16 +1020,22 @@ class FhirService:
             self.check_type(type_)
         if id_ is not None and type_ is not None:
             self.check_id(id_)
-        since_ms, count, offset, kept = self._history_params(ctx, params)
-        versions, total = self._history(ctx, type_, id_, since_ms, count, offset)
+        since_ms, count, offset, until_ms, kept = self._history_params(ctx, params)
+        # Pages after the first are of the versions up to the first page's time, which
+        # never change: later writes shift nothing (``_page``).
+        snapshot = until_ms if until_ms is not None else now_instant()[1]
+        versions, total = self._history(ctx, type_, id_, since_ms, count, offset, snapshot)
         path = "/".join(p for p in (type_, id_) if p)
         base = f"{ctx.base_url}/{path}/_history" if path else f"{ctx.base_url}/_history"
 
-        def url(at: int) -> str:
+        def url(at: int, pinned: bool = True) -> str:
             paging = [("_count", str(count))] + ([("_offset", str(at))] if at else [])
+            if pinned:
+                paging.append(("_page", str(snapshot)))
             return f"{base}?{urlencode(kept + paging)}"
 
-        links = [_link("self", url(offset)), _link("first", url(0))]
+        links = [_link("self", url(offset, until_ms is not None)),
+                 _link("first", url(0, pinned=False))]
         if offset > 0 and count > 0:
             links.append(_link("previous", url(max(0, offset - count))))
         if count > 0 and offset + len(versions) < total:
@@ -1039,8 +1048,9 @@ class FhirService:
         return Result(200, bundle)
 
     def _history_params(self, ctx: RequestContext, params: list[tuple[str, str]]
-                        ) -> tuple[int | None, int, int, list[tuple[str, str]]]:
+                        ) -> tuple[int | None, int, int, int | None, list[tuple[str, str]]]:
         since_ms: int | None = None
+        until_ms: int | None = None
         count, offset = self.config.default_count, 0
         kept: list[tuple[str, str]] = []
         for name, value in params:
@@ -1055,10 +1065,12 @@ class FhirService:
                 count = min(_non_negative(name, value), self.config.max_count)
             elif name == "_offset":
                 offset = _non_negative(name, value)
+            elif name == "_page":
+                until_ms = _non_negative(name, value)
             elif not ctx.lenient:
                 raise FhirError.of(400, f"Unknown history parameter '{name}'",
                                    code="not-supported", expression=name)
-        return since_ms, count, offset, kept
+        return since_ms, count, offset, until_ms, kept
 
     def _history_entry(self, ctx: RequestContext, version: Version) -> dict[str, Any]:
         url = f"{version.type}/{version.id}"

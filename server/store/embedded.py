@@ -374,13 +374,15 @@ class _Reader:
 
     def history(self, type_: str | None, id_: str | None, since_ms: int | None, count: int,
                 offset: int, types: Sequence[str] | None = None,
-                within: Sequence[SearchQuery] | None = None) -> tuple[list[Version], int]:
+                within: Sequence[SearchQuery] | None = None,
+                until_ms: int | None = None) -> tuple[list[Version], int]:
         if id_ is not None and type_ is None:
             raise ValueError("the history of one resource needs its type")
         where: list[str] = []
         params: dict[str, Any] = {}
         for column, test, value in (("type", "type = :type", type_), ("id", "id = :id", id_),
-                                    ("since", "last_updated_ms >= :since", since_ms)):
+                                    ("since", "last_updated_ms >= :since", since_ms),
+                                    ("until", "last_updated_ms <= :until", until_ms)):
             if value is not None:
                 where.append(test)
                 params[column] = value
@@ -1106,14 +1108,16 @@ class EmbeddedStore(Store):
     def history(self, type_: str | None = None, id_: str | None = None, *,
                 since_ms: int | None = None, count: int = 20, offset: int = 0,
                 types: Sequence[str] | None = None,
-                within: Sequence[SearchQuery] | None = None) -> tuple[list[Version], int]:
+                within: Sequence[SearchQuery] | None = None,
+                until_ms: int | None = None) -> tuple[list[Version], int]:
         if type_ is not None:
             self._catch_up({type_})
         elif types is None and within is None:
             self._catch_up({None})
         else:
             self._catch_up(set(types or ()).union(*(types_read(q) for q in within or ())))
-        return self._reader().history(type_, id_, since_ms, count, offset, types, within)
+        return self._reader().history(type_, id_, since_ms, count, offset, types, within,
+                                      until_ms)
 
     def search(self, query: SearchQuery) -> SearchResult:
         self._catch_up(types_read(query))

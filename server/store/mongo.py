@@ -349,6 +349,7 @@ class MongoStore(Store):
         offset: int = 0,
         types: Sequence[str] | None = None,
         within: Sequence[SearchQuery] | None = None,
+        until_ms: int | None = None,
     ) -> tuple[list[Version], int]:
         if id_ is not None and type_ is None:
             raise ValueError("the history of one resource needs its type")
@@ -357,8 +358,10 @@ class MongoStore(Store):
             filter_["type"] = type_
         if id_ is not None:
             filter_["id"] = id_
-        if since_ms is not None:
-            filter_["lum"] = {"$gte": since_ms}
+        written = {op: ms for op, ms in (("$gte", since_ms), ("$lte", until_ms))
+                   if ms is not None}
+        if written:
+            filter_["lum"] = written
         if types is not None or within is not None:
             filter_ = {"$and": [filter_, scope_filter(types or (), within or (),
                                                       self._resolver(None), _now_ms())]}

@@ -226,8 +226,11 @@ class Store(abc.ABC):
         offset: int = 0,
         types: Sequence[str] | None = None,
         within: Sequence[SearchQuery] | None = None,
+        until_ms: int | None = None,
     ) -> tuple[list[Version], int]:
-        """Versions newest first (of one resource, one type, or everything), and the total.
+        """Versions newest first (of one resource, one type, or everything), and the total;
+        with ``since_ms`` / ``until_ms`` only those written at or after / at or before then
+        (versions are never changed, so the pages of a history up to a time stay put).
 
         ``types`` / ``within`` (either given) narrow the versions further, inside the query
         so that the total and the paging stay right: a version is listed when its type is one

@@ -179,3 +179,26 @@ def test_history_paging_and_since(fhir: Fhir) -> None:
     bad = fhir.get("_history?_since=yesterday")
     assert bad.status_code == 400
     assert _outcome(bad)["issue"][0]["expression"] == ["_since"]
+
+
+def test_history_pages_stay_put_while_versions_are_added(fhir: Fhir) -> None:
+    """The pages after the first are of the versions there were when it was made: new
+    versions written between pages neither repeat a version nor make the paging endless."""
+    pid = fhir.create(patient(30))["id"]
+    for n in range(4):
+        assert fhir.put(f"Patient/{pid}", patient(30, active=n % 2 == 0) | {"id": pid}
+                        ).status_code == 200
+    seen: list[str] = []
+    url: str | None = f"Patient/{pid}/_history?_count=2"
+    while url:
+        page = fhir.search(url)
+        assert page["total"] == 5
+        seen += [e["resource"]["meta"]["versionId"] for e in page["entry"]]
+        assert fhir.put(f"Patient/{pid}", patient(30) | {"id": pid}).status_code == 200
+        url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+        assert len(seen) <= 5, seen
+    assert seen == ["5", "4", "3", "2", "1"]
+    first = next(link["url"] for link in page["link"] if link["relation"] == "first")
+    assert "_page" not in first and fhir.search(first)["total"] == 8
+    bad = fhir.get(f"Patient/{pid}/_history?_page=soon")
+    assert bad.status_code == 400 and _outcome(bad)["issue"][0]["expression"] == ["_page"]
