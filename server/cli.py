@@ -26,10 +26,12 @@ from urllib.parse import quote
 from werkzeug.serving import run_simple
 
 from .app import create_app
+from .audit import store_indexer
 from .auth import cli as auth_cli
 from .auth.demo import demo_token, ensure_demo_system_clients
 from .config import Config
 from .demo import KARI_FNR, ORGNR, load_demo
+from .fhir.search.normalize import serving
 from .fhir.search.registry import Registry
 from .plans.identifiers import FNR_SYSTEM
 from .store import open_store
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="planbro", description="Planbro: a FHIR R4 server for individual plans.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_serve, _add_demo, _add_token):
+    for add in (_add_serve, _add_demo, _add_token, _add_reindex):
         add(commands)
     auth_cli.register(commands)
     for name in ("client", "keys"):
@@ -240,6 +242,41 @@ def _add_token(commands: Any) -> None:
 def _token(args: argparse.Namespace) -> int:
     answer = demo_token(demo_clients_path(_config(args)), args.client_id, args.scope)
     print(json.dumps(answer, indent=2) if args.json else answer["access_token"])
+    return 0
+
+
+# -- planbro reindex ---------------------------------------------------------------------------
+
+
+def _add_reindex(commands: Any) -> None:
+    p = commands.add_parser(
+        "reindex", help="extract every resource's search values again",
+        description="Extract the search values of every current resource again, as the "
+                    "server now does, and replace the stored ones (after an upgrade that "
+                    "changes search parameters or how their values are read). The server "
+                    "may keep running: each batch is a transaction of its own.")
+    _data_argument(p)
+    p.add_argument("--base-url", metavar="URL",
+                   help="the server's public FHIR base URL, which tells references to "
+                        "resources here from references to other servers (default: "
+                        "$PLANBRO_BASE_URL)")
+    p.set_defaults(run=_reindex)
+
+
+def _reindex(args: argparse.Namespace) -> int:
+    config = _config(args)
+    base_url = args.base_url or config.base_url
+    if not base_url:
+        raise ValueError("reindex needs the server's public FHIR base URL (--base-url or "
+                         "PLANBRO_BASE_URL): absolute references under it name resources "
+                         "here")
+    serving(base_url)
+    store = open_store(config, store_indexer(Registry.load_default()))
+    try:
+        count = store.reindex()
+    finally:
+        store.close()
+    print(f"Reindexed {count} resources.", flush=True)
     return 0
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from store_kit import ID, LAST_UPDATED, PARAMS, date_range, embedded_store, index_resource
 
+from server import cli
+from server.audit import store_indexer
 from server.config import Config
 from server.fhir.outcome import FhirError
 from server.fhir.search.ast import (
@@ -34,6 +36,9 @@ from server.fhir.search.ast import (
     TokenQuery,
     UriQuery,
 )
+from server.fhir.search.normalize import serving
+from server.fhir.search.parse import parse_search
+from server.fhir.search.registry import Registry
 from server.store import embedded as embedded_engine
 from server.store import journal, open_store
 from server.store.embedded import SCHEMA_VERSION, EmbeddedStore
@@ -1063,3 +1068,52 @@ def test_a_request_over_the_backlog_waits_for_the_mover_at_work_instead_of_queue
     assert seen == [False]  # ... without waiting for its lock
     holder.join(5)
     assert _count_events(embedded) == 21
+
+
+# -- planbro reindex ---------------------------------------------------------------------------
+
+
+def test_planbro_reindex_reads_references_anew_under_the_base_url(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Index rows a former version of the server stored (here: an absolute reference to
+    another server taken for a local one) are replaced by what the server extracts now."""
+    monkeypatch.delenv("PLANBRO_BASE_URL", raising=False)
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    config = Config(data_dir=tmp_path)
+    store = open_store(config, store_indexer(Registry.load_default()))
+    serving("https://planbro.test/fhir")
+    try:
+        with store.unit_of_work() as uow:
+            uow.update("Task", "t", {
+                "resourceType": "Task", "status": "ready", "intent": "order",
+                "for": {"reference": "https://planbro.test/fhir/Patient/p"},
+                "owner": {"reference": "https://other.example.org/fhir/Practitioner/x"}})
+    finally:
+        serving(None)
+        store.close()
+    with sqlite3.connect(config.embedded_path) as conn:  # the former reading of the URL
+        conn.execute("INSERT INTO idx_reference SELECT pk, type, 'owner', "
+                     "'Practitioner', 'x', '', '' FROM resource WHERE id = 't'")
+        conn.execute("DELETE FROM idx_reference WHERE param = 'subject'")
+    conn.close()
+
+    def tasks(param: str, target: str) -> list[str]:
+        query = parse_search(Registry.load_default(), "Task", [(param, target)]).query
+        found = open_store(config, store_indexer(Registry.load_default()))
+        try:
+            return [r["id"] for r in found.search(query).resources]
+        finally:
+            found.close()
+
+    assert tasks("owner", "Practitioner/x") == ["t"]
+    assert tasks("subject", "Patient/p") == []
+    with pytest.raises(SystemExit) as refused:  # without the base, URLs cannot be read
+        cli.main(["reindex", "--data", str(tmp_path)])
+    assert refused.value.code == 2 and "base URL" in capsys.readouterr().err
+    assert cli.main(["reindex", "--data", str(tmp_path),
+                     "--base-url", "https://planbro.test/fhir"]) == 0
+    assert "Reindexed 1 resources" in capsys.readouterr().out
+    assert tasks("owner", "Practitioner/x") == []
+    assert tasks("subject", "Patient/p") == ["t"]
+    assert tasks("owner", "https://other.example.org/fhir/Practitioner/x") == ["t"]

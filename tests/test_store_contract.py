@@ -1028,6 +1028,34 @@ def test_keyset_pages_before_a_resource_are_the_pages_walked_forward(
     assert backward == forward
 
 
+# -- reindex ---------------------------------------------------------------------------------
+
+
+def test_reindex_replaces_the_stored_search_values(store: Store) -> None:
+    put(store, "Patient", "a", {"gender": "female"})
+    put(store, "Patient", "b", {"gender": "female"})
+    put(store, "Patient", "gone", {"gender": "female"})
+    delete(store, "Patient", "gone")
+    female = c("Patient.gender", tok("female"))
+    assert found(store, "Patient", female) == {"a", "b"}
+    indexer = store.indexer
+
+    def without_gender(resource: dict[str, Any]) -> Any:  # as if the parameter were new
+        values = indexer(resource)
+        values.tokens = [t for t in values.tokens if t.param != "gender"]
+        return values
+
+    store.indexer = without_gender
+    assert store.reindex(batch=1) == 2  # every current resource, none deleted
+    assert found(store, "Patient", female) == set()
+    assert found(store, "Patient", c("Patient.gender", MissingQuery(True),
+                                     mod="missing")) == {"a", "b"}
+    store.indexer = indexer
+    assert store.reindex() == 2
+    assert found(store, "Patient", female) == {"a", "b"}
+    assert store.read("Patient", "a").version == 1  # the resources themselves are as they were
+
+
 # -- server records (key-value) ---------------------------------------------------------------
 
 

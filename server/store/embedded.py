@@ -676,6 +676,19 @@ class _EmbeddedUnitOfWork(UnitOfWork):
                 "WHERE type = ? AND id = ? AND version = ? AND json IS NULL",
                 (current.pk, type_, id_, current.version))
 
+    def reindex(self, after: int, limit: int) -> tuple[int, int]:
+        """Index again the next ``limit`` current resources after ``pk`` ``after`` (in
+        ``pk`` order): how many there were, and the last ``pk`` done."""
+        self._check_open()
+        rows = self._conn.execute(
+            "SELECT pk, type, json FROM resource WHERE pk > ? AND deleted = 0 ORDER BY pk "
+            "LIMIT ?", (after, limit)).fetchall()
+        for pk, type_, text in rows:
+            self._clear_index(pk)
+            for table, index in _index_rows(self._indexer(jsonio.loads(text))).items():
+                _insert_rows(self._conn, table, [(pk, type_, *row) for row in index])
+        return len(rows), rows[-1][0] if rows else after
+
     def _clear_index(self, pk: int) -> None:
         for table in _INDEX_TABLES:
             self._conn.execute(f"DELETE FROM {table} WHERE pk = ?", (pk,))
@@ -1122,6 +1135,16 @@ class EmbeddedStore(Store):
     def search(self, query: SearchQuery) -> SearchResult:
         self._catch_up(types_read(query))
         return self._reader().search(query)
+
+    def reindex(self, batch: int = 500) -> int:
+        done, after = 0, 0
+        while True:
+            with self._unit_of_work() as uow:
+                assert isinstance(uow, _EmbeddedUnitOfWork)
+                count, after = uow.reindex(after, batch)
+            if not count:
+                return done
+            done += count
 
     def explain(self, query: SearchQuery) -> list[str]:
         """SQLite's plan for the search ``query`` (``EXPLAIN QUERY PLAN`` details) by the

@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
-from pymongo import IndexModel, MongoClient, ReadPreference
+from pymongo import IndexModel, MongoClient, ReadPreference, UpdateOne
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.errors import CollectionInvalid, DuplicateKeyError, PyMongoError
@@ -374,6 +374,22 @@ class MongoStore(Store):
             return [], total
         docs = self._history.find(filter_, sort=sort, skip=offset, limit=count)
         return [_version(doc) for doc in docs], total
+
+    def reindex(self, batch: int = 500) -> int:
+        done, after = 0, ""
+        while True:
+            docs = list(self._resources.find(
+                {"_id": {"$gt": after}, "deleted": False}, {"json": 1, "version": 1},
+                sort=[("_id", 1)], limit=batch))
+            if not docs:
+                return done
+            # the version in the filter leaves a resource written meanwhile as it was written
+            self._resources.bulk_write([UpdateOne(
+                {"_id": doc["_id"], "version": doc["version"]},
+                {"$set": {"ix": index_document(self.indexer(loads(doc["json"])))}})
+                for doc in docs], ordered=False)
+            done += len(docs)
+            after = docs[-1]["_id"]
 
     def search(self, query: SearchQuery) -> SearchResult:
         return self.search_in(query, None)

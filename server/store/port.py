@@ -242,6 +242,14 @@ class Store(abc.ABC):
     def search(self, query: SearchQuery) -> SearchResult:
         """Search current, non-deleted resources."""
 
+    @abc.abstractmethod
+    def reindex(self, batch: int = 500) -> int:
+        """Extract the search values of every current resource again with the store's
+        indexer and replace what is stored for it (after the search parameters or their
+        extraction changed, or an upgrade says so). Batch by batch, each in a transaction
+        of its own, so that the server goes on serving; a resource written meanwhile keeps
+        the values its write stored. Returns how many resources were indexed."""
+
     # -- server records that are not FHIR resources ------------------------------------------
     # OAuth clients, authorisation codes, refresh tokens, replay caches (jti), outbox entries.
     # Namespaced key -> JSON object, with an optional expiry (epoch ms; expired = absent).
