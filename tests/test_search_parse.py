@@ -9,6 +9,8 @@ import pytest
 
 from server.fhir.outcome import FhirError
 from server.fhir.search.ast import (
+    AllOf,
+    AnyOf,
     Chain,
     Clause,
     DateQuery,
@@ -108,6 +110,42 @@ def test_token_modifiers(registry: Registry) -> None:
     assert (c.modifier, c.values) == ("text", (TokenQuery(None, "individuell plan"),))
     c = clause(registry, "CarePlan", "status:missing", "true")
     assert (c.modifier, c.values) == ("missing", (MissingQuery(True),))
+
+
+TASK_STATUS = "http://hl7.org/fhir/task-status"
+
+
+def test_code_and_boolean_values_have_an_implicit_system(registry: Registry) -> None:
+    """A ``code`` element is indexed without the system its value set gives it, a boolean
+    without special-values: ``system|code`` is read against that system (another system
+    can match nothing, nor can ``|code``); parameters of Codings keep their values."""
+    status = registry.param("Task", "status")
+    assert status is not None and (TASK_STATUS, "ready") in status.implicit
+    intent = registry.param("Task", "intent")  # one value set, two code systems
+    assert intent is not None and {("http://hl7.org/fhir/request-intent", "order"),
+                                   ("http://hl7.org/fhir/task-intent", "unknown")
+                                   } <= intent.implicit
+    assert registry.param("CarePlan", "category").implicit == frozenset()  # type: ignore
+    assert registry.param("Patient", "identifier").implicit == frozenset()  # type: ignore
+    assert clause(registry, "Task", "status", f"{TASK_STATUS}|ready").values == (
+        TokenQuery("", "ready"),)
+    assert clause(registry, "Task", "status", "ready").values == (TokenQuery(None, "ready"),)
+    assert clause(registry, "Task", "status:not", f"{TASK_STATUS}|ready,draft").values == (
+        TokenQuery("", "ready"), TokenQuery(None, "draft"))
+    every = clause(registry, "Task", "status", f"{TASK_STATUS}|").values
+    assert TokenQuery("", "ready") in every and len(every) == len(status.implicit)
+    assert clause(registry, "Task", "status", "|made-up").values == (
+        TokenQuery("", "made-up"),)  # a code outside the value set has no system
+    for value in ("|ready", "http://hl7.org/fhir/request-status|ready", "|"):
+        assert parse(registry, "Task", ("status", value)).query.conditions == [AnyOf(())]
+    assert parse(registry, "Task", ("status:not", "|ready")).query.conditions == [AllOf(())]
+    assert clause(registry, "Patient", "active",
+                  "http://hl7.org/fhir/special-values|true").values == (TokenQuery("", "true"),)
+    inner = parse(registry, "CarePlan", ("subject:Patient.gender",
+                                         "http://hl7.org/fhir/administrative-gender|female")
+                  ).query.conditions[0]
+    assert isinstance(inner, Chain) and inner.inner.values == (  # type: ignore[union-attr]
+        TokenQuery("", "female"),)
 
 
 def test_or_within_and_across(registry: Registry) -> None:

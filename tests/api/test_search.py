@@ -51,6 +51,45 @@ def test_token_and_string(fhir: Fhir, people: dict[str, str]) -> None:
     assert fhir.ids("Patient?family=aberg") == [people["rut"]]
 
 
+def test_code_and_boolean_tokens_have_their_implicit_system(fhir: Fhir,
+                                                              people: dict[str, str]) -> None:
+    """A ``code`` element's system is its value set's (R4 search, token: "(implicit)", "the
+    system is defined in the value set"); a boolean's is special-values. ``system|code``
+    matches with that system and with no other, ``system|`` any code of it, and ``|code``
+    (no system) does not match a code that has one."""
+    task_status = "http://hl7.org/fhir/task-status"
+    ready = fhir.create({"resourceType": "Task", "status": "ready", "intent": "order",
+                         "for": {"reference": f"Patient/{people['kari']}"}})["id"]
+    draft = fhir.create({"resourceType": "Task", "status": "draft", "intent": "order",
+                         "for": {"reference": f"Patient/{people['kari']}"}})["id"]
+    assert fhir.ids(f"Task?status={task_status}|ready") == [ready]
+    assert fhir.ids(f"Task?status={task_status}|ready,{task_status}|draft&_sort=_id"
+                    ) == sorted([ready, draft])
+    assert sorted(fhir.ids(f"Task?status={task_status}|")) == sorted([ready, draft])
+    assert fhir.ids(f"Task?status:not={task_status}|ready") == [draft]
+    assert fhir.ids("Task?status=http://hl7.org/fhir/request-status|ready") == []
+    assert fhir.ids("Task?status=|ready") == []
+    assert sorted(fhir.ids("Task?status:not=|ready")) == sorted([ready, draft])
+    assert fhir.ids("Task?status=ready") == [ready]
+    # a value set of two code systems: each code has its own
+    assert sorted(fhir.ids("Task?intent=http://hl7.org/fhir/request-intent|order")
+                  ) == sorted([ready, draft])
+    assert fhir.ids("Task?intent=http://hl7.org/fhir/task-intent|order") == []
+    assert fhir.ids("CarePlan?status=http://hl7.org/fhir/request-status|active") == [
+        people["plan"]]
+    assert fhir.ids("CarePlan?status=http://hl7.org/fhir/event-status|active") == []
+    female = sorted([people["kari"], people["rut"]])
+    assert sorted(fhir.ids("Patient?gender=http://hl7.org/fhir/administrative-gender|female")
+                  ) == female
+    assert fhir.ids("Patient?gender=http://hl7.org/fhir/v3-AdministrativeGender|female") == []
+    active = fhir.create(patient(70, active=True))["id"]
+    assert fhir.ids("Patient?active=http://hl7.org/fhir/special-values|true") == [active]
+    assert fhir.ids("Patient?active=http://terminology.hl7.org/CodeSystem/special-values|true"
+                    ) == [active]
+    assert fhir.ids("Patient?active=|true") == []
+    assert fhir.ids("Patient?active=true") == [active]
+
+
 def test_dates(fhir: Fhir, people: dict[str, str]) -> None:
     assert fhir.ids("Patient?birthdate=1985") == [people["kari"]]
     assert sorted(fhir.ids("Patient?birthdate=lt1980-01-01")) == sorted([people["ola"],

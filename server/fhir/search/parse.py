@@ -16,6 +16,8 @@ from decimal import Decimal, InvalidOperation
 
 from ..outcome import FhirError, Issue, issue
 from .ast import (
+    AllOf,
+    AnyOf,
     Chain,
     Clause,
     Condition,
@@ -187,6 +189,29 @@ def _token(raw: str, name: str) -> TokenQuery:
     raise _Invalid(f"Parameter '{name}': {raw!r} is not [system]|[code] (escape '|' as '\\|')")
 
 
+def _implicit(implicit: frozenset[tuple[str, str]],
+              values: tuple[QueryValue, ...]) -> tuple[QueryValue, ...]:
+    """Token values read against the systems a parameter's values have implicitly
+    (:attr:`SearchParam.implicit`; they are indexed without them): ``system|code`` matches
+    the code when ``system`` is its implicit system (another system matches nothing),
+    ``system|`` every code of that system, and ``|code`` (no system) only a code without an
+    implicit system (R4 search, token: for a ``code`` "the system is defined in the value
+    set"; for a boolean it is special-values)."""
+    codes = {code for _, code in implicit}
+    out: list[QueryValue] = []
+    for value in values:
+        assert isinstance(value, TokenQuery)
+        if value.system is None:
+            out.append(value)
+        elif value.system == "":
+            if value.code is not None and value.code not in codes:
+                out.append(value)
+        else:
+            out.extend(TokenQuery("", code) for system, code in sorted(implicit)
+                       if system == value.system and value.code in (None, code))
+    return tuple(dict.fromkeys(out))
+
+
 def _resource_id(raw: str, name: str) -> TokenQuery:
     value = unescape(raw)
     if not ID_RE.fullmatch(value):
@@ -277,7 +302,7 @@ def _target_modifier(param: SearchParam, registry: Registry, target: str) -> boo
         not param.targets or target in param.targets)
 
 
-def _clause(registry: Registry, type_: str, key: str, raw: str) -> Clause:
+def _clause(registry: Registry, type_: str, key: str, raw: str) -> Condition:
     code, _, modifier = key.partition(":")
     param = _param(registry, type_, code)
     type_modifier = None
@@ -291,7 +316,12 @@ def _clause(registry: Registry, type_: str, key: str, raw: str) -> Clause:
                            f"parameter '{code}' of {type_}")
     read = _value_parser(param, modifier or None, type_modifier)
     values = tuple(read(v, key) for v in _split_or(raw))
-    return Clause(param, None if type_modifier else (modifier or None), values)
+    modifier = "" if type_modifier else modifier
+    if param.implicit and modifier in ("", "not"):
+        values = _implicit(param.implicit, values)
+        if not values:  # no value can match: no resource does (with :not, every one does)
+            return AllOf(()) if modifier else AnyOf(())
+    return Clause(param, modifier or None, values)
 
 
 def _chain(registry: Registry, type_: str, head: str, tail: str, raw: str) -> Chain:
