@@ -275,6 +275,27 @@ def test_post_search_merges_form_and_query(fhir: Fhir, people: dict[str, str]) -
     assert wrong.status_code == 415
 
 
+def test_post_search_honours_format_in_the_form(fhir: Fhir, people: dict[str, str]) -> None:
+    """``_format`` in a POST search's form is read as in the URL (R4 http.html, search:
+    "Parameters have the same meaning in either place"): XML is 406, JSON is answered even
+    when Accept asks for something else, as ``_format`` overrides Accept."""
+    form = "application/x-www-form-urlencoded"
+    for value in ("xml", "application/fhir+xml"):
+        response = fhir.post("Patient/_search", f"gender=male&_format={value}",
+                             content_type=form)
+        assert response.status_code == 406, response.text
+        assert response.json()["resourceType"] == "OperationOutcome"
+    response = fhir.post("Patient/_search", "gender=male&_format=json", content_type=form,
+                         headers={"Accept": "application/fhir+xml"})
+    assert response.status_code == 200, response.text
+    assert [e["resource"]["id"] for e in response.json()["entry"]] == [people["ola"]]
+    assert "_format" not in _links(response.json())["self"]
+    assert fhir.post("Patient/_search?_format=xml", "gender=male",
+                     content_type=form).status_code == 406
+    assert fhir.post("Patient/_search", "gender=male", content_type=form,
+                     headers={"Accept": "application/fhir+xml"}).status_code == 406
+
+
 def test_search_of_deleted_is_empty(fhir: Fhir, people: dict[str, str]) -> None:
     fhir.delete(f"Patient/{people['ola']}")
     assert fhir.ids("Patient?family=nordmann") == [people["kari"]]
