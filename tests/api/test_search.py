@@ -166,6 +166,31 @@ def test_include_and_revinclude(fhir: Fhir, people: dict[str, str]) -> None:
         assert entry["fullUrl"] == f"{fhir.base}/{resource['resourceType']}/{resource['id']}"
 
 
+def test_include_of_a_versioned_reference_is_that_version(fhir: Fhir,
+                                                           people: dict[str, str]) -> None:
+    """R4 search 3.1.1.4.13: "If a resource has a reference that is versioned and _include
+    is performed, the specified version SHOULD be provided"; a version that does not exist
+    is left out without an error, as any reference that cannot be resolved."""
+    goal = people["goal_kari"]
+    first = fhir.get(f"Goal/{goal}").json()
+    assert fhir.put(f"Goal/{goal}", {**first, "lifecycleStatus": "completed"}).ok
+    kari = f"Patient/{people['kari']}"
+    old_plan = fhir.create({
+        "resourceType": "CarePlan", "status": "draft", "intent": "plan",
+        "subject": {"reference": kari},
+        "goal": [{"reference": f"Goal/{goal}/_history/1"},
+                 {"reference": f"Goal/{goal}/_history/9"}]})["id"]
+    bundle = fhir.search(f"CarePlan?_id={old_plan}&_include=CarePlan:goal")
+    included = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "include"]
+    assert [(r["id"], r["meta"]["versionId"], r["lifecycleStatus"]) for r in included] == [
+        (goal, "1", "active")]
+    # with the plan that names the goal itself: the current version comes too, once each
+    both = fhir.search(f"CarePlan?_id={old_plan},{people['plan']}&_include=CarePlan:goal")
+    versions = sorted((e["resource"]["meta"]["versionId"], e["resource"]["lifecycleStatus"])
+                      for e in both["entry"] if e["search"]["mode"] == "include")
+    assert versions == [("1", "active"), ("2", "completed")]
+
+
 def test_sort(fhir: Fhir, people: dict[str, str]) -> None:
     assert fhir.ids("Patient?_sort=birthdate") == [people["rut"], people["ola"], people["kari"]]
     assert fhir.ids("Patient?_sort=-birthdate") == [people["kari"], people["ola"], people["rut"]]
