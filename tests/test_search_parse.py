@@ -23,7 +23,13 @@ from server.fhir.search.ast import (
     TokenQuery,
     UriQuery,
 )
-from server.fhir.search.parse import ParsedSearch, parse_search, split_escaped, unescape
+from server.fhir.search.parse import (
+    BareId,
+    ParsedSearch,
+    parse_search,
+    split_escaped,
+    unescape,
+)
 from server.fhir.search.registry import Registry
 
 FNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.1"
@@ -188,6 +194,27 @@ def test_reference_identifier_and_missing(registry: Registry) -> None:
     assert c.values == (TokenQuery("urn:oid:2.16.578.1.12.4.1.4.101", "964338531"),)
     c = clause(registry, "Task", "owner:missing", "false")
     assert c.values == (MissingQuery(False),)
+
+
+def test_bare_ids_that_may_name_several_stored_types(registry: Registry) -> None:
+    """An id without a type, of a parameter that may refer to more than one stored type, is
+    listed with the name it was given under, for the service to check the data (R4 search
+    3.1.1.4.12); the only stored target of CarePlan.subject (Group is not stored) is not."""
+    def bare(type_: str, name: str, value: str) -> list[BareId]:
+        return parse(registry, type_, (name, value)).bare_ids
+
+    assert bare("Goal", "subject", "g1,Patient/p1") == [
+        BareId("subject", "g1", ("Organization", "Patient"))]
+    assert bare("CarePlan", "subject", "p1") == []
+    for name, value in (("subject", "Patient/p1"), ("subject:Patient", "p1"),
+                        ("subject:missing", "true")):
+        assert bare("Goal", name, value) == []
+    assert bare("CarePlan", "goal.subject", "g1") == [
+        BareId("goal.subject", "g1", ("Organization", "Patient"))]
+    assert bare("Patient", "_has:Goal:subject:subject", "g1")[0].name == (
+        "_has:Goal:subject:subject")
+    focus = bare("Task", "focus", "x")  # Reference(Any): every stored type
+    assert len(focus) == 1 and set(focus[0].types) == set(registry.types)
 
 
 @pytest.mark.parametrize(("name", "value"), [

@@ -66,7 +66,7 @@ from .patch import apply_json_patch
 from .references import foreign_patient_issues, placeholder_issues, references_in
 from .search.ast import Clause, Condition, ReferenceQuery, SearchQuery, SearchResult
 from .search.normalize import ID_RE, date_range
-from .search.parse import Include, ParsedSearch, parse_search
+from .search.parse import BareId, Include, ParsedSearch, parse_search
 from .search.registry import Registry
 from .types import STORED_TYPES
 
@@ -484,9 +484,44 @@ class FhirService:
 
     def _parse(self, ctx: RequestContext, type_: str, params: list[tuple[str, str]], *,
                lenient: bool) -> ParsedSearch:
-        return parse_search(self.registry, type_, params, lenient=lenient,
-                            default_count=self.config.default_count,
-                            max_count=self.config.max_count)
+        """A caller's search parameters, parsed; 400 for a bad one, and for an id without a
+        type that refers to resources of more than one type (:meth:`_refuse_ambiguous`)."""
+        parsed = parse_search(self.registry, type_, params, lenient=lenient,
+                              default_count=self.config.default_count,
+                              max_count=self.config.max_count)
+        if parsed.bare_ids:
+            self._refuse_ambiguous(ctx, parsed.bare_ids)
+        return parsed
+
+    def _refuse_ambiguous(self, ctx: RequestContext, bare_ids: list[BareId]) -> None:
+        """400 naming the parameter when an id given without a type is the id of resources
+        of more than one of the types the parameter may refer to, among those the caller may
+        read (R4 search 3.1.1.4.12: "Servers SHOULD reject a search where the logical id
+        refers to more than one matching resource across different types")."""
+        readable = {t for b in bare_ids for t in b.types if self._may(ctx, "read", t)}
+        found = self._read_many(ctx, [(t, b.id, "") for b in bare_ids for t in b.types
+                                      if t in readable])
+        issues = []
+        for bare in bare_ids:
+            types = [t for t in bare.types if (t, bare.id, "") in found]
+            if len(types) > 1:
+                named = " and ".join(f"{t}/{bare.id}" for t in types)
+                issues.append(issue(
+                    f"Parameter '{bare.name}': the id {bare.id!r} names {named}; name the "
+                    f"type, as {bare.name}={types[0]}/{bare.id} or {bare.name}:{types[0]}="
+                    f"{bare.id}", code="value", expression=bare.name))
+        if issues:
+            raise FhirError(400, issues)
+
+    def _may(self, ctx: RequestContext, interaction: str, type_: str) -> bool:
+        """Whether the caller's token allows ``interaction`` on ``type_``."""
+        try:
+            self.guard.check(ctx, interaction, type_)
+        except FhirError as exc:
+            if exc.status == 403:
+                return False
+            raise
+        return True
 
     def lookup(self, reader: Reader, type_: str, params: dict[str, str],
                limit: int = 100, *, ctx: RequestContext | None = None) -> list[dict[str, Any]]:
@@ -496,12 +531,8 @@ class FhirService:
         not search has nothing for it)."""
         restriction: list[tuple[str, str]] = []
         if ctx is not None:
-            try:
-                self.guard.check(ctx, "search-type", type_)
-            except FhirError as exc:
-                if exc.status == 403:
-                    return []
-                raise
+            if not self._may(ctx, "search-type", type_):
+                return []
             restriction = self.guard.restriction(ctx, type_, "s")
         parsed = parse_search(self.registry, type_,
                               [*params.items(), *restriction, ("_count", str(limit))],

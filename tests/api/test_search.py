@@ -109,6 +109,35 @@ def test_reference_by_this_servers_absolute_url(fhir: Fhir, people: dict[str, st
     assert fhir.ids(f"Goal?subject=https://other.example.org/fhir/Patient/{kari}") == []
 
 
+def test_an_id_of_resources_of_two_types_is_400_naming_the_parameter(
+        fhir: Fhir, people: dict[str, str]) -> None:
+    """R4 search 3.1.1.4.12: "Servers SHOULD reject a search where the logical id refers to
+    more than one matching resource across different types"; the client names the type."""
+    assert fhir.put("Patient/shared", {**patient(80), "id": "shared"}).status_code == 201
+    assert fhir.put("Organization/shared", {"resourceType": "Organization", "id": "shared",
+                                            "name": "Delt"}).status_code == 201
+    of_patient = fhir.create(_goal("Patient/shared"))["id"]
+    of_org = fhir.create(_goal("Organization/shared"))["id"]
+    for query, name in (("Goal?subject=shared", "subject"),
+                        ("Goal?subject=shared,Patient/x", "subject"),
+                        ("CarePlan?goal.subject=shared", "goal.subject"),
+                        ("Patient?_has:Goal:subject:subject=shared", "_has:Goal:subject:subject")):
+        response = fhir.get(query)
+        assert response.status_code == 400, (query, response.text)
+        issue = response.json()["issue"][0]
+        assert issue["expression"] == [name]
+        assert "Patient/shared" in issue["diagnostics"]
+        assert "Organization/shared" in issue["diagnostics"]
+    assert fhir.ids("Goal?subject=Patient/shared") == [of_patient]
+    assert fhir.ids("Goal?subject:Organization=shared") == [of_org]
+    assert fhir.ids(f"Goal?subject={people['kari']}") == [people["goal_kari"]]
+    conditional = fhir.post("Goal", _goal("Patient/shared"), headers={
+        "If-None-Exist": "subject=shared"})
+    assert conditional.status_code == 400, conditional.text
+    assert fhir.delete("Organization/shared").status_code == 204
+    assert sorted(fhir.ids("Goal?subject=shared")) == sorted([of_patient, of_org])
+
+
 def test_another_servers_reference_names_nothing_here(fhir: Fhir) -> None:
     """A reference to another server's resource is not taken for the resource with the same
     type and id here (R4 search 3.1.1.4.12): not by search, chain, _has or _include; its URL

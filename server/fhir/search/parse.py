@@ -60,6 +60,17 @@ class Include:
     reverse: bool
 
 
+@dataclass(frozen=True)
+class BareId:
+    """An id without a type given to a reference parameter (``subject=123``) that may refer
+    to resources of several stored types, which the data may make ambiguous (R4 search
+    3.1.1.4.12; :class:`~server.fhir.service.FhirService` checks)."""
+
+    name: str  # the parameter as given (``subject``, ``focus:Goal.subject``)
+    id: str
+    types: tuple[str, ...]  # the stored types it may refer to
+
+
 @dataclass
 class ParsedSearch:
     query: SearchQuery
@@ -68,6 +79,7 @@ class ParsedSearch:
     summary: str | None = None  # true | text | data | count | false
     self_params: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    bare_ids: list[BareId] = field(default_factory=list)
 
 
 class _Unsupported(Exception):
@@ -366,6 +378,20 @@ def _has(registry: Registry, type_: str, key: str, raw: str) -> Has:
     return Has(other, ref, _condition(registry, other, inner_key, raw))
 
 
+def _bare_ids(registry: Registry, name: str, cond: Condition) -> list[BareId]:
+    """The ids without a type in ``cond`` (given as ``name``) of reference parameters that
+    may refer to more than one stored type."""
+    if isinstance(cond, Chain | Has):
+        return _bare_ids(registry, name, cond.inner)
+    if not isinstance(cond, Clause) or cond.param.type != "reference" or cond.modifier:
+        return []
+    types = tuple(t for t in cond.param.targets or registry.types if t in registry.types)
+    if len(types) < 2:
+        return []
+    return [BareId(name, v.target_id, types) for v in cond.values
+            if isinstance(v, ReferenceQuery) and v.target_id and v.target_type is None]
+
+
 def _condition(registry: Registry, type_: str, key: str, raw: str) -> Condition:
     if key.startswith("_has:"):
         return _has(registry, type_, key, raw)
@@ -503,8 +529,9 @@ class _Parse:
         elif base in _SINGLE:
             raise _Unsupported(f"Parameter '{base}' takes no modifier")
         else:
-            self.result.query.conditions.append(
-                _condition(self.registry, self.type_, name, raw))
+            condition = _condition(self.registry, self.type_, name, raw)
+            self.result.query.conditions.append(condition)
+            self.result.bare_ids.extend(_bare_ids(self.registry, name, condition))
             self.conditions.append((name, raw))
 
     def result_param(self, name: str, raw: str) -> None:
