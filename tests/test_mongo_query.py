@@ -49,6 +49,8 @@ from server.fhir.search.ast import (
     UriValue,
     row_order,
 )
+from server.fhir.search.parse import parse_search
+from server.fhir.search.registry import Registry
 from server.store.mongo_query import (
     DEFAULT_SORT,
     MS_PER_DAY,
@@ -334,6 +336,29 @@ def test_token_logic() -> None:
     assert found(docs, clause(LANGUAGE, TokenQuery(None, "norsk"), mod="text")) == {"t4"}
     assert found(docs, clause(LANGUAGE, TokenQuery(None, "bokmal"), mod="text")) == set()
     assert found(docs, clause(GENDER, MissingQuery(True), mod="missing")) == {"t3", "t4"}
+
+
+def test_code_tokens_are_read_against_their_implicit_system() -> None:
+    """``system|code`` on a ``code`` element (indexed without its system) is parsed against
+    the system of the element's value set; the filters it compiles to select as the
+    embedded engine does (tests/api/test_search.py)."""
+    registry = Registry.load_default()
+    task_status = "http://hl7.org/fhir/task-status"
+    docs = [doc(status, registry.extract({"resourceType": "Task", "id": status,
+                                          "status": status, "intent": "order"}),
+                type_="Task") for status in ("ready", "draft")]
+
+    def tasks(name: str, value: str) -> set[str]:
+        conditions = parse_search(registry, "Task", [(name, value)]).query.conditions
+        return found(docs, *conditions, type_="Task")
+
+    assert tasks("status", f"{task_status}|ready") == {"ready"}
+    assert tasks("status", f"{task_status}|") == {"ready", "draft"}
+    assert tasks("status", "http://hl7.org/fhir/request-status|ready") == set()
+    assert tasks("status", "|ready") == set()
+    assert tasks("status:not", f"{task_status}|ready") == {"draft"}
+    assert tasks("status:not", "|ready") == {"ready", "draft"}
+    assert tasks("intent", "http://hl7.org/fhir/request-intent|order") == {"ready", "draft"}
 
 
 # -- references ------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ import pytest
 
 from server.fhir.outcome import FhirError
 from server.fhir.search.ast import (
+    AllOf,
+    AnyOf,
     Chain,
     Clause,
     DateQuery,
@@ -24,6 +26,7 @@ from server.fhir.search.ast import (
     row_order,
 )
 from server.fhir.search.parse import (
+    BareId,
     ParsedSearch,
     page_token,
     parse_search,
@@ -118,6 +121,42 @@ def test_token_modifiers(registry: Registry) -> None:
     assert (c.modifier, c.values) == ("missing", (MissingQuery(True),))
 
 
+TASK_STATUS = "http://hl7.org/fhir/task-status"
+
+
+def test_code_and_boolean_values_have_an_implicit_system(registry: Registry) -> None:
+    """A ``code`` element is indexed without the system its value set gives it, a boolean
+    without special-values: ``system|code`` is read against that system (another system
+    can match nothing, nor can ``|code``); parameters of Codings keep their values."""
+    status = registry.param("Task", "status")
+    assert status is not None and (TASK_STATUS, "ready") in status.implicit
+    intent = registry.param("Task", "intent")  # one value set, two code systems
+    assert intent is not None and {("http://hl7.org/fhir/request-intent", "order"),
+                                   ("http://hl7.org/fhir/task-intent", "unknown")
+                                   } <= intent.implicit
+    assert registry.param("CarePlan", "category").implicit == frozenset()  # type: ignore
+    assert registry.param("Patient", "identifier").implicit == frozenset()  # type: ignore
+    assert clause(registry, "Task", "status", f"{TASK_STATUS}|ready").values == (
+        TokenQuery("", "ready"),)
+    assert clause(registry, "Task", "status", "ready").values == (TokenQuery(None, "ready"),)
+    assert clause(registry, "Task", "status:not", f"{TASK_STATUS}|ready,draft").values == (
+        TokenQuery("", "ready"), TokenQuery(None, "draft"))
+    every = clause(registry, "Task", "status", f"{TASK_STATUS}|").values
+    assert TokenQuery("", "ready") in every and len(every) == len(status.implicit)
+    assert clause(registry, "Task", "status", "|made-up").values == (
+        TokenQuery("", "made-up"),)  # a code outside the value set has no system
+    for value in ("|ready", "http://hl7.org/fhir/request-status|ready", "|"):
+        assert parse(registry, "Task", ("status", value)).query.conditions == [AnyOf(())]
+    assert parse(registry, "Task", ("status:not", "|ready")).query.conditions == [AllOf(())]
+    assert clause(registry, "Patient", "active",
+                  "http://hl7.org/fhir/special-values|true").values == (TokenQuery("", "true"),)
+    inner = parse(registry, "CarePlan", ("subject:Patient.gender",
+                                         "http://hl7.org/fhir/administrative-gender|female")
+                  ).query.conditions[0]
+    assert isinstance(inner, Chain) and inner.inner.values == (  # type: ignore[union-attr]
+        TokenQuery("", "female"),)
+
+
 def test_or_within_and_across(registry: Registry) -> None:
     result = parse(registry, "CarePlan", ("status", "active,draft"), ("status:not", "draft"))
     assert [(c.modifier, len(c.values)) for c in result.query.conditions] == [  # type: ignore
@@ -158,6 +197,27 @@ def test_reference_identifier_and_missing(registry: Registry) -> None:
     assert c.values == (TokenQuery("urn:oid:2.16.578.1.12.4.1.4.101", "964338531"),)
     c = clause(registry, "Task", "owner:missing", "false")
     assert c.values == (MissingQuery(False),)
+
+
+def test_bare_ids_that_may_name_several_stored_types(registry: Registry) -> None:
+    """An id without a type, of a parameter that may refer to more than one stored type, is
+    listed with the name it was given under, for the service to check the data (R4 search
+    3.1.1.4.12); the only stored target of CarePlan.subject (Group is not stored) is not."""
+    def bare(type_: str, name: str, value: str) -> list[BareId]:
+        return parse(registry, type_, (name, value)).bare_ids
+
+    assert bare("Goal", "subject", "g1,Patient/p1") == [
+        BareId("subject", "g1", ("Organization", "Patient"))]
+    assert bare("CarePlan", "subject", "p1") == []
+    for name, value in (("subject", "Patient/p1"), ("subject:Patient", "p1"),
+                        ("subject:missing", "true")):
+        assert bare("Goal", name, value) == []
+    assert bare("CarePlan", "goal.subject", "g1") == [
+        BareId("goal.subject", "g1", ("Organization", "Patient"))]
+    assert bare("Patient", "_has:Goal:subject:subject", "g1")[0].name == (
+        "_has:Goal:subject:subject")
+    focus = bare("Task", "focus", "x")  # Reference(Any): every stored type
+    assert len(focus) == 1 and set(focus[0].types) == set(registry.types)
 
 
 @pytest.mark.parametrize(("name", "value"), [

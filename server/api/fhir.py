@@ -78,7 +78,8 @@ def _begin() -> Response | None:
                                                               preflight=True))
     if request.endpoint not in _PUBLIC_ENDPOINTS:
         g.principal = auth.authenticate(request)
-    _check_format()
+    if request.endpoint != "fhir.search_post":  # whose form may name _format: it checks
+        _check_format(request.args.getlist("_format"))
     if (request.content_length or 0) > _max_body():
         raise _too_large()
     prefer = _prefer()
@@ -106,13 +107,15 @@ def _base_url() -> str:
     return (configured or request.url_root + "fhir").rstrip("/")
 
 
-def _check_format() -> None:
-    requested = request.args.get("_format")
-    if requested is not None:
-        media = requested.split(";", 1)[0].strip().replace(" ", "+").lower()
+def _check_format(requested: list[str]) -> None:
+    """406 unless the answer may be our JSON: the ``_format`` values given (in the URL, or
+    in a POST search's form), which override Accept, or else the Accept header."""
+    for value in requested:
+        media = value.split(";", 1)[0].strip().replace(" ", "+").lower()
         if media not in _JSON_FORMATS:
-            raise FhirError.of(406, f"_format={requested} is not supported; this server "
+            raise FhirError.of(406, f"_format={value} is not supported; this server "
                                "speaks application/fhir+json only", code="not-supported")
+    if requested:
         return
     accept = request.headers.get("Accept", "").strip()
     if accept and not any(_answerable(media_range) for media_range in accept.split(",")):
@@ -298,9 +301,10 @@ def search_post(rtype: str) -> Response:
         text = _read_body().decode()
     except UnicodeDecodeError as exc:
         raise FhirError.of(400, "The form is not UTF-8", code="structure") from exc
-    form = [(k, v) for k, v in parse_qsl(text, keep_blank_values=True)
-            if k not in _SKIPPED_PARAMS]
-    return _respond(service().search(ctx(), rtype, _params() + form))
+    form = parse_qsl(text, keep_blank_values=True)
+    _check_format(request.args.getlist("_format") + [v for k, v in form if k == "_format"])
+    return _respond(service().search(ctx(), rtype, _params() + [
+        (k, v) for k, v in form if k not in _SKIPPED_PARAMS]))
 
 
 @bp.get("/<rtype:rtype>/_history")

@@ -100,6 +100,7 @@ class _Schema:
     ext_node: _Node  # what a ``_element`` primitive extension sibling may hold
     resource_names: frozenset[str]  # every R4 resource type name
     unenforced: tuple[str, ...]  # required bindings without an enumerable value set
+    nodes: dict[str, _Node]  # every type and backbone element, by path
 
 
 # --------------------------------------------------------------------------- primitives
@@ -272,7 +273,8 @@ class _Compiler:
         ext_node.children["extension"] = _Elem("extension", "Element.extension", "Extension",
                                                None, node=self.nodes["Extension"])
         resources = {n: self.nodes[n] for n, s in self.types.items() if s["kind"] == "resource"}
-        return _Schema(resources, ext_node, resource_names, tuple(sorted(self.unenforced)))
+        return _Schema(resources, ext_node, resource_names, tuple(sorted(self.unenforced)),
+                       self.nodes)
 
     def _elems(self, path: str, name: str, el: dict[str, Any]) -> list[_Elem]:
         max_ = None if el["max"] == "*" else int(el["max"])
@@ -327,6 +329,17 @@ def _schema() -> _Schema:
 def unenforced_bindings() -> tuple[str, ...]:
     """Value sets bound ``required`` in R4 that are not enumerable here, so not checked."""
     return _schema().unenforced
+
+
+def bound_codings(owner: str, key: str) -> frozenset[str]:
+    """The ``system|code`` pairs the ``code`` element ``key`` of ``owner`` (a type or a
+    backbone element's path, as ``Task`` or ``CarePlan.activity.detail``) may hold: the
+    value set its required binding names, when it is enumerated here; empty otherwise."""
+    node = _schema().nodes.get(owner)
+    elem = node.children.get(key) if node is not None else None
+    if elem is None or elem.type != "code" or elem.valueset is None:
+        return frozenset()
+    return elem.valueset.pairs
 
 
 # --------------------------------------------------------------------------- walking

@@ -74,7 +74,7 @@ from .search.ast import (
     row_order,
 )
 from .search.normalize import ID_RE, date_range
-from .search.parse import Include, ParsedSearch, page_token, parse_search
+from .search.parse import BareId, Include, ParsedSearch, page_token, parse_search
 from .search.registry import Registry
 from .types import STORED_TYPES
 
@@ -88,6 +88,8 @@ MAX_INCLUDED = 1000  # resources added to one page by _include / _revinclude
 PREFER_RETURN = ("minimal", "representation", "OperationOutcome")
 _SUMMARY_MODES = ("true", "text", "data", "count", "false")
 _PAGING_PARAMS = ("_count", "_offset", "_page")
+Ref = tuple[str, str, str]
+"""A resource, or one version of it: (type, id, version), version "" for the current one."""
 
 # The interactions this service implements, read by the CapabilityStatement.
 TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance",
@@ -437,22 +439,32 @@ class FhirService:
         return SearchResult([self.access.shown(ctx, r) for r in result.resources],
                             result.total)
 
-    def _read_many(self, ctx: RequestContext, refs: list[tuple[str, str]]) -> list[dict]:
-        """The current resources ``refs`` name that the caller may see, in that order."""
+    def _read_many(self, ctx: RequestContext, refs: list[Ref]) -> dict[Ref, dict[str, Any]]:
+        """The resources ``refs`` (type, id, version) name that the caller may see, by ref in
+        the order of ``refs``: the current one where the version is "", else that version
+        (R4 search 3.1.1.4.13: "If a resource has a reference that is versioned and _include
+        is performed, the specified version SHOULD be provided"), as vread gives it: of a
+        resource the caller may see now, and not a deletion."""
         by_type: dict[str, list[str]] = {}
-        for type_, id_ in refs:
+        for type_, id_, _ in refs:
             by_type.setdefault(type_, []).append(id_)
         restricted = {t for t in by_type if self.access.conditions(ctx, t) is not None}
-        found: dict[tuple[str, str], dict[str, Any]] = {
-            (v.type, v.id): self.access.shown(ctx, v.resource)
-            for v in self.store.read_many([r for r in refs if r[0] not in restricted])
+        found: dict[Ref, dict[str, Any]] = {
+            (v.type, v.id, ""): self.access.shown(ctx, v.resource)
+            for v in self.store.read_many([(t, i) for t, i, version in refs
+                                           if not version and t not in restricted])
             if v.resource is not None}
         for type_ in restricted:
             for chunk in iter_chunks(by_type[type_], 100):
                 query = SearchQuery(type=type_, count=len(chunk), ids=frozenset(chunk))
-                found.update(((type_, str(r["id"])), r)
+                found.update(((type_, str(r["id"]), ""), r)
                              for r in self._execute(ctx, self.store, query).resources)
-        return [found[ref] for ref in refs if ref in found]
+        for type_, id_, version in refs:
+            if version and (type_ not in restricted or (type_, id_, "") in found):
+                past = self.store.vread(type_, id_, int(version)) if version.isdigit() else None
+                if past is not None and past.resource is not None:
+                    found[(type_, id_, version)] = self.access.shown(ctx, past.resource)
+        return {ref: found[ref] for ref in refs if ref in found}
 
     def _history(self, ctx: RequestContext, type_: str | None, id_: str | None,
                  since_ms: int | None, count: int, offset: int,
@@ -483,9 +495,44 @@ class FhirService:
 
     def _parse(self, ctx: RequestContext, type_: str, params: list[tuple[str, str]], *,
                lenient: bool) -> ParsedSearch:
-        return parse_search(self.registry, type_, params, lenient=lenient,
-                            default_count=self.config.default_count,
-                            max_count=self.config.max_count)
+        """A caller's search parameters, parsed; 400 for a bad one, and for an id without a
+        type that refers to resources of more than one type (:meth:`_refuse_ambiguous`)."""
+        parsed = parse_search(self.registry, type_, params, lenient=lenient,
+                              default_count=self.config.default_count,
+                              max_count=self.config.max_count)
+        if parsed.bare_ids:
+            self._refuse_ambiguous(ctx, parsed.bare_ids)
+        return parsed
+
+    def _refuse_ambiguous(self, ctx: RequestContext, bare_ids: list[BareId]) -> None:
+        """400 naming the parameter when an id given without a type is the id of resources
+        of more than one of the types the parameter may refer to, among those the caller may
+        read (R4 search 3.1.1.4.12: "Servers SHOULD reject a search where the logical id
+        refers to more than one matching resource across different types")."""
+        readable = {t for b in bare_ids for t in b.types if self._may(ctx, "read", t)}
+        found = self._read_many(ctx, [(t, b.id, "") for b in bare_ids for t in b.types
+                                      if t in readable])
+        issues = []
+        for bare in bare_ids:
+            types = [t for t in bare.types if (t, bare.id, "") in found]
+            if len(types) > 1:
+                named = " and ".join(f"{t}/{bare.id}" for t in types)
+                issues.append(issue(
+                    f"Parameter '{bare.name}': the id {bare.id!r} names {named}; name the "
+                    f"type, as {bare.name}={types[0]}/{bare.id} or {bare.name}:{types[0]}="
+                    f"{bare.id}", code="value", expression=bare.name))
+        if issues:
+            raise FhirError(400, issues)
+
+    def _may(self, ctx: RequestContext, interaction: str, type_: str) -> bool:
+        """Whether the caller's token allows ``interaction`` on ``type_``."""
+        try:
+            self.guard.check(ctx, interaction, type_)
+        except FhirError as exc:
+            if exc.status == 403:
+                return False
+            raise
+        return True
 
     def lookup(self, reader: Reader, type_: str, params: dict[str, str],
                limit: int = 100, *, ctx: RequestContext | None = None) -> list[dict[str, Any]]:
@@ -495,12 +542,8 @@ class FhirService:
         not search has nothing for it)."""
         restriction: list[tuple[str, str]] = []
         if ctx is not None:
-            try:
-                self.guard.check(ctx, "search-type", type_)
-            except FhirError as exc:
-                if exc.status == 403:
-                    return []
-                raise
+            if not self._may(ctx, "search-type", type_):
+                return []
             restriction = self.guard.restriction(ctx, type_, "s")
         parsed = parse_search(self.registry, type_,
                               [*params.items(), *restriction, ("_count", str(limit))],
@@ -955,7 +998,8 @@ class FhirService:
         what was added, up to :data:`MAX_INCLUDE_DEPTH` rounds and :data:`MAX_INCLUDED`."""
         if not parsed.includes:
             return []
-        seen = {(r["resourceType"], r["id"]) for r in matches}
+        # (type, id, "") of the current resources in the bundle, (type, id, versionId) of each
+        seen = {key for r in matches for key in (_ref(r, ""), _ref(r))}
         included: list[dict[str, Any]] = []
         frontier = matches
         for depth in range(MAX_INCLUDE_DEPTH):
@@ -967,25 +1011,28 @@ class FhirService:
                 room = MAX_INCLUDED - len(included) - len(added)
                 if room <= 0:
                     break
-                found = (self._reverse_include(ctx, rule, frontier, room) if rule.reverse
-                         else self._forward_include(ctx, rule, frontier, seen))
-                for resource in found:
-                    key = (resource["resourceType"], resource["id"])
-                    if key not in seen and len(included) + len(added) < MAX_INCLUDED:
-                        seen.add(key)
+                if rule.reverse:
+                    reverse = self._reverse_include(ctx, rule, frontier, room)
+                    found = {_ref(r, ""): r for r in reverse}
+                else:
+                    found = self._forward_include(ctx, rule, frontier, seen)
+                for asked, resource in found.items():
+                    keys = {asked, _ref(resource)}
+                    if not keys & seen and len(included) + len(added) < MAX_INCLUDED:
+                        seen |= keys
                         added.append(resource)
             included.extend(added)
             frontier = added
         return included
 
     def _forward_include(self, ctx: RequestContext, rule: Include, frontier: list[dict[str, Any]],
-                         seen: set[tuple[str, str]]) -> list[dict[str, Any]]:
-        wanted: list[tuple[str, str]] = []
+                         seen: set[Ref]) -> dict[Ref, dict[str, Any]]:
+        wanted: list[Ref] = []
         for resource in frontier:
             if resource["resourceType"] != rule.source_type:
                 continue
             for ref in self.registry.references(resource, rule.param.code):
-                key = (ref.target_type, ref.target_id)
+                key = (ref.target_type, ref.target_id, ref.version)
                 if (ref.target_type and ref.target_id and key not in seen
                         and key not in wanted
                         and (not rule.target_type or ref.target_type == rule.target_type)):
@@ -1145,6 +1192,14 @@ class FhirService:
 
 def _now() -> str:
     return now_instant()[0]
+
+
+def _ref(resource: dict[str, Any], version: str | None = None) -> Ref:
+    """(type, id, version) of ``resource``: its own version, or ``version`` ("" names the
+    current one)."""
+    if version is None:
+        version = str((resource.get("meta") or {}).get("versionId") or "")
+    return resource["resourceType"], str(resource["id"]), version
 
 
 def _link(relation: str, url: str) -> dict[str, str]:

@@ -40,6 +40,26 @@ def test_limiting_consent_narrows_the_view_at_once(fresh: World) -> None:
     assert fresh.get("nav", "Goal/active-goal").status_code == 200
 
 
+def test_an_included_version_is_shown_only_while_the_resource_is(fresh: World) -> None:
+    """A versioned reference's _include gives that version (R4 search 3.1.1.4.13) as vread
+    would: only of a resource the caller may see now."""
+    condition = fresh.get("admin", "Condition/active-condition").json()
+    assert fresh.put("admin", {**condition, "note": [{"text": "Bedre"}]}).status_code == 200
+    task = fresh.get("admin", "Task/active-nav").json()
+    task["focus"] = {"reference": "Condition/active-condition/_history/1"}
+    assert fresh.put("admin", task).status_code == 200
+    path = "Task?_id=active-nav&_include=Task:focus"
+
+    def included(caller: str) -> list[tuple[str, str]]:
+        return [(e["resource"]["id"], e["resource"]["meta"]["versionId"])
+                for e in fresh.bundle(caller, path)["entry"] if e["search"]["mode"] == "include"]
+
+    assert included("nav") == [("active-condition", "1")]
+    assert fresh.put("self:active", consent("active", "limited")).status_code == 200
+    assert included("nav") == []
+    assert included("kommune") == [("active-condition", "1")]
+
+
 def _emergency_events(world: World, person: str) -> list[dict[str, Any]]:
     bundle = world.bundle(f"self:{person}", f"AuditEvent?patient=Patient/{person}&_tag="
                           "http://planbro.no/fhir/CodeSystem/audit-flag|emergency&_count=100")

@@ -46,6 +46,19 @@ def test_include_brings_only_what_the_caller_sees(world: World) -> None:
     assert world.ids("nav", iterate, "include") == ["Patient/limited", "Task/limited-nav"]
 
 
+def test_an_id_is_ambiguous_only_among_what_the_caller_sees(world: World) -> None:
+    """A person's Patient, plan, care team and consent share an id: a bare id (Task.focus
+    may refer to any type) is refused as ambiguous (R4 search 3.1.1.4.12) for a caller who
+    sees them, and is no question for one who sees none, whom the refusal would tell that
+    they exist."""
+    response = world.get("kommune", "Task?focus=limited")
+    assert response.status_code == 400, response.text
+    assert "CarePlan/limited and CareTeam/limited and Consent/limited and Patient/limited" in (
+        response.json()["issue"][0]["diagnostics"])
+    assert world.ids("kommune", "Task?focus:Patient=limited") == []
+    assert world.ids("unrelated", "Task?focus=limited") == []
+
+
 def test_revinclude_brings_only_what_the_caller_sees(world: World) -> None:
     path = "Patient?_id=limited&_revinclude=Condition:subject&_revinclude=Task:patient"
     assert sorted(world.ids("nav", path, "include")) == ["Task/limited-nav"]

@@ -52,6 +52,45 @@ def test_token_and_string(fhir: Fhir, people: dict[str, str]) -> None:
     assert fhir.ids("Patient?family=aberg") == [people["rut"]]
 
 
+def test_code_and_boolean_tokens_have_their_implicit_system(fhir: Fhir,
+                                                              people: dict[str, str]) -> None:
+    """A ``code`` element's system is its value set's (R4 search, token: "(implicit)", "the
+    system is defined in the value set"); a boolean's is special-values. ``system|code``
+    matches with that system and with no other, ``system|`` any code of it, and ``|code``
+    (no system) does not match a code that has one."""
+    task_status = "http://hl7.org/fhir/task-status"
+    ready = fhir.create({"resourceType": "Task", "status": "ready", "intent": "order",
+                         "for": {"reference": f"Patient/{people['kari']}"}})["id"]
+    draft = fhir.create({"resourceType": "Task", "status": "draft", "intent": "order",
+                         "for": {"reference": f"Patient/{people['kari']}"}})["id"]
+    assert fhir.ids(f"Task?status={task_status}|ready") == [ready]
+    assert fhir.ids(f"Task?status={task_status}|ready,{task_status}|draft&_sort=_id"
+                    ) == sorted([ready, draft])
+    assert sorted(fhir.ids(f"Task?status={task_status}|")) == sorted([ready, draft])
+    assert fhir.ids(f"Task?status:not={task_status}|ready") == [draft]
+    assert fhir.ids("Task?status=http://hl7.org/fhir/request-status|ready") == []
+    assert fhir.ids("Task?status=|ready") == []
+    assert sorted(fhir.ids("Task?status:not=|ready")) == sorted([ready, draft])
+    assert fhir.ids("Task?status=ready") == [ready]
+    # a value set of two code systems: each code has its own
+    assert sorted(fhir.ids("Task?intent=http://hl7.org/fhir/request-intent|order")
+                  ) == sorted([ready, draft])
+    assert fhir.ids("Task?intent=http://hl7.org/fhir/task-intent|order") == []
+    assert fhir.ids("CarePlan?status=http://hl7.org/fhir/request-status|active") == [
+        people["plan"]]
+    assert fhir.ids("CarePlan?status=http://hl7.org/fhir/event-status|active") == []
+    female = sorted([people["kari"], people["rut"]])
+    assert sorted(fhir.ids("Patient?gender=http://hl7.org/fhir/administrative-gender|female")
+                  ) == female
+    assert fhir.ids("Patient?gender=http://hl7.org/fhir/v3-AdministrativeGender|female") == []
+    active = fhir.create(patient(70, active=True))["id"]
+    assert fhir.ids("Patient?active=http://hl7.org/fhir/special-values|true") == [active]
+    assert fhir.ids("Patient?active=http://terminology.hl7.org/CodeSystem/special-values|true"
+                    ) == [active]
+    assert fhir.ids("Patient?active=|true") == []
+    assert fhir.ids("Patient?active=true") == [active]
+
+
 def test_dates(fhir: Fhir, people: dict[str, str]) -> None:
     assert fhir.ids("Patient?birthdate=1985") == [people["kari"]]
     assert sorted(fhir.ids("Patient?birthdate=lt1980-01-01")) == sorted([people["ola"],
@@ -69,6 +108,35 @@ def test_reference_by_this_servers_absolute_url(fhir: Fhir, people: dict[str, st
     assert fhir.ids(f"Patient?general-practitioner={fhir.base}/Practitioner/{people['gp']}"
                     ) == [kari]
     assert fhir.ids(f"Goal?subject=https://other.example.org/fhir/Patient/{kari}") == []
+
+
+def test_an_id_of_resources_of_two_types_is_400_naming_the_parameter(
+        fhir: Fhir, people: dict[str, str]) -> None:
+    """R4 search 3.1.1.4.12: "Servers SHOULD reject a search where the logical id refers to
+    more than one matching resource across different types"; the client names the type."""
+    assert fhir.put("Patient/shared", {**patient(80), "id": "shared"}).status_code == 201
+    assert fhir.put("Organization/shared", {"resourceType": "Organization", "id": "shared",
+                                            "name": "Delt"}).status_code == 201
+    of_patient = fhir.create(_goal("Patient/shared"))["id"]
+    of_org = fhir.create(_goal("Organization/shared"))["id"]
+    for query, name in (("Goal?subject=shared", "subject"),
+                        ("Goal?subject=shared,Patient/x", "subject"),
+                        ("CarePlan?goal.subject=shared", "goal.subject"),
+                        ("Patient?_has:Goal:subject:subject=shared", "_has:Goal:subject:subject")):
+        response = fhir.get(query)
+        assert response.status_code == 400, (query, response.text)
+        issue = response.json()["issue"][0]
+        assert issue["expression"] == [name]
+        assert "Patient/shared" in issue["diagnostics"]
+        assert "Organization/shared" in issue["diagnostics"]
+    assert fhir.ids("Goal?subject=Patient/shared") == [of_patient]
+    assert fhir.ids("Goal?subject:Organization=shared") == [of_org]
+    assert fhir.ids(f"Goal?subject={people['kari']}") == [people["goal_kari"]]
+    conditional = fhir.post("Goal", _goal("Patient/shared"), headers={
+        "If-None-Exist": "subject=shared"})
+    assert conditional.status_code == 400, conditional.text
+    assert fhir.delete("Organization/shared").status_code == 204
+    assert sorted(fhir.ids("Goal?subject=shared")) == sorted([of_patient, of_org])
 
 
 def test_another_servers_reference_names_nothing_here(fhir: Fhir) -> None:
@@ -126,6 +194,31 @@ def test_include_and_revinclude(fhir: Fhir, people: dict[str, str]) -> None:
     for entry in reverse["entry"]:
         resource = entry["resource"]
         assert entry["fullUrl"] == f"{fhir.base}/{resource['resourceType']}/{resource['id']}"
+
+
+def test_include_of_a_versioned_reference_is_that_version(fhir: Fhir,
+                                                           people: dict[str, str]) -> None:
+    """R4 search 3.1.1.4.13: "If a resource has a reference that is versioned and _include
+    is performed, the specified version SHOULD be provided"; a version that does not exist
+    is left out without an error, as any reference that cannot be resolved."""
+    goal = people["goal_kari"]
+    first = fhir.get(f"Goal/{goal}").json()
+    assert fhir.put(f"Goal/{goal}", {**first, "lifecycleStatus": "completed"}).ok
+    kari = f"Patient/{people['kari']}"
+    old_plan = fhir.create({
+        "resourceType": "CarePlan", "status": "draft", "intent": "plan",
+        "subject": {"reference": kari},
+        "goal": [{"reference": f"Goal/{goal}/_history/1"},
+                 {"reference": f"Goal/{goal}/_history/9"}]})["id"]
+    bundle = fhir.search(f"CarePlan?_id={old_plan}&_include=CarePlan:goal")
+    included = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "include"]
+    assert [(r["id"], r["meta"]["versionId"], r["lifecycleStatus"]) for r in included] == [
+        (goal, "1", "active")]
+    # with the plan that names the goal itself: the current version comes too, once each
+    both = fhir.search(f"CarePlan?_id={old_plan},{people['plan']}&_include=CarePlan:goal")
+    versions = sorted((e["resource"]["meta"]["versionId"], e["resource"]["lifecycleStatus"])
+                      for e in both["entry"] if e["search"]["mode"] == "include")
+    assert versions == [("1", "active"), ("2", "completed")]
 
 
 def test_sort(fhir: Fhir, people: dict[str, str]) -> None:
@@ -308,6 +401,27 @@ def test_post_search_merges_form_and_query(fhir: Fhir, people: dict[str, str]) -
     assert [e["resource"]["id"] for e in response.json()["entry"]] == [people["ola"]]
     wrong = fhir.post("Patient/_search", {"gender": "male"})
     assert wrong.status_code == 415
+
+
+def test_post_search_honours_format_in_the_form(fhir: Fhir, people: dict[str, str]) -> None:
+    """``_format`` in a POST search's form is read as in the URL (R4 http.html, search:
+    "Parameters have the same meaning in either place"): XML is 406, JSON is answered even
+    when Accept asks for something else, as ``_format`` overrides Accept."""
+    form = "application/x-www-form-urlencoded"
+    for value in ("xml", "application/fhir+xml"):
+        response = fhir.post("Patient/_search", f"gender=male&_format={value}",
+                             content_type=form)
+        assert response.status_code == 406, response.text
+        assert response.json()["resourceType"] == "OperationOutcome"
+    response = fhir.post("Patient/_search", "gender=male&_format=json", content_type=form,
+                         headers={"Accept": "application/fhir+xml"})
+    assert response.status_code == 200, response.text
+    assert [e["resource"]["id"] for e in response.json()["entry"]] == [people["ola"]]
+    assert "_format" not in _links(response.json())["self"]
+    assert fhir.post("Patient/_search?_format=xml", "gender=male",
+                     content_type=form).status_code == 406
+    assert fhir.post("Patient/_search", "gender=male", content_type=form,
+                     headers={"Accept": "application/fhir+xml"}).status_code == 406
 
 
 def test_search_of_deleted_is_empty(fhir: Fhir, people: dict[str, str]) -> None:

@@ -19,6 +19,8 @@ Normalisation rules, so that extraction and query parsing agree:
   the default starts-with and ``:contains`` searches, and ``exact`` as written for ``:exact``.
 * Tokens: ``system`` is ``""`` when the data has none; ``code`` is the code/value;
   ``text`` is the normalised display/text for ``:text``. Booleans index as code ``true``/``false``.
+  A ``code`` element indexes without the system it has implicitly (its value set's), as does a
+  boolean; the parser reads the query against that system (``SearchParam.implicit``).
   ``Reference.identifier`` is indexed as a token of the reference parameter with the same code
   and ``identifier=True``, serving ``param:identifier``.
 * References: ``target_type``/``target_id`` for relative (and local absolute) references,
@@ -149,6 +151,10 @@ class SearchParam:
     targets: tuple[str, ...] = ()  # reference: allowed target resource types
     url: str = ""
     modifiers: tuple[str, ...] = ()  # modifiers this server supports for the parameter
+    # token: the (system, code) pairs its values, indexed without a system, stand for, when
+    # every value has an implicit system (R4 search, token: a ``code``'s system "is defined
+    # in the value set"; a boolean's is special-values). Empty: values match as indexed.
+    implicit: frozenset[tuple[str, str]] = field(default=frozenset(), repr=False)
 
 
 @dataclass(frozen=True)

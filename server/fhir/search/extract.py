@@ -285,6 +285,8 @@ class _Parser:
 # ---------------------------------------------------------------------------------------------
 
 _ROOT_NAMES = ("Resource", "DomainResource")
+Sources = frozenset[tuple[str, str]]
+"""Elements values are read from: (owner type code or backbone path, JSON key)."""
 _QUANTITY_TYPES = frozenset({"Quantity", "Age", "Count", "Distance", "Duration",
                              "SimpleQuantity", "MoneyQuantity"})
 Types = frozenset[str]
@@ -346,6 +348,21 @@ class _Compiler:
         if isinstance(node, _Binary):
             return self._binary(node, types)
         return self._literal(node)
+
+    def sources(self, node: _Node, types: Types) -> Sources:
+        """The elements the values of ``node`` are read from, as (owner, JSON key): the
+        owner is a type code or a backbone element's path. None where the values are
+        computed (literals, ``exists()``, comparisons, ``is``, extensions)."""
+        if isinstance(node, _Member):
+            _, in_types = self.compile(node.source, types)
+            return frozenset((owner, key) for owner in in_types
+                             for key, _ in self.model.children(owner, node.name))
+        if isinstance(node, _Index) or (isinstance(node, _TypeOp) and node.op == "as") or (
+                isinstance(node, _Call) and node.name in ("as", "ofType", "where")):
+            return self.sources(node.source, types)
+        if isinstance(node, _Binary) and node.op == "|":
+            return self.sources(node.left, types) | self.sources(node.right, types)
+        return frozenset()
 
     def _literal(self, node: _Literal) -> tuple[Evaluate, Types]:
         value = node.value
@@ -483,13 +500,16 @@ def _equality_step(left: Evaluate, right: Evaluate, *, negate: bool) -> Evaluate
     return step
 
 
-def compile_fast(expression: str, resource_type: str,
-                 model: ElementModel) -> tuple[Callable[[dict[str, Any]], list[Item]], Types]:
-    """Compile ``expression`` into a closure over the resource JSON, with its result types.
-    Raises :class:`Unsupported` for FHIRPath outside the compiled subset."""
-    evaluate, types = _Compiler(model, resource_type).compile(
-        _Parser(expression).parse(), frozenset({resource_type}))
-    return (lambda resource: evaluate([(resource, resource_type)])), types
+def compile_fast(expression: str, resource_type: str, model: ElementModel
+                 ) -> tuple[Callable[[dict[str, Any]], list[Item]], Types, Sources]:
+    """Compile ``expression`` into a closure over the resource JSON, with its result types
+    and the elements its values are read from. Raises :class:`Unsupported` for FHIRPath
+    outside the compiled subset."""
+    compiler = _Compiler(model, resource_type)
+    tree, root = _Parser(expression).parse(), frozenset({resource_type})
+    evaluate, types = compiler.compile(tree, root)
+    return ((lambda resource: evaluate([(resource, resource_type)])), types,
+            compiler.sources(tree, root))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -785,6 +805,7 @@ class Extractor:
     types: frozenset[str]  # FHIR types the expression yields ("" unknown: fhirpathpy)
     evaluate: Callable[[dict[str, Any]], list[Item]]
     emitters: Mapping[str, Emit]
+    sources: Sources = frozenset()  # the elements values are read from (fast path only)
 
     def extract(self, resource: dict[str, Any], out: IndexValues) -> None:
         emitters = self.emitters
@@ -807,13 +828,13 @@ def compile_extractor(code: str, param_type: str, expression: str, resource_type
     emitters = dict(base)
     emitters["Extension"] = _extension_emitter(base, model)
     try:
-        evaluate, types = compile_fast(expression, resource_type, model)
+        evaluate, types, sources = compile_fast(expression, resource_type, model)
     except Unsupported:
         return Extractor(code, param_type, False, frozenset(),
                          compile_fallback(expression, resource_type, param_type), emitters)
     if not types & emitters.keys():
         raise NotIndexable(f"{expression!r} yields {sorted(types)}, not {param_type} values")
-    return Extractor(code, param_type, True, types, evaluate, emitters)
+    return Extractor(code, param_type, True, types, evaluate, emitters, sources)
 
 
 def extract_all(extractors: Iterable[Extractor], resource: dict[str, Any]) -> IndexValues:

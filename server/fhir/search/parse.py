@@ -16,6 +16,8 @@ from decimal import Decimal, InvalidOperation
 
 from ..outcome import FhirError, Issue, issue
 from .ast import (
+    AllOf,
+    AnyOf,
     Chain,
     Clause,
     Condition,
@@ -60,6 +62,17 @@ class Include:
     reverse: bool
 
 
+@dataclass(frozen=True)
+class BareId:
+    """An id without a type given to a reference parameter (``subject=123``) that may refer
+    to resources of several stored types, which the data may make ambiguous (R4 search
+    3.1.1.4.12; :class:`~server.fhir.service.FhirService` checks)."""
+
+    name: str  # the parameter as given (``subject``, ``focus:Goal.subject``)
+    id: str
+    types: tuple[str, ...]  # the stored types it may refer to
+
+
 @dataclass
 class ParsedSearch:
     query: SearchQuery
@@ -68,6 +81,7 @@ class ParsedSearch:
     summary: str | None = None  # true | text | data | count | false
     self_params: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    bare_ids: list[BareId] = field(default_factory=list)
 
 
 class _Unsupported(Exception):
@@ -189,6 +203,29 @@ def _token(raw: str, name: str) -> TokenQuery:
     raise _Invalid(f"Parameter '{name}': {raw!r} is not [system]|[code] (escape '|' as '\\|')")
 
 
+def _implicit(implicit: frozenset[tuple[str, str]],
+              values: tuple[QueryValue, ...]) -> tuple[QueryValue, ...]:
+    """Token values read against the systems a parameter's values have implicitly
+    (:attr:`SearchParam.implicit`; they are indexed without them): ``system|code`` matches
+    the code when ``system`` is its implicit system (another system matches nothing),
+    ``system|`` every code of that system, and ``|code`` (no system) only a code without an
+    implicit system (R4 search, token: for a ``code`` "the system is defined in the value
+    set"; for a boolean it is special-values)."""
+    codes = {code for _, code in implicit}
+    out: list[QueryValue] = []
+    for value in values:
+        assert isinstance(value, TokenQuery)
+        if value.system is None:
+            out.append(value)
+        elif value.system == "":
+            if value.code is not None and value.code not in codes:
+                out.append(value)
+        else:
+            out.extend(TokenQuery("", code) for system, code in sorted(implicit)
+                       if system == value.system and value.code in (None, code))
+    return tuple(dict.fromkeys(out))
+
+
 def _resource_id(raw: str, name: str) -> TokenQuery:
     value = unescape(raw)
     if not ID_RE.fullmatch(value):
@@ -279,7 +316,7 @@ def _target_modifier(param: SearchParam, registry: Registry, target: str) -> boo
         not param.targets or target in param.targets)
 
 
-def _clause(registry: Registry, type_: str, key: str, raw: str) -> Clause:
+def _clause(registry: Registry, type_: str, key: str, raw: str) -> Condition:
     code, _, modifier = key.partition(":")
     param = _param(registry, type_, code)
     type_modifier = None
@@ -293,7 +330,12 @@ def _clause(registry: Registry, type_: str, key: str, raw: str) -> Clause:
                            f"parameter '{code}' of {type_}")
     read = _value_parser(param, modifier or None, type_modifier)
     values = tuple(read(v, key) for v in _split_or(raw))
-    return Clause(param, None if type_modifier else (modifier or None), values)
+    modifier = "" if type_modifier else modifier
+    if param.implicit and modifier in ("", "not"):
+        values = _implicit(param.implicit, values)
+        if not values:  # no value can match: no resource does (with :not, every one does)
+            return AllOf(()) if modifier else AnyOf(())
+    return Clause(param, modifier or None, values)
 
 
 def _chain(registry: Registry, type_: str, head: str, tail: str, raw: str) -> Chain:
@@ -336,6 +378,20 @@ def _has(registry: Registry, type_: str, key: str, raw: str) -> Has:
     if ref.targets and type_ not in ref.targets:
         raise _Invalid(f"'{key}': '{ref_code}' of {other} cannot refer to a {type_}")
     return Has(other, ref, _condition(registry, other, inner_key, raw))
+
+
+def _bare_ids(registry: Registry, name: str, cond: Condition) -> list[BareId]:
+    """The ids without a type in ``cond`` (given as ``name``) of reference parameters that
+    may refer to more than one stored type."""
+    if isinstance(cond, Chain | Has):
+        return _bare_ids(registry, name, cond.inner)
+    if not isinstance(cond, Clause) or cond.param.type != "reference" or cond.modifier:
+        return []
+    types = tuple(t for t in cond.param.targets or registry.types if t in registry.types)
+    if len(types) < 2:
+        return []
+    return [BareId(name, v.target_id, types) for v in cond.values
+            if isinstance(v, ReferenceQuery) and v.target_id and v.target_type is None]
 
 
 def _condition(registry: Registry, type_: str, key: str, raw: str) -> Condition:
@@ -506,8 +562,9 @@ class _Parse:
         elif base in _SINGLE:
             raise _Unsupported(f"Parameter '{base}' takes no modifier")
         else:
-            self.result.query.conditions.append(
-                _condition(self.registry, self.type_, name, raw))
+            condition = _condition(self.registry, self.type_, name, raw)
+            self.result.query.conditions.append(condition)
+            self.result.bare_ids.extend(_bare_ids(self.registry, name, condition))
             self.conditions.append((name, raw))
 
     def result_param(self, name: str, raw: str) -> None:

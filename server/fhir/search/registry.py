@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from ..model import bound_codings
 from ..types import STORED_TYPES
 from .ast import MODIFIERS, IndexValues, ReferenceValue, SearchParam
 from .extract import (
@@ -42,6 +43,12 @@ _RESOURCE_BASES = ("Resource", "DomainResource")
 _EXAMPLE_URL = "http://hl7.org/fhir/SearchParameter/example"
 _TEXT_TYPES = frozenset({"CodeableConcept", "Coding", "Identifier", "Extension"})
 _MODIFIERS = MODIFIERS
+BOOLEAN_CODINGS = frozenset((system, code) for code in ("true", "false") for system in (
+    "http://hl7.org/fhir/special-values",  # R4 search.html, token: "the implicit system"
+    "http://terminology.hl7.org/CodeSystem/special-values"))  # the R4 value set's system
+"""What a boolean token value stands for (R4 search, token: "The implicit system for boolean
+values is http://hl7.org/fhir/special-values"; R4's value set names the code system by its
+terminology.hl7.org URL, which is taken as well)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,22 @@ def _modifiers(param_type: str, extractor: Extractor) -> tuple[str, ...]:
             "Reference", "Extension"}:
         return tuple(m for m in modifiers if m != "identifier")
     return modifiers
+
+
+def _implicit_codings(extractor: Extractor) -> frozenset[tuple[str, str]]:
+    """The (system, code) pairs a token parameter's values stand for, when every value it
+    yields is a boolean, or a ``code`` of an element bound (required) to a value set
+    enumerated here; empty otherwise (its values then match as indexed)."""
+    if extractor.param_type != "token" or not extractor.fast:
+        return frozenset()
+    yielded = extractor.types & extractor.emitters.keys()
+    if yielded == {"boolean"}:
+        return BOOLEAN_CODINGS
+    bound = [bound_codings(owner, key) for owner, key in extractor.sources]
+    if yielded != {"code"} or not bound or not all(bound):
+        return frozenset()
+    pairs = (pair.partition("|") for codings in bound for pair in codings)
+    return frozenset((system, code) for system, _, code in pairs)
 
 
 def _definition_problem(definition: Mapping[str, Any]) -> str | None:
@@ -154,6 +177,7 @@ class Registry:
             targets=tuple(definition.get("target") or ()),
             url=str(definition.get("url") or ""),
             modifiers=_modifiers(type_, extractor),
+            implicit=_implicit_codings(extractor),
         )
         self._extractors[resource_type][code] = extractor
         return None
