@@ -86,13 +86,14 @@ from .journal import (
 )
 from .port import (
     RECORD_TYPES,
+    Expected,
     Indexer,
     Store,
     UniqueConflict,
     UnitOfWork,
     Version,
-    VersionConflict,
     check_record_type,
+    check_version,
     iter_chunks,
     new_id,
     now_instant,
@@ -572,13 +573,12 @@ class _EmbeddedUnitOfWork(UnitOfWork):
             return self._write(type_, id_, 1, resource, method, pk=None)
 
     def update(self, type_: str, id_: str, resource: dict[str, Any], *,
-               if_match: int | None = None, keys: tuple[str, ...] | None = None,
+               if_match: Expected = None, keys: tuple[str, ...] | None = None,
                method: str = "PUT") -> tuple[Version, bool]:
         with self._step():
             current = self._current(type_, id_)
             live = None if current is None or current.deleted else current.version
-            if if_match is not None and if_match != live:
-                raise VersionConflict(type_, id_, if_match, live)
+            check_version(type_, id_, if_match, live)
             if keys is not None:
                 self._claim_keys(type_, id_, keys, replace=True)
             if current is None:
@@ -588,12 +588,11 @@ class _EmbeddedUnitOfWork(UnitOfWork):
                                   pk=current.pk)
             return version, live is None
 
-    def delete(self, type_: str, id_: str, *, if_match: int | None = None) -> Version | None:
+    def delete(self, type_: str, id_: str, *, if_match: Expected = None) -> Version | None:
         with self._step():
             current = self._current(type_, id_)
             live = None if current is None or current.deleted else current.version
-            if if_match is not None and if_match != live:
-                raise VersionConflict(type_, id_, if_match, live)
+            check_version(type_, id_, if_match, live)
             if live is None or current is None:
                 return None
             self._keep_json(type_, id_, current)
