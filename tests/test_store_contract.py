@@ -241,6 +241,11 @@ def test_recreate_after_delete_continues_versions(store: Store) -> None:
     assert created and version.version == 3 and not version.deleted
     assert version.resource["meta"]["versionId"] == "3"
     assert find(store, "Patient", c("Patient.gender", tok("other"))) == ["p1"]
+    put(store, "Patient", "p2")
+    asked = [("Patient", "p1", 1), ("Patient", "p1", 2), ("Patient", "p1", 3),
+             ("Patient", "p2", 1), ("Patient", "p1", 9), ("Goal", "p1", 2)]
+    assert store.deleted_versions(asked) == {("Patient", "p1", 2)}
+    assert store.deleted_versions([]) == set()
 
 
 def test_if_match(store: Store) -> None:

@@ -1030,8 +1030,21 @@ class FhirService:
             "resourceType": "Bundle", "id": new_id(), "meta": {"lastUpdated": _now()},
             "type": "history", "total": total, "link": links}
         if versions:
-            bundle["entry"] = [self._history_entry(ctx, v) for v in versions]
+            created = self._created(versions)
+            bundle["entry"] = [self._history_entry(ctx, v, (v.type, v.id, v.version) in created)
+                               for v in versions]
         return Result(200, bundle)
+
+    def _created(self, versions: list[Version]) -> set[tuple[str, str, int]]:
+        """(type, id, version) of those ``versions`` that created their resource: a POST,
+        a version 1, and a PUT after a deletion (update as create answered 201)."""
+        created = {(v.type, v.id, v.version) for v in versions
+                   if not v.deleted and (v.method == "POST" or v.version == 1)}
+        before = [(v.type, v.id, v.version - 1) for v in versions
+                  if not v.deleted and v.method == "PUT" and v.version > 1]
+        if before:  # the versions before these PUTs: which were deletions
+            created.update((t, i, n + 1) for t, i, n in self.store.deleted_versions(before))
+        return created
 
     def _history_params(self, ctx: RequestContext, params: list[tuple[str, str]]
                         ) -> tuple[int | None, int, int, list[tuple[str, str]]]:
@@ -1055,14 +1068,13 @@ class FhirService:
                                    code="not-supported", expression=name)
         return since_ms, count, offset, kept
 
-    def _history_entry(self, ctx: RequestContext, version: Version) -> dict[str, Any]:
+    def _history_entry(self, ctx: RequestContext, version: Version,
+                       created: bool) -> dict[str, Any]:
         url = f"{version.type}/{version.id}"
         if version.deleted:
             status = "204 No Content"
-        elif version.method == "POST" or version.version == 1:
-            status = "201 Created"
         else:
-            status = "200 OK"
+            status = "201 Created" if created else "200 OK"
         entry: dict[str, Any] = {"fullUrl": f"{ctx.base_url}/{url}"}
         if version.resource is not None:
             entry["resource"] = version.resource

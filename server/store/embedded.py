@@ -373,6 +373,19 @@ class _Reader:
                     found[(row[0], row[1])] = _version(row)
         return [found[ref] for ref in wanted if ref in found]
 
+    def deleted_versions(self, versions: Sequence[tuple[str, str, int]]
+                         ) -> set[tuple[str, str, int]]:
+        found: set[tuple[str, str, int]] = set()
+        with self.snapshot():
+            for chunk in iter_chunks(list(dict.fromkeys(versions)), READ_MANY_CHUNK):
+                triples = ", ".join("(?, ?, ?)" for _ in chunk)
+                params = [part for ref in chunk for part in ref]
+                found.update(self.conn.execute(
+                    f"SELECT h.type, h.id, h.version FROM (VALUES {triples}) AS v "
+                    "JOIN history AS h ON h.type = v.column1 AND h.id = v.column2 "
+                    "AND h.version = v.column3 WHERE h.deleted = 1", params))
+        return found
+
     def history(self, type_: str | None, id_: str | None, since_ms: int | None, count: int,
                 offset: int, types: Sequence[str] | None = None,
                 within: Sequence[SearchQuery] | None = None) -> tuple[list[Version], int]:
@@ -1101,6 +1114,11 @@ class EmbeddedStore(Store):
     def read_many(self, refs: list[tuple[str, str]]) -> list[Version]:
         self._catch_up({type_ for type_, _ in refs})
         return self._reader().read_many(refs)
+
+    def deleted_versions(self, versions: Sequence[tuple[str, str, int]]
+                         ) -> set[tuple[str, str, int]]:
+        self._catch_up({type_ for type_, _, _ in versions})
+        return self._reader().deleted_versions(versions)
 
     def history(self, type_: str | None = None, id_: str | None = None, *,
                 since_ms: int | None = None, count: int = 20, offset: int = 0,

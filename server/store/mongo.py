@@ -337,6 +337,16 @@ class MongoStore(Store):
                 found[doc["_id"]] = _version(doc)
         return [found[key] for key in wanted if key in found]
 
+    def deleted_versions(self, versions: Sequence[tuple[str, str, int]]
+                         ) -> set[tuple[str, str, int]]:
+        wanted = list(dict.fromkeys(f"{type_}/{id_}/{number}" for type_, id_, number in versions))
+        found: set[tuple[str, str, int]] = set()
+        for chunk in iter_chunks(wanted, CHUNK):
+            for doc in self._history.find({"_id": {"$in": chunk}, "deleted": True},
+                                          projection=["type", "id", "version"]):
+                found.add((doc["type"], doc["id"], int(doc["version"])))
+        return found
+
     def history(
         self,
         type_: str | None = None,

@@ -292,6 +292,12 @@ class Store(abc.ABC):
         """The current, non-deleted versions of the given (type, id) pairs that exist."""
 
     @abc.abstractmethod
+    def deleted_versions(self, versions: Sequence[tuple[str, str, int]]
+                         ) -> set[tuple[str, str, int]]:
+        """Those of ``versions`` (type, id, version number) that are deletions
+        (tombstones)."""
+
+    @abc.abstractmethod
     def history(
         self,
         type_: str | None = None,
