@@ -94,6 +94,25 @@ def _begin() -> Response | None:
     return None
 
 
+def check_request_size() -> None:
+    """414 / 431 for a request target (path and query) or a header field longer than the
+    configured limits, before anything else (the caller's token included) is read. Runs for
+    every request of the application; the HTTP server's own limits are set above these
+    (:mod:`server.gunicorn_conf`), so that the answer is this OperationOutcome."""
+    config = current_app.extensions["planbro"].config
+    target = request.environ.get("RAW_URI") or request.full_path
+    if len(target) > config.max_url_bytes:
+        raise FhirError.of(414, f"The request URL is {len(target)} bytes long; this server "
+                           f"takes at most {config.max_url_bytes} (POST a search to "
+                           "[type]/_search to send long criteria)", code="too-long")
+    for name, value in request.headers.items():
+        size = len(name) + 2 + len(value)  # as sent: "Name: value" (WSGI gives latin-1)
+        if size > config.max_header_bytes:
+            raise FhirError.of(431, f"The {name} header field is {size} bytes long; this "
+                               f"server takes at most {config.max_header_bytes}",
+                               code="too-long", expression=name)
+
+
 @bp.after_request
 def _cors(response: Response) -> Response:
     """CORS headers for the patient app's origin (nothing for other origins)."""

@@ -10,7 +10,7 @@ import requests
 
 from server.fhir.service import WriteContext
 
-from .conftest import FHIR_JSON, MAX_BODY, Fhir, patient
+from .conftest import FHIR_JSON, FNR_SYSTEM, MAX_BODY, Fhir, patient, refused
 
 
 def _assert_outcome(response: requests.Response, status: int) -> dict:
@@ -97,6 +97,24 @@ class TestErrors:
         chunked = fhir.http.post(fhir.url("Patient"), data=chunks(), timeout=30,
                                  headers={"Content-Type": FHIR_JSON})
         _assert_outcome(chunked, 413)
+
+    def test_long_urls_up_to_the_limit(self, fhir: Fhir) -> None:
+        """A long _id list is a legitimate URL (6 KB); over 8 KiB is 414, before the token
+        or the body are looked at."""
+        ids = ",".join(f"id-{n:05d}" for n in range(700))
+        assert 6000 < len(fhir.url(f"Patient?_id={ids}")) < 8000
+        assert fhir.search(f"Patient?_id={ids}")["total"] == 0
+        criteria = f"Patient?identifier={FNR_SYSTEM}|1&_id={ids},{ids}"
+        refused(fhir.put(criteria, patient(6)), 414, "too-long")
+        refused(requests.get(fhir.url(f"Patient?_id={ids},{ids}"), timeout=10), 414,
+                "too-long")
+
+    def test_header_fields_up_to_the_limit(self, fhir: Fhir) -> None:
+        assert fhir.get("metadata", headers={"X-Note": "x" * 7000}).ok
+        refused(fhir.post("Patient", patient(7), headers={"X-Note": "x" * 9000}), 431,
+                "too-long", ["X-Note"])
+        refused(fhir.get("Patient", headers={"Authorization": "Bearer " + "x" * 9000}), 431,
+                "too-long", ["Authorization"])
 
     def test_malformed_bodies(self, fhir: Fhir) -> None:
         body = _assert_outcome(fhir.post("Patient", "{not json"), 400)
