@@ -231,7 +231,7 @@ def _patch_body() -> Any:
     if not data.strip():
         raise FhirError.of(400, "The request has no body; a JSON Patch was expected",
                            code="required")
-    return jsonio.loads(data)
+    return jsonio.loads_request(data)
 
 
 def _etags(header: str) -> ETags | None:

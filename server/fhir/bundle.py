@@ -253,7 +253,7 @@ def _patch_document(entry: Entry) -> Any:
         data = base64.b64decode(str(binary.get("data", "")), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise _bad(f"{entry.path}: Binary.data is not base64", f"{where}.data") from exc
-    return jsonio.loads(data)
+    return jsonio.loads_request(data)
 
 
 def _query_param(request: dict[str, Any], name: str, where: str

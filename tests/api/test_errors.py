@@ -132,3 +132,30 @@ class TestErrors:
         assert "secret" not in str(body)
         assert body["issue"][0]["code"] == "exception"
         fhir.planbro.service.before_write.remove(explode)
+
+
+def test_repeated_keys_are_refused_with_their_path(fhir: Fhir) -> None:
+    created = fhir.create(patient(8))
+    pid = created["id"]
+    before = fhir.versions()
+    repeated = '{"resourceType": "Patient", "active": true, "active": false}'
+    refused(fhir.post("Patient", repeated), 400, "structure", ["Patient.active"])
+    in_a_list = (f'{{"resourceType": "Patient", "id": "{pid}", "name": '
+                 '[{"family": "A"}, {"family": "B", "given": ["K"], "family": "C"}]}')
+    refused(fhir.put(f"Patient/{pid}", in_a_list), 400, "structure",
+            ["Patient.name[1].family"])
+    escaped = '{"resourceType": "Patient", "\\u0061ctive": true, "active": false}'
+    refused(fhir.post("Patient", escaped), 400, "structure", ["Patient.active"])
+    bundle = ('{"resourceType": "Bundle", "type": "transaction", "entry": [{"request": '
+              '{"method": "POST", "url": "Patient"}, "resource": {"resourceType": '
+              '"Patient", "gender": "male", "gender": "female"}}]}')
+    refused(fhir.post("", bundle), 400, "structure",
+            ["Bundle.entry[0].resource.gender"])
+    patch = '[{"op": "add", "path": "/active", "value": true, "value": false}]'
+    refused(fhir.patch(f"Patient/{pid}", patch), 400, "structure", ["[0].value"])
+    assert fhir.versions() == before
+    # colons in values (written or escaped) are no repeat, nor is one key in two objects
+    fine = ('{"resourceType": "Patient", "name": [{"family": "Nord: mann"}, '
+            '{"family": "B\\u003a"}], "extension": [{"url": "urn:x:y", '
+            '"valueString": "a:b"}]}')
+    assert fhir.post("Patient", fine).status_code == 201
