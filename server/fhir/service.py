@@ -340,6 +340,9 @@ class FhirService:
         self.guard: Guard = OpenGuard()
         self.security: dict[str, Any] | None = None
         """``rest.security`` of the CapabilityStatement (set by the auth layer)."""
+        self.profiles: dict[str, list[str]] = {}
+        """Canonical URLs of the profiles the ``validators`` check, per resource type
+        (``rest.resource.supportedProfile`` of the CapabilityStatement)."""
         self.access: Access = OpenAccess()
         self.observers: list[Observer] = []
         self.server_records: set[str] = set()
@@ -1124,7 +1127,7 @@ class FhirService:
             self.registry, base_url=ctx.base_url, types=STORED_TYPES,
             type_interactions=TYPE_INTERACTIONS, system_interactions=SYSTEM_INTERACTIONS,
             operations=OPERATIONS, type_operations=self._type_operations(ctx),
-            security=self.security))
+            security=self.security, profiles=self.profiles))
 
     def _type_operations(self, ctx: RequestContext) -> dict[str, list[tuple[str, str]]]:
         out: dict[str, list[tuple[str, str]]] = {}
