@@ -127,7 +127,8 @@ def server(data: Path, args: argparse.Namespace, app: str = AUDITED_APP,
     env["PLANBRO_ACCESS_TOKEN_TTL"] = "86400"  # outlives the run
     if planbro:
         client_id, key = register_bench_client(data)
-    command = [sys.executable, "-m", "gunicorn", "-w", str(args.workers),
+    command = [sys.executable, "-m", "gunicorn", "-c", "python:server.gunicorn_conf",
+               "-w", str(args.workers),
                "--threads", str(args.threads), "-b", f"{HOST}:{port}",
                "--log-level", "warning", app]
     log_path = data / "gunicorn.log"

@@ -1,6 +1,7 @@
 """The application factory: wiring only.
 
-``gunicorn 'server.app:create_app()'`` serves it with settings from the environment.
+``gunicorn -c python:server.gunicorn_conf 'server.app:create_app()'`` serves it with
+settings from the environment.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["planbro"] = planbro = Planbro(config, store, registry, service, auth,
                                                   workflow)
     atexit.register(planbro.close)
+    app.before_request(fhir_api.check_request_size)  # before every blueprint's own
     app.register_blueprint(fhir_api.bp)
     fhir_api.register_error_handlers(app)
     return app

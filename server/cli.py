@@ -143,13 +143,16 @@ def _serve_werkzeug(config: Config, host: str, port: int) -> None:
 def _serve_gunicorn(config: Config, host: str, port: int, workers: int, threads: int) -> None:
     from gunicorn.app.base import BaseApplication  # not importable on Windows
 
+    from .gunicorn_conf import limits
+
     class Server(BaseApplication):
-        """gunicorn with our options; each worker builds its own app (and store
-        connections) after the fork."""
+        """gunicorn with our options (and the request limits of :mod:`.gunicorn_conf`); each
+        worker builds its own app (and store connections) after the fork."""
 
         def load_config(self) -> None:
             bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            for key, value in {"bind": bind, "workers": workers, "threads": threads}.items():
+            options = {"bind": bind, "workers": workers, "threads": threads, **limits(config)}
+            for key, value in options.items():
                 self.cfg.set(key, value)
 
         def load(self) -> Any:

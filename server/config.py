@@ -18,6 +18,10 @@ class Config:
     # None: derived from each request.
     base_url: str | None = None
     max_body_bytes: int = 5 * 1024 * 1024
+    # The longest request target (path and query) and request header field (name, ": ",
+    # value) answered; longer ones get 414 / 431 (an _id list of a few hundred ids fits).
+    max_url_bytes: int = 8 * 1024
+    max_header_bytes: int = 8 * 1024
     default_count: int = 20
     max_count: int = 1000
     demo: bool = False
@@ -36,6 +40,8 @@ class Config:
             mongodb_db=env.get("MONGODB_DB", "planbro"),
             base_url=env.get("PLANBRO_BASE_URL") or None,
             max_body_bytes=int(env.get("PLANBRO_MAX_BODY_BYTES", 5 * 1024 * 1024)),
+            max_url_bytes=int(env.get("PLANBRO_MAX_URL_BYTES", 8 * 1024)),
+            max_header_bytes=int(env.get("PLANBRO_MAX_HEADER_BYTES", 8 * 1024)),
             demo=env.get("PLANBRO_DEMO", "") in ("1", "true", "yes"),
         )
         cfg = replace(cfg, **overrides)
@@ -43,8 +49,11 @@ class Config:
         return cfg
 
     def validate(self) -> None:
-        if self.max_body_bytes <= 0:
-            raise ValueError("PLANBRO_MAX_BODY_BYTES must be positive")
+        for name, value in (("PLANBRO_MAX_BODY_BYTES", self.max_body_bytes),
+                            ("PLANBRO_MAX_URL_BYTES", self.max_url_bytes),
+                            ("PLANBRO_MAX_HEADER_BYTES", self.max_header_bytes)):
+            if value <= 0:
+                raise ValueError(f"{name} must be positive")
         if not 1 <= self.default_count <= self.max_count:
             raise ValueError("default_count must be between 1 and max_count")
         if self.base_url and not self.base_url.startswith(("http://", "https://")):

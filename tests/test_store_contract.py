@@ -35,6 +35,8 @@ from server.fhir.search.ast import (
     row_order,
 )
 from server.store.port import (
+    ETags,
+    Precondition,
     Store,
     UniqueConflict,
     Version,
@@ -242,6 +244,11 @@ def test_recreate_after_delete_continues_versions(store: Store) -> None:
     assert created and version.version == 3 and not version.deleted
     assert version.resource["meta"]["versionId"] == "3"
     assert find(store, "Patient", c("Patient.gender", tok("other"))) == ["p1"]
+    put(store, "Patient", "p2")
+    asked = [("Patient", "p1", 1), ("Patient", "p1", 2), ("Patient", "p1", 3),
+             ("Patient", "p2", 1), ("Patient", "p1", 9), ("Goal", "p1", 2)]
+    assert store.deleted_versions(asked) == {("Patient", "p1", 2)}
+    assert store.deleted_versions([]) == set()
 
 
 def test_if_match(store: Store) -> None:
@@ -260,6 +267,27 @@ def test_if_match(store: Store) -> None:
     with pytest.raises(VersionConflict):
         put(store, "Patient", "p1", if_match=3)
     assert store.read("Patient", "p1").version == 4
+
+
+def test_client_preconditions(store: Store) -> None:
+    def etags(*versions: int, name: str = "If-Match") -> ETags:
+        """``*`` without versions, else the list of their ETags."""
+        text = ", ".join(f'W/"{v}"' for v in versions) or "*"
+        return ETags(name, name, text, frozenset(map(str, versions)), any=not versions)
+
+    create_only = Precondition(if_none_match=etags(name="If-None-Match"))
+    assert put(store, "Patient", "p1", if_match=create_only).version == 1
+    with pytest.raises(VersionConflict) as exists:
+        put(store, "Patient", "p1", {"active": True}, if_match=create_only)
+    assert exists.value.issues[0].expression == ("If-None-Match",)
+    with pytest.raises(VersionConflict):
+        put(store, "Patient", "absent", if_match=Precondition(etags()))
+    assert store.read("Patient", "absent") is None
+    assert put(store, "Patient", "p1", if_match=Precondition(etags(3, 1))).version == 2
+    with pytest.raises(VersionConflict):
+        delete(store, "Patient", "p1", if_match=Precondition(etags(1, 3)))
+    assert delete(store, "Patient", "p1", if_match=Precondition(etags())).version == 3
+    assert put(store, "Patient", "p1", if_match=create_only).version == 4
 
 
 def test_concurrent_if_match_updates_lose_nothing(store: Store) -> None:

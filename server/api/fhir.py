@@ -22,7 +22,8 @@ from ..fhir import bundle, jsonio
 from ..fhir.outcome import FhirError, issue, outcome
 from ..fhir.patch import JSON_PATCH_MEDIA_TYPE
 from ..fhir.search.normalize import serving
-from ..fhir.service import PREFER_RETURN, FhirService, RequestContext, Result, parse_etag
+from ..fhir.service import PREFER_RETURN, FhirService, RequestContext, Result, parse_etags
+from ..store.port import ETags, Precondition
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,25 @@ def _begin() -> Response | None:
         lenient=prefer.get("handling") == "lenient",
     )
     return None
+
+
+def check_request_size() -> None:
+    """414 / 431 for a request target (path and query) or a header field longer than the
+    configured limits, before anything else (the caller's token included) is read. Runs for
+    every request of the application; the HTTP server's own limits are set above these
+    (:mod:`server.gunicorn_conf`), so that the answer is this OperationOutcome."""
+    config = current_app.extensions["planbro"].config
+    target = request.environ.get("RAW_URI") or request.full_path
+    if len(target) > config.max_url_bytes:
+        raise FhirError.of(414, f"The request URL is {len(target)} bytes long; this server "
+                           f"takes at most {config.max_url_bytes} (POST a search to "
+                           "[type]/_search to send long criteria)", code="too-long")
+    for name, value in request.headers.items():
+        size = len(name) + 2 + len(value)  # as sent: "Name: value" (WSGI gives latin-1)
+        if size > config.max_header_bytes:
+            raise FhirError.of(431, f"The {name} header field is {size} bytes long; this "
+                               f"server takes at most {config.max_header_bytes}",
+                               code="too-long", expression=name)
 
 
 @bp.after_request
@@ -214,17 +234,18 @@ def _patch_body() -> Any:
     if not data.strip():
         raise FhirError.of(400, "The request has no body; a JSON Patch was expected",
                            code="required")
-    return jsonio.loads(data)
+    return jsonio.loads_request(data)
 
 
-def _if_match() -> int | None:
-    value = request.headers.get("If-Match")
-    return None if value is None else parse_etag(value)
+def _etags(header: str) -> ETags | None:
+    """``If-Match`` / ``If-None-Match`` (several fields are one list, RFC 9110 5.3)."""
+    values = request.headers.getlist(header)
+    return parse_etags(", ".join(values), header) if values else None
 
 
-def _if_none_match() -> int | None:
-    value = request.headers.get("If-None-Match")
-    return None if value is None else parse_etag(value, "If-None-Match")
+def _precondition() -> Precondition | None:
+    """The precondition of a write: its If-Match and If-None-Match (RFC 9110 13.1.1-2)."""
+    return Precondition.of(_etags("If-Match"), _etags("If-None-Match"))
 
 
 def _if_none_exist() -> list[tuple[str, str]] | None:
@@ -285,12 +306,12 @@ def type_level(rtype: str) -> Response:
                                    if_none_exist=_if_none_exist()))
     if request.method == "PUT":
         return _respond(svc.conditional_update(ctx(), rtype, params, _resource_body(),
-                                               if_match=_if_match()))
+                                               if_match=_precondition()))
     if request.method == "PATCH":
         return _respond(svc.conditional_patch(ctx(), rtype, params, _patch_body(),
-                                              if_match=_if_match()))
+                                              if_match=_precondition()))
     _require_method("DELETE")
-    return _respond(svc.conditional_delete(ctx(), rtype, params, if_match=_if_match()))
+    return _respond(svc.conditional_delete(ctx(), rtype, params, if_match=_precondition()))
 
 
 @bp.post("/<rtype:rtype>/_search")
@@ -324,13 +345,13 @@ def instance(rtype: str, rid: str) -> Response:
     svc.check_type(rtype)
     svc.check_id(rid)
     if request.method in _READS:
-        return _respond(svc.read(ctx(), rtype, rid, if_none_match=_if_none_match()))
+        return _respond(svc.read(ctx(), rtype, rid, if_none_match=_etags("If-None-Match")))
     if request.method == "PUT":
-        return _respond(svc.update(ctx(), rtype, rid, _resource_body(), if_match=_if_match()))
+        return _respond(svc.update(ctx(), rtype, rid, _resource_body(), if_match=_precondition()))
     if request.method == "PATCH":
-        return _respond(svc.patch(ctx(), rtype, rid, _patch_body(), if_match=_if_match()))
+        return _respond(svc.patch(ctx(), rtype, rid, _patch_body(), if_match=_precondition()))
     _require_method("DELETE")
-    return _respond(svc.delete(ctx(), rtype, rid, if_match=_if_match()))
+    return _respond(svc.delete(ctx(), rtype, rid, if_match=_precondition()))
 
 
 @bp.post("/<rtype:rtype>/<rid>/$validate")

@@ -27,7 +27,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ..store.port import UnitOfWork, new_id
+from ..store.port import ETags, Precondition, UnitOfWork, check_version, new_id
 from . import jsonio
 from .outcome import FhirError, Issue
 from .patch import JSON_PATCH_MEDIA_TYPE
@@ -40,12 +40,12 @@ from .service import (
     RequestContext,
     Result,
     Written,
-    parse_etag,
+    parse_etags,
 )
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 _CONDITIONS = {"ifNoneExist": ("POST",), "ifMatch": ("PUT", "PATCH", "DELETE"),
-               "ifNoneMatch": ("GET", "HEAD")}
+               "ifNoneMatch": ("GET", "HEAD", "PUT", "PATCH", "DELETE")}
 _PHASES = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 
 
@@ -75,12 +75,17 @@ class Entry:
     resource: dict[str, Any] | None = None
     patch: Any = None
     if_none_exist: list[tuple[str, str]] | None = None
-    if_match: int | None = None
-    if_none_match: int | None = None
+    if_match: ETags | None = None
+    if_none_match: ETags | None = None
 
     @property
     def path(self) -> str:
         return f"Bundle.entry[{self.index}]"
+
+    @property
+    def precondition(self) -> Precondition | None:
+        """The ifMatch / ifNoneMatch of a write entry, as the headers of a request."""
+        return Precondition.of(self.if_match, self.if_none_match)
 
 
 def process(service: FhirService, ctx: RequestContext, bundle: Any) -> Result:
@@ -147,13 +152,13 @@ def parse_entry(index: int, raw: Any, base_url: str) -> Entry:
     return entry
 
 
-def _etag_param(request: dict[str, Any], name: str, where: str) -> int | None:
+def _etag_param(request: dict[str, Any], name: str, where: str) -> ETags | None:
     value = request.get(name)
     if value is None:
         return None
     if not isinstance(value, str):
         raise _bad(f"{where}.request.{name} must be a string", f"{where}.request.{name}")
-    return parse_etag(value, f"{where}.request.{name}")
+    return parse_etags(value, name, f"{where}.request.{name}")
 
 
 def parse_url(url: str, base_url: str, where: str) -> Target:
@@ -248,7 +253,7 @@ def _patch_document(entry: Entry) -> Any:
         data = base64.b64decode(str(binary.get("data", "")), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise _bad(f"{entry.path}: Binary.data is not base64", f"{where}.data") from exc
-    return jsonio.loads(data)
+    return jsonio.loads_request(data)
 
 
 def _query_param(request: dict[str, Any], name: str, where: str
@@ -364,11 +369,11 @@ class _Transaction:
         assert t.type is not None
         if t.conditional:
             written = self.service.conditional_delete_in(uow, self.ctx, t.type, t.params or [],
-                                                         if_match=entry.if_match)
+                                                         if_match=entry.precondition)
         else:
             assert t.id is not None
             written = self.service.delete_in(uow, self.ctx, t.type, t.id,
-                                              if_match=entry.if_match)
+                                              if_match=entry.precondition)
         if written.version is not None:
             entry.target = Target(type=t.type, id=written.version.id)
         self.responses[entry.index] = write_response(self.service, self.ctx, written)
@@ -411,9 +416,8 @@ class _Transaction:
             assert entry.resource is not None
             found = self.service.conditional_target(uow, self.ctx, t.type, t.params,
                                                     entry.resource.get("id"))
-            if found is None and entry.if_match is not None:
-                raise FhirError.of(412, "ifMatch was given but no resource matches",
-                                   code="conflict")
+            if found is None:
+                check_version(t.type, None, entry.precondition, None)
             target = found or new_id()
             entry.resource = {**entry.resource, "id": target}
         entry.target = Target(type=t.type, id=target)
@@ -461,10 +465,10 @@ class _Transaction:
         assert t.type is not None and t.id is not None
         if entry.method == "PATCH":
             written = self.service.patch_in(uow, self.ctx, t.type, t.id, entry.patch,
-                                            if_match=entry.if_match)
+                                            if_match=entry.precondition)
         else:
             written = self.service.update_in(uow, self.ctx, t.type, t.id,
-                                             self._rewrite(uow, entry), if_match=entry.if_match)
+                                             self._rewrite(uow, entry), if_match=entry.precondition)
         self.responses[entry.index] = write_response(self.service, self.ctx, written)
 
     def _get(self, uow: UnitOfWork, entry: Entry) -> None:
@@ -537,21 +541,21 @@ def write(service: FhirService, ctx: RequestContext, uow: UnitOfWork, entry: Ent
     if entry.method == "PUT":
         if t.conditional:
             return service.conditional_update_in(uow, ctx, t.type, t.params or [],
-                                                 entry.resource, if_match=entry.if_match)
+                                                 entry.resource, if_match=entry.precondition)
         assert t.id is not None
         return service.update_in(uow, ctx, t.type, t.id, entry.resource,
-                                 if_match=entry.if_match)
+                                 if_match=entry.precondition)
     if entry.method == "PATCH":
         target = (service.single_match(uow, ctx, t.type, t.params or [], "patch")
                   if t.conditional else t.id)
         assert target is not None
         return service.patch_in(uow, ctx, t.type, target, entry.patch,
-                                if_match=entry.if_match)
+                                if_match=entry.precondition)
     if t.conditional:
         return service.conditional_delete_in(uow, ctx, t.type, t.params or [],
-                                             if_match=entry.if_match)
+                                             if_match=entry.precondition)
     assert t.id is not None
-    return service.delete_in(uow, ctx, t.type, t.id, if_match=entry.if_match)
+    return service.delete_in(uow, ctx, t.type, t.id, if_match=entry.precondition)
 
 
 def write_response(service: FhirService, ctx: RequestContext,

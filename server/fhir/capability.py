@@ -24,11 +24,13 @@ def build(
     operations: Iterable[tuple[str, str]],
     type_operations: dict[str, list[tuple[str, str]]] | None = None,
     security: dict[str, Any] | None = None,
+    profiles: dict[str, list[str]] | None = None,
     date: str | None = None,
 ) -> dict[str, Any]:
     """A CapabilityStatement (kind instance) describing this server at ``base_url``;
     ``operations`` apply to every type, ``type_operations`` to one; ``security`` is
-    ``rest.security``; ``date`` defaults to now."""
+    ``rest.security``; ``profiles`` the canonical URLs of the profiles supported per type
+    (``supportedProfile``); ``date`` defaults to now."""
     types = list(types)
     params = {t: registry.params(t) for t in types}
     operation_list = [{"name": name, "definition": url} for name, url in operations]
@@ -47,18 +49,21 @@ def build(
             **({"security": security} if security else {}),
             "resource": [_resource(t, params, type_interactions, operation_list + [
                 {"name": name, "definition": url}
-                for name, url in (type_operations or {}).get(t, [])]) for t in types],
+                for name, url in (type_operations or {}).get(t, [])],
+                (profiles or {}).get(t, [])) for t in types],
             "interaction": [{"code": code} for code in system_interactions],
         }],
     }
 
 
 def _resource(type_: str, params: dict[str, dict[str, SearchParam]],
-              interactions: Iterable[str], operations: list[dict[str, str]]) -> dict[str, Any]:
+              interactions: Iterable[str], operations: list[dict[str, str]],
+              profiles: list[str]) -> dict[str, Any]:
     own = params[type_]
     return {
         "type": type_,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{type_}",
+        **({"supportedProfile": list(profiles)} if profiles else {}),
         "interaction": [{"code": code} for code in interactions],
         "versioning": "versioned-update",  # If-Match is honoured
         "readHistory": True,

@@ -145,6 +145,14 @@ class Conformance:
         """The profile with this canonical URL, when the server knows it."""
         return self._profiles.get(url)
 
+    def profiles_by_type(self) -> dict[str, list[str]]:
+        """The canonical URLs of the loaded profiles per resource type they constrain
+        (sorted), e.g. for ``CapabilityStatement.rest.resource.supportedProfile``."""
+        out: dict[str, list[str]] = {}
+        for profile in self._profiles.values():
+            out.setdefault(profile.type, []).append(profile.url)
+        return {type_: sorted(urls) for type_, urls in sorted(out.items())}
+
     def profiles_for(self, resource: Mapping[str, Any]) -> list[str]:
         """The profiles ``resource`` is validated against: those it claims in
         ``meta.profile`` (core base definitions excepted) and those the assignment rules give

@@ -31,6 +31,14 @@ Extension points for the layers above FHIR mechanics:
 Decisions where R4 leaves a choice: deleting a resource that is already deleted or never
 existed is a successful no-op (204, no new version); a conditional delete with no match is the
 same; a JSON Patch that cannot be applied is 422; a conditional patch with no match is 404.
+
+Conditional requests (RFC 9110 13): ``If-Match`` and ``If-None-Match`` take ``*`` or a list
+of version ETags, on every write (PUT, PATCH, DELETE, and their conditional forms) and on
+read. A write proceeds only if the current version satisfies both (``If-Match: *``: there is
+one; ``If-None-Match: *``: there is none, a create-only PUT), else 412; a read whose
+If-None-Match matches is 304. As RFC 9110 13.2.1 asks, a precondition never turns an error
+the request would get without it into a 412: a PATCH of a missing resource stays 404, a write
+to a resource the caller may not see stays 404.
 """
 
 from __future__ import annotations
@@ -52,13 +60,17 @@ from urllib.parse import urlencode
 
 from ..config import Config
 from ..store.port import (
+    ETags,
+    Expected,
     Store,
     UnitOfWork,
     Version,
     VersionConflict,
+    check_version,
     iter_chunks,
     new_id,
     now_instant,
+    satisfies,
 )
 from . import capability, model
 from .outcome import FhirError, Issue, issue, not_found, outcome
@@ -297,16 +309,26 @@ def version_headers(version: Version) -> dict[str, str]:
     return {"ETag": version.etag, "Last-Modified": http_date(version.last_updated)}
 
 
-_ETAG_RE = re.compile(r'(?:W/)?"(\d{1,18})"|(\d{1,18})')
+# An entity tag (RFC 9110 8.8.3), weak or strong, or a bare version number.
+_ETAG = r'(?:W/)?"([\x21\x23-\x7e\x80-\xff]*)"|(\d+)'
+_ETAG_RE = re.compile(_ETAG)
+# A list of them (RFC 9110 5.6.1: empty elements are allowed, one tag at least).
+_ETAG_LIST_RE = re.compile(rf'[\s,]*(?:{_ETAG})(?:[\s,]*,[\s,]*(?:{_ETAG}))*[\s,]*')
 
 
-def parse_etag(value: str, header: str = "If-Match") -> int:
-    """The version in an ETag value: ``W/"3"``, ``"3"`` or ``3``; anything else is 400."""
-    m = _ETAG_RE.fullmatch(value.strip())
-    if m is None:
-        raise FhirError.of(400, f"{header} must be a version ETag like W/\"3\", not {value!r}",
-                           code="value", expression=header)
-    return int(m[1] or m[2])
+def parse_etags(value: str, name: str = "If-Match", expression: str | None = None) -> ETags:
+    """An ``If-Match`` / ``If-None-Match`` value: ``*`` or a list of entity tags
+    (``W/"3", W/"4"``; ``"3"`` and a bare ``3`` are read as ``W/"3"``); anything else is
+    400. ``name``: how the client gave it (a header, ``ifMatch``); ``expression``: where
+    (default: ``name``)."""
+    where = expression or name
+    if value.strip() == "*":
+        return ETags(name, where, "*", any=True)
+    if not _ETAG_LIST_RE.fullmatch(value):
+        raise FhirError.of(400, f"{name} must be * or a list of version ETags like "
+                           f"W/\"3\", not {value!r}", code="value", expression=where)
+    tags = frozenset(m[1] if m[1] is not None else m[2] for m in _ETAG_RE.finditer(value))
+    return ETags(name, where, value.strip(), tags)
 
 
 def information(text: str) -> dict[str, Any]:
@@ -328,6 +350,9 @@ class FhirService:
         self.guard: Guard = OpenGuard()
         self.security: dict[str, Any] | None = None
         """``rest.security`` of the CapabilityStatement (set by the auth layer)."""
+        self.profiles: dict[str, list[str]] = {}
+        """Canonical URLs of the profiles the ``validators`` check, per resource type
+        (``rest.resource.supportedProfile`` of the CapabilityStatement)."""
         self.access: Access = OpenAccess()
         self.observers: list[Observer] = []
         self.server_records: set[str] = set()
@@ -433,6 +458,19 @@ class FhirService:
             raise FhirError.of(410, f"{type_}/{id_} was deleted (version {current.version})",
                                code="deleted", headers=version_headers(current))
         return self._shown(ctx, current)
+
+    def _check_version(self, ctx: RequestContext, reader: Reader, type_: str, id_: str,
+                       expected: Expected, current: Version | None) -> None:
+        """412 unless the current version of ``type_/id_`` is as the write ``expected``;
+        404 instead when the caller may not see the resource (its existence is not
+        revealed, as the write itself would answer)."""
+        live = None if current is None or current.deleted else current.version
+        if satisfies(expected, live):
+            return
+        if live is not None and self.access.conditions(ctx, type_) is not None and (
+                not self.visible(ctx, reader, type_, id_)):
+            raise not_found(type_, id_)
+        raise VersionConflict(type_, id_, expected, live)
 
     def _execute(self, ctx: RequestContext, reader: Reader, query: SearchQuery) -> SearchResult:
         result = reader.search(self.access.restrict(ctx, query))
@@ -581,12 +619,13 @@ class FhirService:
 
     @observed("read")
     def read(self, ctx: RequestContext, type_: str, id_: str, *,
-             if_none_match: int | None = None, reader: Reader | None = None) -> Result:
+             if_none_match: ETags | None = None, reader: Reader | None = None) -> Result:
+        """Read; 304 without the body when ``if_none_match`` matches the current version."""
         self.guard.check(ctx, "read", type_)
         current = self._load(ctx, reader or self.store, type_, id_)
         self._permitted(ctx, reader or self.store, type_, id_, "r")
         headers = version_headers(current)
-        if if_none_match is not None and if_none_match == current.version:
+        if if_none_match is not None and if_none_match.matches(current.version):
             return Result(304, None, headers)
         return Result(200, current.resource, headers)
 
@@ -660,7 +699,7 @@ class FhirService:
 
     @observed("update")
     def update(self, ctx: RequestContext, type_: str, id_: str, resource: Any, *,
-               if_match: int | None = None) -> Result:
+               if_match: Expected = None) -> Result:
         self.check_type(type_)
         self.check_id(id_)
         self.guard.check(ctx, "update", type_)
@@ -672,8 +711,11 @@ class FhirService:
         return self.write_result(ctx, written)
 
     def update_in(self, uow: UnitOfWork, ctx: RequestContext, type_: str, id_: str,
-                  resource: Any, *, if_match: int | None = None) -> Written:
-        """Update (PUT) inside ``uow``; creates the resource when it does not exist."""
+                  resource: Any, *, if_match: Expected = None) -> Written:
+        """Update (PUT) inside ``uow``; creates the resource when it does not exist.
+        ``if_match``: what the current version must be (the version the caller read, or
+        the client's If-Match / If-None-Match), else 412; checked again by the store as it
+        writes, so that no concurrent writer comes between."""
         self.check_type(type_)
         self.check_id(id_)
         resource = self._check_body(type_, resource)
@@ -681,11 +723,11 @@ class FhirService:
         return self._store_update(uow, ctx, type_, id_, dict(resource), if_match, "update")
 
     def _store_update(self, uow: UnitOfWork, ctx: RequestContext, type_: str, id_: str,
-                      resource: dict[str, Any], if_match: int | None,
+                      resource: dict[str, Any], if_match: Expected,
                       interaction: str) -> Written:
         self.guard.check(ctx, interaction, type_)
         current = uow.read(type_, id_)
-        _check_if_match(type_, id_, if_match, current)
+        self._check_version(ctx, uow, type_, id_, if_match, current)
         previous = None if current is None or current.deleted else current
         wctx = self._before(ctx, uow, interaction, type_, id_, resource, previous)
         assert wctx.resource is not None
@@ -697,7 +739,7 @@ class FhirService:
     @observed("update")
     def conditional_update(self, ctx: RequestContext, type_: str,
                            params: list[tuple[str, str]], resource: Any, *,
-                           if_match: int | None = None) -> Result:
+                           if_match: Expected = None) -> Result:
         with self.unit_of_work(ctx) as uow:
             written = self.conditional_update_in(uow, ctx, type_, params, resource,
                                                  if_match=if_match)
@@ -705,15 +747,13 @@ class FhirService:
 
     def conditional_update_in(self, uow: UnitOfWork, ctx: RequestContext, type_: str,
                               params: list[tuple[str, str]], resource: Any, *,
-                              if_match: int | None = None) -> Written:
+                              if_match: Expected = None) -> Written:
         """PUT ``Type?criteria``: no match creates (with the body's id if it has one), one
         match updates it, several are 412."""
         resource = self._check_body(type_, resource)
         target = self.conditional_target(uow, ctx, type_, params, resource.get("id"))
         if target is None:
-            if if_match is not None:
-                raise FhirError.of(412, "If-Match was given but no resource matches",
-                                   code="conflict")
+            check_version(type_, None, if_match, None)
             return self.create_in(uow, ctx, type_, resource)
         return self.update_in(uow, ctx, type_, target, {**resource, "id": target},
                               if_match=if_match)
@@ -748,17 +788,17 @@ class FhirService:
 
     @observed("patch")
     def patch(self, ctx: RequestContext, type_: str, id_: str, patch_doc: Any, *,
-              if_match: int | None = None) -> Result:
+              if_match: Expected = None) -> Result:
         with self.unit_of_work(ctx) as uow:
             written = self.patch_in(uow, ctx, type_, id_, patch_doc, if_match=if_match)
         return self.write_result(ctx, written)
 
     def patch_in(self, uow: UnitOfWork, ctx: RequestContext, type_: str, id_: str,
-                 patch_doc: Any, *, if_match: int | None = None) -> Written:
+                 patch_doc: Any, *, if_match: Expected = None) -> Written:
         """Apply a JSON Patch to the current version; the result is validated like an
         update and stored only if the resource is still at the version patched."""
         current = self._load(ctx, uow, type_, id_)
-        _check_if_match(type_, id_, if_match, current)
+        self._check_version(ctx, uow, type_, id_, if_match, current)
         assert current.resource is not None
         patched = apply_json_patch(current.resource, patch_doc)
         self.ensure_valid(patched, type_, id_, "update")
@@ -766,7 +806,7 @@ class FhirService:
 
     @observed("patch")
     def conditional_patch(self, ctx: RequestContext, type_: str, params: list[tuple[str, str]],
-                          patch_doc: Any, *, if_match: int | None = None) -> Result:
+                          patch_doc: Any, *, if_match: Expected = None) -> Result:
         with self.unit_of_work(ctx) as uow:
             target = self.single_match(uow, ctx, type_, params, "patch")
             written = self.patch_in(uow, ctx, type_, target, patch_doc, if_match=if_match)
@@ -786,18 +826,18 @@ class FhirService:
 
     @observed("delete")
     def delete(self, ctx: RequestContext, type_: str, id_: str, *,
-               if_match: int | None = None) -> Result:
+               if_match: Expected = None) -> Result:
         with self.unit_of_work(ctx) as uow:
             written = self.delete_in(uow, ctx, type_, id_, if_match=if_match)
         return self.write_result(ctx, written)
 
     def delete_in(self, uow: UnitOfWork, ctx: RequestContext, type_: str, id_: str, *,
-                  if_match: int | None = None) -> Written:
+                  if_match: Expected = None) -> Written:
         self.check_type(type_)
         self.check_id(id_)
         self.guard.check(ctx, "delete", type_)
         current = uow.read(type_, id_)
-        _check_if_match(type_, id_, if_match, current)
+        self._check_version(ctx, uow, type_, id_, if_match, current)
         if current is None or current.deleted:
             return Written(type_, None, 204)
         wctx = self._before(ctx, uow, "delete", type_, id_, None, current)
@@ -809,22 +849,20 @@ class FhirService:
     @observed("delete")
     def conditional_delete(self, ctx: RequestContext, type_: str,
                            params: list[tuple[str, str]], *,
-                           if_match: int | None = None) -> Result:
+                           if_match: Expected = None) -> Result:
         with self.unit_of_work(ctx) as uow:
             written = self.conditional_delete_in(uow, ctx, type_, params, if_match=if_match)
         return self.write_result(ctx, written)
 
     def conditional_delete_in(self, uow: UnitOfWork, ctx: RequestContext, type_: str,
                               params: list[tuple[str, str]], *,
-                              if_match: int | None = None) -> Written:
+                              if_match: Expected = None) -> Written:
         """DELETE ``Type?criteria``: no match is a no-op, one is deleted, several are 412."""
         matches = self.conditional_matches(uow, ctx, type_, params)
         if len(matches) > 1:
             raise _multiple_matches(type_, "delete")
         if not matches:
-            if if_match is not None:
-                raise FhirError.of(412, "If-Match was given but no resource matches",
-                                   code="conflict")
+            check_version(type_, None, if_match, None)
             return Written(type_, None, 204)
         return self.delete_in(uow, ctx, type_, str(matches[0]["id"]), if_match=if_match)
 
@@ -1091,8 +1129,21 @@ class FhirService:
             "resourceType": "Bundle", "id": new_id(), "meta": {"lastUpdated": _now()},
             "type": "history", "total": total, "link": links}
         if versions:
-            bundle["entry"] = [self._history_entry(ctx, v) for v in versions]
+            created = self._created(versions)
+            bundle["entry"] = [self._history_entry(ctx, v, (v.type, v.id, v.version) in created)
+                               for v in versions]
         return Result(200, bundle)
+
+    def _created(self, versions: list[Version]) -> set[tuple[str, str, int]]:
+        """(type, id, version) of those ``versions`` that created their resource: a POST,
+        a version 1, and a PUT after a deletion (update as create answered 201)."""
+        created = {(v.type, v.id, v.version) for v in versions
+                   if not v.deleted and (v.method == "POST" or v.version == 1)}
+        before = [(v.type, v.id, v.version - 1) for v in versions
+                  if not v.deleted and v.method == "PUT" and v.version > 1]
+        if before:  # the versions before these PUTs: which were deletions
+            created.update((t, i, n + 1) for t, i, n in self.store.deleted_versions(before))
+        return created
 
     def _history_params(self, ctx: RequestContext, params: list[tuple[str, str]]
                         ) -> tuple[int | None, int, int, int | None, list[tuple[str, str]]]:
@@ -1119,14 +1170,13 @@ class FhirService:
                                    code="not-supported", expression=name)
         return since_ms, count, offset, until_ms, kept
 
-    def _history_entry(self, ctx: RequestContext, version: Version) -> dict[str, Any]:
+    def _history_entry(self, ctx: RequestContext, version: Version,
+                       created: bool) -> dict[str, Any]:
         url = f"{version.type}/{version.id}"
         if version.deleted:
             status = "204 No Content"
-        elif version.method == "POST" or version.version == 1:
-            status = "201 Created"
         else:
-            status = "200 OK"
+            status = "201 Created" if created else "200 OK"
         entry: dict[str, Any] = {"fullUrl": f"{ctx.base_url}/{url}"}
         if version.resource is not None:
             entry["resource"] = version.resource
@@ -1176,7 +1226,7 @@ class FhirService:
             self.registry, base_url=ctx.base_url, types=STORED_TYPES,
             type_interactions=TYPE_INTERACTIONS, system_interactions=SYSTEM_INTERACTIONS,
             operations=OPERATIONS, type_operations=self._type_operations(ctx),
-            security=self.security))
+            security=self.security, profiles=self.profiles))
 
     def _type_operations(self, ctx: RequestContext) -> dict[str, list[tuple[str, str]]]:
         out: dict[str, list[tuple[str, str]]] = {}
@@ -1220,15 +1270,6 @@ def _non_negative(name: str, value: str) -> int:
 def _multiple_matches(type_: str, interaction: str) -> FhirError:
     return FhirError.of(412, f"Conditional {interaction}: several {type_} resources match the "
                         "criteria; make them more selective", code="multiple-matches")
-
-
-def _check_if_match(type_: str, id_: str, if_match: int | None,
-                    current: Version | None) -> None:
-    if if_match is None:
-        return
-    if current is None or current.deleted or current.version != if_match:
-        raise VersionConflict(type_, id_, if_match,
-                              None if current is None or current.deleted else current.version)
 
 
 def _written_text(written: Written) -> str:

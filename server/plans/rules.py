@@ -29,6 +29,7 @@ def install(service: FhirService, conformance: Conformance | None = None) -> Con
     for search_parameter in conformance.search_parameters():
         service.registry.add(search_parameter)
     service.validators.append(conformance.validate)
+    service.profiles.update(conformance.profiles_by_type())
     service.before_write.append(lambda w: _check_plan(service, w))
     service.operations[("CarePlan", "completeness")] = (
         lambda ctx, id_, _body: _completeness_operation(service, ctx, id_))

@@ -86,13 +86,14 @@ from .journal import (
 )
 from .port import (
     RECORD_TYPES,
+    Expected,
     Indexer,
     Store,
     UniqueConflict,
     UnitOfWork,
     Version,
-    VersionConflict,
     check_record_type,
+    check_version,
     iter_chunks,
     new_id,
     now_instant,
@@ -372,6 +373,19 @@ class _Reader:
                     found[(row[0], row[1])] = _version(row)
         return [found[ref] for ref in wanted if ref in found]
 
+    def deleted_versions(self, versions: Sequence[tuple[str, str, int]]
+                         ) -> set[tuple[str, str, int]]:
+        found: set[tuple[str, str, int]] = set()
+        with self.snapshot():
+            for chunk in iter_chunks(list(dict.fromkeys(versions)), READ_MANY_CHUNK):
+                triples = ", ".join("(?, ?, ?)" for _ in chunk)
+                params = [part for ref in chunk for part in ref]
+                found.update(self.conn.execute(
+                    f"SELECT h.type, h.id, h.version FROM (VALUES {triples}) AS v "
+                    "JOIN history AS h ON h.type = v.column1 AND h.id = v.column2 "
+                    "AND h.version = v.column3 WHERE h.deleted = 1", params))
+        return found
+
     def history(self, type_: str | None, id_: str | None, since_ms: int | None, count: int,
                 offset: int, types: Sequence[str] | None = None,
                 within: Sequence[SearchQuery] | None = None,
@@ -574,13 +588,12 @@ class _EmbeddedUnitOfWork(UnitOfWork):
             return self._write(type_, id_, 1, resource, method, pk=None)
 
     def update(self, type_: str, id_: str, resource: dict[str, Any], *,
-               if_match: int | None = None, keys: tuple[str, ...] | None = None,
+               if_match: Expected = None, keys: tuple[str, ...] | None = None,
                method: str = "PUT") -> tuple[Version, bool]:
         with self._step():
             current = self._current(type_, id_)
             live = None if current is None or current.deleted else current.version
-            if if_match is not None and if_match != live:
-                raise VersionConflict(type_, id_, if_match, live)
+            check_version(type_, id_, if_match, live)
             if keys is not None:
                 self._claim_keys(type_, id_, keys, replace=True)
             if current is None:
@@ -590,12 +603,11 @@ class _EmbeddedUnitOfWork(UnitOfWork):
                                   pk=current.pk)
             return version, live is None
 
-    def delete(self, type_: str, id_: str, *, if_match: int | None = None) -> Version | None:
+    def delete(self, type_: str, id_: str, *, if_match: Expected = None) -> Version | None:
         with self._step():
             current = self._current(type_, id_)
             live = None if current is None or current.deleted else current.version
-            if if_match is not None and if_match != live:
-                raise VersionConflict(type_, id_, if_match, live)
+            check_version(type_, id_, if_match, live)
             if live is None or current is None:
                 return None
             self._keep_json(type_, id_, current)
@@ -1117,6 +1129,11 @@ class EmbeddedStore(Store):
     def read_many(self, refs: list[tuple[str, str]]) -> list[Version]:
         self._catch_up({type_ for type_, _ in refs})
         return self._reader().read_many(refs)
+
+    def deleted_versions(self, versions: Sequence[tuple[str, str, int]]
+                         ) -> set[tuple[str, str, int]]:
+        self._catch_up({type_ for type_, _, _ in versions})
+        return self._reader().deleted_versions(versions)
 
     def history(self, type_: str | None = None, id_: str | None = None, *,
                 since_ms: int | None = None, count: int = 20, offset: int = 0,

@@ -65,15 +65,18 @@ from ..fhir.outcome import FhirError, conflict, issue
 from ..fhir.search.ast import SearchQuery, SearchResult
 from .mongo_query import RESOURCE_INDEXES, compile_query, index_document, scope_filter
 from .port import (
+    Expected,
     Indexer,
     Store,
     UniqueConflict,
     UnitOfWork,
     Version,
     VersionConflict,
+    check_version,
     iter_chunks,
     new_id,
     now_instant,
+    satisfies,
     stamp,
 )
 
@@ -162,11 +165,6 @@ def _held_keys(doc: Document | None) -> list[str]:
 def _live_version(doc: Document | None) -> int | None:
     """The version of a current, non-deleted document, else None."""
     return None if doc is None or doc["deleted"] else int(doc["version"])
-
-
-def _check_if_match(type_: str, id_: str, if_match: int | None, doc: Document | None) -> None:
-    if if_match is not None and if_match != _live_version(doc):
-        raise VersionConflict(type_, id_, if_match, _live_version(doc))
 
 
 def _commit(session: ClientSession) -> None:
@@ -305,14 +303,14 @@ class MongoStore(Store):
                 return TransactionConflict(f"the unique key '{key}' is being taken concurrently")
             time.sleep(0.02)
 
-    def version_conflict(self, type_: str, id_: str, if_match: int) -> FhirError:
-        """A transaction that expected version ``if_match`` collided with a concurrent writer
-        of the resource: wait for that writer to commit and report the VersionConflict, else
-        (it did not commit) a TransactionConflict."""
+    def version_conflict(self, type_: str, id_: str, if_match: Expected) -> FhirError:
+        """A transaction that expected ``if_match`` of the current version collided with a
+        concurrent writer of the resource: wait for that writer to commit and report the
+        VersionConflict, else (it did not commit) a TransactionConflict."""
         deadline = time.monotonic() + KEY_SETTLE_S
         while True:
             actual = _live_version(self._resources.find_one({"_id": f"{type_}/{id_}"}))
-            if actual != if_match:
+            if not satisfies(if_match, actual):
                 return VersionConflict(type_, id_, if_match, actual)
             if time.monotonic() >= deadline:
                 return TransactionConflict(f"{type_}/{id_} is being written concurrently")
@@ -338,6 +336,16 @@ class MongoStore(Store):
             for doc in self._resources.find({"_id": {"$in": chunk}, "deleted": False}):
                 found[doc["_id"]] = _version(doc)
         return [found[key] for key in wanted if key in found]
+
+    def deleted_versions(self, versions: Sequence[tuple[str, str, int]]
+                         ) -> set[tuple[str, str, int]]:
+        wanted = list(dict.fromkeys(f"{type_}/{id_}/{number}" for type_, id_, number in versions))
+        found: set[tuple[str, str, int]] = set()
+        for chunk in iter_chunks(wanted, CHUNK):
+            for doc in self._history.find({"_id": {"$in": chunk}, "deleted": True},
+                                          projection=["type", "id", "version"]):
+                found.add((doc["type"], doc["id"], int(doc["version"])))
+        return found
 
     def history(
         self,
@@ -551,14 +559,14 @@ class _MongoUnitOfWork(UnitOfWork):
         id_: str,
         resource: dict[str, Any],
         *,
-        if_match: int | None = None,
+        if_match: Expected = None,
         keys: tuple[str, ...] | None = None,
         method: str = "PUT",
     ) -> tuple[Version, bool]:
         with self._step():
             for _ in range(WRITE_ATTEMPTS):
                 prev = self._current(type_, id_)
-                _check_if_match(type_, id_, if_match, prev)
+                check_version(type_, id_, if_match, _live_version(prev))
                 new_keys = _held_keys(prev) if keys is None else list(dict.fromkeys(keys))
                 try:
                     version = self._write_expecting(type_, id_, prev, resource, method,
@@ -569,11 +577,11 @@ class _MongoUnitOfWork(UnitOfWork):
         raise TransactionConflict(f"{type_}/{id_} is being written by many concurrent requests")
 
     @_guarded
-    def delete(self, type_: str, id_: str, *, if_match: int | None = None) -> Version | None:
+    def delete(self, type_: str, id_: str, *, if_match: Expected = None) -> Version | None:
         with self._step():
             for _ in range(WRITE_ATTEMPTS):
                 prev = self._current(type_, id_)
-                _check_if_match(type_, id_, if_match, prev)
+                check_version(type_, id_, if_match, _live_version(prev))
                 if _live_version(prev) is None:
                     return None
                 try:
@@ -653,7 +661,7 @@ class _MongoUnitOfWork(UnitOfWork):
         resource: dict[str, Any] | None,
         method: str,
         keys: list[str],
-        if_match: int | None,
+        if_match: Expected,
     ) -> Version:
         """:meth:`_write`; in a transaction, a collision with a concurrent writer of a
         resource whose version the caller named is reported as the version conflict it is."""

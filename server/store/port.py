@@ -65,14 +65,88 @@ class Version:
         return f'W/"{self.version}"'
 
 
-class VersionConflict(FhirError):
-    """``If-Match`` (expected version) did not match the stored version: HTTP 412."""
+@dataclass(frozen=True)
+class ETags:
+    """An ``If-Match`` or ``If-None-Match`` value (RFC 9110 13.1.1, 13.1.2): ``*`` (any
+    current version) or a list of entity tags, compared weakly (``W/"3"`` matches version 3).
+    ``name`` is how the client gave it (``If-Match``, ``ifMatch``), ``expression`` where
+    (the header, or ``Bundle.entry[2].request.ifMatch``), ``text`` the value as given."""
 
-    def __init__(self, type_: str, id_: str, expected: int, actual: int | None) -> None:
-        now = "does not exist" if actual is None else f"is at version {actual}"
-        super().__init__(412, [issue(
-            f"{type_}/{id_} {now}, not version {expected} as If-Match required; "
-            "read it again and retry", code="conflict")])
+    name: str
+    expression: str
+    text: str
+    tags: frozenset[str] = frozenset()  # the opaque tags (a version number for ours)
+    any: bool = False  # ``*``
+
+    def matches(self, live: int | None) -> bool:
+        """Whether the current version ``live`` (None: no current resource) matches."""
+        return live is not None and (self.any or str(live) in self.tags)
+
+
+@dataclass(frozen=True)
+class Precondition:
+    """What a client's ``If-Match`` and ``If-None-Match`` ask of the current version of the
+    resource a write changes: If-Match, that it matches (``*``: that there is one);
+    If-None-Match, that it does not (``*``: that there is none, a create-only PUT)."""
+
+    if_match: ETags | None = None
+    if_none_match: ETags | None = None
+
+    @classmethod
+    def of(cls, if_match: ETags | None, if_none_match: ETags | None) -> Precondition | None:
+        """The precondition of these values; None when neither is given."""
+        if if_match is None and if_none_match is None:
+            return None
+        return cls(if_match, if_none_match)
+
+    def failing(self, live: int | None) -> ETags | None:
+        """The value the current version ``live`` fails (If-Match first, as RFC 9110
+        13.2.2 evaluates them), or None when it satisfies both."""
+        if self.if_match is not None and not self.if_match.matches(live):
+            return self.if_match
+        if self.if_none_match is not None and self.if_none_match.matches(live):
+            return self.if_none_match
+        return None
+
+
+Expected = int | Precondition | None
+"""What a write expects of the current version of its resource: nothing (None), exactly the
+version the caller read (an int), or a client's :class:`Precondition`."""
+
+
+def satisfies(expected: Expected, live: int | None) -> bool:
+    """Whether the current version ``live`` (None: no current resource) is as expected."""
+    if expected is None:
+        return True
+    if isinstance(expected, Precondition):
+        return expected.failing(live) is None
+    return expected == live
+
+
+def check_version(type_: str, id_: str | None, expected: Expected, live: int | None) -> None:
+    """Raise :class:`VersionConflict` unless the current version ``live`` of ``type_/id_``
+    (``id_`` None: of a conditional interaction that matched nothing) is as expected."""
+    if not satisfies(expected, live):
+        raise VersionConflict(type_, id_, expected, live)
+
+
+class VersionConflict(FhirError):
+    """The current version is not what the write expected (``If-Match``, ``If-None-Match``
+    or the version the caller read): HTTP 412."""
+
+    def __init__(self, type_: str, id_: str | None, expected: Expected,
+                 actual: int | None) -> None:
+        subject = f"No {type_} matches the criteria" if id_ is None else f"{type_}/{id_}"
+        now = "" if id_ is None else (" does not exist" if actual is None
+                                      else f" is at version {actual}")
+        failed = expected.failing(actual) if isinstance(expected, Precondition) else None
+        if failed is not None:
+            text = f"{subject}{now}, which {failed.name}: {failed.text} does not allow"
+            found = issue(text, code="conflict", expression=failed.expression)
+        else:
+            found = issue(f"{subject}{now}, not version {expected} as If-Match required; "
+                          "read it again and retry", code="conflict")
+        super().__init__(412, [found])
 
 
 class UniqueConflict(FhirError):
@@ -161,20 +235,22 @@ class UnitOfWork(abc.ABC):
         id_: str,
         resource: dict[str, Any],
         *,
-        if_match: int | None = None,
+        if_match: Expected = None,
         keys: tuple[str, ...] | None = None,
         method: str = "PUT",
     ) -> tuple[Version, bool]:
         """Store a new version; creates the resource (update-as-create) when it does not exist
-        or was deleted (the version number continues after a tombstone). ``if_match``: the
-        version the caller read (:class:`VersionConflict` otherwise). ``keys``: the unique
+        or was deleted (the version number continues after a tombstone). ``if_match``: what
+        the current version must be (:func:`check_version`, checked in the same step as the
+        write, so that no concurrent writer comes between). ``keys``: the unique
         keys the resource holds from now on (None keeps the current ones). Returns the new
         version and whether it was created."""
 
     @abc.abstractmethod
-    def delete(self, type_: str, id_: str, *, if_match: int | None = None) -> Version | None:
+    def delete(self, type_: str, id_: str, *, if_match: Expected = None) -> Version | None:
         """Write a tombstone version and release the resource's unique keys. Returns the
-        tombstone, or None when there was nothing current to delete."""
+        tombstone, or None when there was nothing current to delete. ``if_match`` as for
+        :meth:`update`."""
 
     def record(self, type_: str, resource: dict[str, Any]) -> None:
         """Store a record the server writes about what happened (one of
@@ -214,6 +290,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def read_many(self, refs: list[tuple[str, str]]) -> list[Version]:
         """The current, non-deleted versions of the given (type, id) pairs that exist."""
+
+    @abc.abstractmethod
+    def deleted_versions(self, versions: Sequence[tuple[str, str, int]]
+                         ) -> set[tuple[str, str, int]]:
+        """Those of ``versions`` (type, id, version number) that are deletions
+        (tombstones)."""
 
     @abc.abstractmethod
     def history(

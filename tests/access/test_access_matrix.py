@@ -123,3 +123,15 @@ def test_notice_writes(world: World) -> None:
     for caller, status in (("hospital", 200), ("kommune", 200), ("nav", 404),
                            ("unrelated", 404)):
         assert world.put(caller, task).status_code == status, caller
+
+
+def test_a_writes_precondition_reveals_nothing_unseen(world: World) -> None:
+    """If-Match / If-None-Match that fail on a resource the caller may not see answer as the
+    write would without them (404), not 412 with its version."""
+    goal = world.get("admin", "Goal/active-goal").json()
+    body = {k: v for k, v in goal.items() if k != "meta"}
+    for headers in ({"If-None-Match": "*"}, {"If-Match": 'W/"99"'}):
+        response = world.put("unrelated", body, headers=headers)
+        assert response.status_code == 404, (headers, response.text)
+        assert "version" not in response.json()["issue"][0]["diagnostics"]
+    assert world.get("admin", "Goal/active-goal").json()["meta"] == goal["meta"]

@@ -32,6 +32,22 @@ def patient(seed: int = 0, family: str = "Nordmann", **extra: Any) -> dict[str, 
             "name": [{"family": family, "given": ["Kari"]}], **extra}
 
 
+def refused(response: requests.Response, status: int, code: str,
+            expression: list[str] | None = None) -> dict[str, Any]:
+    """Assert that ``response`` is an error as every error must be: the status, and an
+    OperationOutcome whose first issue is an error with ``code``, a text and (when the error
+    has a place) ``expression``. Returns that issue."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith(FHIR_JSON)
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome", body
+    first: dict[str, Any] = body["issue"][0]
+    assert first["severity"] == "error" and first["code"] == code, first
+    assert first["diagnostics"], first
+    assert first.get("expression") == expression, first
+    return first
+
+
 class Fhir:
     """A tiny FHIR client for the tests: paths are relative to the base URL."""
 

@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Any
 
-from .conftest import FNR_SYSTEM, Fhir, patient, synthetic_fnr
+from .conftest import FNR_SYSTEM, Fhir, patient, refused, synthetic_fnr
 
 UUID_PATIENT = "urn:uuid:0f3c2a52-1111-4c3e-9d5a-6a3e1f0b0001"
 UUID_GOAL = "urn:uuid:0f3c2a52-2222-4c3e-9d5a-6a3e1f0b0002"
@@ -175,7 +175,7 @@ def test_transaction_order_if_match_and_reads(fhir: Fhir) -> None:
                                        "ifMatch": 'W/"1"'}},
     ))
     assert stale.status_code == 412
-    assert "Bundle.entry[1]" in stale.json()["issue"][0]["expression"]
+    assert stale.json()["issue"][0]["expression"] == ["Bundle.entry[1].request.ifMatch"]
     assert fhir.versions() == before
 
 
@@ -353,6 +353,44 @@ def test_request_conditions_must_fit_the_method(fhir: Fhir) -> None:
         assert response.json()["issue"][0]["expression"][0].startswith(
             "Bundle.entry[0].request.")
     assert fhir.get("Patient/p23").status_code == 404
+
+
+def test_entry_preconditions_read_like_the_headers(fhir: Fhir) -> None:
+    kept = fhir.create(patient(25))
+    pid = kept["id"]
+    body = {**patient(26), "id": "entry-once"}
+    before = fhir.versions()
+    stale = fhir.post("", _bundle(
+        "transaction",
+        {"resource": body, "request": {"method": "PUT", "url": "Patient/entry-once",
+                                       "ifNoneMatch": "*"}},
+        {"resource": {**kept, "active": True},
+         "request": {"method": "PUT", "url": f"Patient/{pid}", "ifNoneMatch": "*"}}))
+    refused(stale, 412, "conflict", ["Bundle.entry[1].request.ifNoneMatch"])
+    assert fhir.versions() == before
+    assert fhir.get("Patient/entry-once").status_code == 404
+    done = fhir.post("", _bundle(
+        "transaction",
+        {"resource": body, "request": {"method": "PUT", "url": "Patient/entry-once",
+                                       "ifNoneMatch": "*"}},
+        {"resource": {**kept, "active": True},
+         "request": {"method": "PUT", "url": f"Patient/{pid}", "ifMatch": 'W/"4", W/"1"'}}))
+    assert done.status_code == 200, done.text
+    assert _statuses(done.json()) == ["201 Created", "200 OK"]
+    batch = fhir.post("", _bundle(
+        "batch",
+        {"request": {"method": "GET", "url": f"Patient/{pid}", "ifNoneMatch": 'W/"1", W/"2"'}},
+        {"request": {"method": "DELETE", "url": "Patient/never-was", "ifMatch": "*"}},
+        {"request": {"method": "GET", "url": f"Patient/{pid}", "ifNoneMatch": "W/2"}}))
+    assert batch.status_code == 200, batch.text
+    entries = batch.json()["entry"]
+    assert _statuses(batch.json()) == ["304 Not Modified", "412 Precondition Failed",
+                                       "400 Bad Request"]
+    assert "resource" not in entries[0]
+    assert entries[1]["response"]["outcome"]["issue"][0]["expression"] == [
+        "Bundle.entry[1].request.ifMatch"]
+    assert entries[2]["response"]["outcome"]["issue"][0]["expression"] == [
+        "Bundle.entry[2].request.ifNoneMatch"]
 
 
 def test_conditional_delete_in_transaction(fhir: Fhir) -> None:

@@ -152,6 +152,25 @@ def test_instance_history_entries(fhir: Fhir) -> None:
     assert fhir.get("Patient/nobody/_history").status_code == 404
 
 
+def test_history_says_201_for_a_put_that_recreates(fhir: Fhir) -> None:
+    body = {**patient(9), "id": "again"}
+    assert fhir.put("Patient/again", body).status_code == 201
+    assert fhir.put("Patient/again", {**body, "active": True}).status_code == 200
+    assert fhir.delete("Patient/again").status_code == 204
+    recreated = fhir.put("Patient/again", body)
+    assert recreated.status_code == 201
+    fhir.put("Patient/again", {**body, "active": False})
+    expected = ["200 OK", "201 Created", "204 No Content", "200 OK", "201 Created"]
+    instance = fhir.search("Patient/again/_history")
+    assert [e["response"]["status"] for e in instance["entry"]] == expected
+    # the same where the deletion is on another page, and in the type's history
+    paged = fhir.search("Patient/again/_history?_count=2")
+    assert [e["response"]["status"] for e in paged["entry"]] == expected[:2]
+    of_type = fhir.search("Patient/_history?_count=1&_offset=1")["entry"][0]
+    assert (of_type["resource"]["meta"]["versionId"], of_type["response"]["status"]) == (
+        "4", "201 Created")
+
+
 def test_history_paging_and_since(fhir: Fhir) -> None:
     first = fhir.create(patient(8))
     time.sleep(0.01)

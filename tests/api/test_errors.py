@@ -10,7 +10,7 @@ import requests
 
 from server.fhir.service import WriteContext
 
-from .conftest import FHIR_JSON, MAX_BODY, Fhir, patient
+from .conftest import FHIR_JSON, FNR_SYSTEM, MAX_BODY, Fhir, patient, refused
 
 
 def _assert_outcome(response: requests.Response, status: int) -> dict:
@@ -98,6 +98,24 @@ class TestErrors:
                                  headers={"Content-Type": FHIR_JSON})
         _assert_outcome(chunked, 413)
 
+    def test_long_urls_up_to_the_limit(self, fhir: Fhir) -> None:
+        """A long _id list is a legitimate URL (6 KB); over 8 KiB is 414, before the token
+        or the body are looked at."""
+        ids = ",".join(f"id-{n:05d}" for n in range(700))
+        assert 6000 < len(fhir.url(f"Patient?_id={ids}")) < 8000
+        assert fhir.search(f"Patient?_id={ids}")["total"] == 0
+        criteria = f"Patient?identifier={FNR_SYSTEM}|1&_id={ids},{ids}"
+        refused(fhir.put(criteria, patient(6)), 414, "too-long")
+        refused(requests.get(fhir.url(f"Patient?_id={ids},{ids}"), timeout=10), 414,
+                "too-long")
+
+    def test_header_fields_up_to_the_limit(self, fhir: Fhir) -> None:
+        assert fhir.get("metadata", headers={"X-Note": "x" * 7000}).ok
+        refused(fhir.post("Patient", patient(7), headers={"X-Note": "x" * 9000}), 431,
+                "too-long", ["X-Note"])
+        refused(fhir.get("Patient", headers={"Authorization": "Bearer " + "x" * 9000}), 431,
+                "too-long", ["Authorization"])
+
     def test_malformed_bodies(self, fhir: Fhir) -> None:
         body = _assert_outcome(fhir.post("Patient", "{not json"), 400)
         assert body["issue"][0]["code"] == "structure"
@@ -114,3 +132,30 @@ class TestErrors:
         assert "secret" not in str(body)
         assert body["issue"][0]["code"] == "exception"
         fhir.planbro.service.before_write.remove(explode)
+
+
+def test_repeated_keys_are_refused_with_their_path(fhir: Fhir) -> None:
+    created = fhir.create(patient(8))
+    pid = created["id"]
+    before = fhir.versions()
+    repeated = '{"resourceType": "Patient", "active": true, "active": false}'
+    refused(fhir.post("Patient", repeated), 400, "structure", ["Patient.active"])
+    in_a_list = (f'{{"resourceType": "Patient", "id": "{pid}", "name": '
+                 '[{"family": "A"}, {"family": "B", "given": ["K"], "family": "C"}]}')
+    refused(fhir.put(f"Patient/{pid}", in_a_list), 400, "structure",
+            ["Patient.name[1].family"])
+    escaped = '{"resourceType": "Patient", "\\u0061ctive": true, "active": false}'
+    refused(fhir.post("Patient", escaped), 400, "structure", ["Patient.active"])
+    bundle = ('{"resourceType": "Bundle", "type": "transaction", "entry": [{"request": '
+              '{"method": "POST", "url": "Patient"}, "resource": {"resourceType": '
+              '"Patient", "gender": "male", "gender": "female"}}]}')
+    refused(fhir.post("", bundle), 400, "structure",
+            ["Bundle.entry[0].resource.gender"])
+    patch = '[{"op": "add", "path": "/active", "value": true, "value": false}]'
+    refused(fhir.patch(f"Patient/{pid}", patch), 400, "structure", ["[0].value"])
+    assert fhir.versions() == before
+    # colons in values (written or escaped) are no repeat, nor is one key in two objects
+    fine = ('{"resourceType": "Patient", "name": [{"family": "Nord: mann"}, '
+            '{"family": "B\\u003a"}], "extension": [{"url": "urn:x:y", '
+            '"valueString": "a:b"}]}')
+    assert fhir.post("Patient", fine).status_code == 201

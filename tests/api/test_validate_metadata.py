@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+from server.fhir.conformance import PROFILES_DIR
+
 from .conftest import Fhir, patient
 
 
@@ -90,3 +94,25 @@ def test_metadata_lists_every_type_and_parameter(fhir: Fhir) -> None:
     assert "CarePlan:subject" in by_type["CarePlan"]["searchInclude"]
     assert "Goal:subject" in by_type["Patient"]["searchRevInclude"]
     assert "Goal:subject" not in by_type["Practitioner"]["searchRevInclude"]
+
+
+def test_metadata_lists_the_profiles_each_type_is_checked_against(fhir: Fhir) -> None:
+    """supportedProfile: the resource profiles of profiles/ (the server loads them all), each
+    one a profile the server validates against."""
+    published: dict[str, set[str]] = {}
+    for file in PROFILES_DIR.glob("StructureDefinition-*.json"):
+        definition = json.loads(file.read_text(encoding="utf-8"))
+        if definition["kind"] == "resource":
+            published.setdefault(definition["type"], set()).add(definition["url"])
+    assert {"CarePlan", "Patient", "Task"} <= set(published)
+    by_type = {r["type"]: r for r in fhir.get("metadata").json()["rest"][0]["resource"]}
+    listed = {type_: set(r["supportedProfile"]) for type_, r in by_type.items()
+              if "supportedProfile" in r}
+    assert listed == published
+    for type_, urls in listed.items():
+        for url in urls:
+            check = fhir.post(f"{type_}/$validate", {"resourceType": "Parameters", "parameter": [
+                {"name": "resource", "resource": {"resourceType": type_}},
+                {"name": "profile", "valueUri": url}]})
+            assert check.status_code == 200
+            assert not any(i["code"] == "not-supported" for i in check.json()["issue"]), url

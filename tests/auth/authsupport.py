@@ -82,7 +82,8 @@ class MemoryKvStore(Store):
     def _unsupported(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("the kv test double stores no resources")
 
-    unit_of_work = read = vread = read_many = history = search = reindex = _unsupported
+    unit_of_work = read = vread = read_many = deleted_versions = _unsupported
+    history = search = reindex = _unsupported
 
 
 # -- keys and JWTs -------------------------------------------------------------------------

@@ -326,6 +326,32 @@ def test_a_reminder_goes_once_per_interval_and_survives_restarts(
         cleanup()
 
 
+def test_a_reminder_about_a_person_named_by_absolute_url(planbro: Running) -> None:
+    """The scan runs outside any request: it declares the configured base itself, so the
+    person of a Task that names them by an absolute URL of this server is read as ours (the
+    reminder is written, and kept with the person for the parties), not as another
+    server's Patient (refused)."""
+    _scans_only_when_asked(planbro)
+    kari = person("kari", 49)
+    registered = planbro.ok(planbro.post("admin", "Patient", kari.patient()), 201)
+    absolute = f"{planbro.base}/Patient/{registered['id']}"
+    bundle = notification_bundle(kari, due=(dt.date.today() - dt.timedelta(days=3)).isoformat())
+    task = bundle["entry"][-1]["resource"]
+    task["authoredOn"] = (dt.date.today() - dt.timedelta(days=10)).isoformat()
+    task["for"] = {"reference": absolute}
+    late = _notify(planbro, bundle)
+    assert late["for"] == {"reference": absolute}
+    sent: list[int] = []
+    scan = threading.Thread(target=lambda: sent.append(planbro.workflow.send_reminders()))
+    scan.start()  # a thread of its own, as the worker's: no request declared a base there
+    scan.join()
+    assert sent == [1]
+    reminder = _reminders(planbro, "kommune", late)
+    assert len(reminder) == 1 and reminder[0]["subject"] == {"reference": absolute}
+    assert len(_reminders(planbro, "hospital", late)) == 1
+    assert _reminders(planbro, "nykommune", late) == []
+
+
 def test_a_scan_that_finds_every_reminder_sent_writes_nothing(
         planbro: Running, monkeypatch: pytest.MonkeyPatch) -> None:
     """Reminders already sent are found by one search per page, without the write lock: a
