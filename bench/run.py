@@ -45,6 +45,7 @@ from server.fhir.search.parse import parse_search  # noqa: E402
 from server.fhir.search.registry import Registry  # noqa: E402
 from server.fhir.types import STORED_TYPES  # noqa: E402
 from server.store.embedded import EmbeddedStore  # noqa: E402
+from server.store.journal import end_process  # noqa: E402
 from server.store.port import RECORD_TYPES  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -142,12 +143,7 @@ def server(data: Path, args: argparse.Namespace, app: str = AUDITED_APP,
                                                key)
         yield port, process.pid
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end_process(process, timeout=30)
 
 
 # An administrative system that may also read the access log (AuditEvents): it sees every

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from server.store.journal import end_process
+
 ROOT = Path(__file__).resolve().parent.parent
 FHIR_JSON = "application/fhir+json"
 
@@ -61,12 +63,7 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
             time.sleep(0.1)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end_process(process, timeout=30)
 
 
 def _outcome(response: requests.Response, status: int, expression: list[str] | None) -> None:

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -296,12 +297,17 @@ class RecordsProcess:
             child, self._child = self._child, None
         if child is None or self._owner != os.getpid():
             return
-        child.terminate()
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        end_process(child, timeout=10)
+
+
+def end_process(process: subprocess.Popen[Any], timeout: float) -> None:
+    """Ask ``process`` to end (SIGTERM) and wait for it; kill it after ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def records_process_lock(path: Path) -> int | None:
