@@ -47,7 +47,7 @@ from server.fhir.search.ast import (
     TokenValue,
     UriQuery,
     UriValue,
-    row_order,
+    page_order,
 )
 from server.fhir.search.parse import parse_search
 from server.fhir.search.registry import Registry
@@ -746,82 +746,102 @@ def test_plain_search_pages_with_find() -> None:
     assert DEFAULT_SORT == [("lum", 1), ("id", 1)]  # last update, then id
 
 
-def _keyset_page(docs: list[dict[str, Any]], sort: list[SortKey], keyset: Keyset | None,
-                 count: int = 3) -> list[dict[str, Any]]:
-    """A keyset page of ``docs`` (current Patients) the way the engine runs the compiled
-    page: its filter, then its sort (find's, or the pipeline's on the computed field)."""
-    query = SearchQuery("Patient", sort=sort, count=count, keyset=keyset)
-    if keyset is None:
-        compiled = compile_query(query, no_lookups, NOW)
-        found = [d for d in docs if matches(d, compiled.filter)]
+def _page_of(docs: list[dict[str, Any]], sort: list[SortKey], keyset: Keyset | None,
+             count: int = 3) -> tuple[list[dict[str, Any]], CompiledQuery]:
+    """A page of ``docs`` (current Patients, each with its sort values in ``vals``) the way
+    the engine runs the compiled search: ``find`` with its filter and sort, or the
+    aggregation stage by stage (a computed sort value ``_s{n}`` is taken from ``vals``)."""
+    compiled = compile_query(SearchQuery("Patient", sort=sort, count=count, keyset=keyset),
+                             no_lookups, NOW)
+    unique = list(dict.fromkeys(k.param.code for k in sort))
+    if compiled.pipeline is None:
+        found = [dict(d) for d in docs if matches(d, compiled.page or compiled.filter)]
         order = compiled.sort
     else:
-        compiled = compile_query(query, no_lookups, NOW)
-        assert compiled.skip == 0 and compiled.page is not None
-        found = [dict(d) for d in docs if matches(d, compiled.page)]
-        order = compiled.sort
-        if compiled.pipeline is not None:
-            stages = {next(iter(stage)): stage[next(iter(stage))] for stage in compiled.pipeline}
-            assert stages["$match"] == compiled.page and stages["$limit"] == count
-            assert stages["$addFields"] == {"_chg": {"$cond": [
-                {"$gt": ["$lum", keyset.snapshot_ms]}, 1, 0]}}
-            for d in found:
-                d["_chg"] = int(d["lum"] > keyset.snapshot_ms)
-            order = list(stages["$sort"].items())
+        found, order = [dict(d) for d in docs], []
+        for stage in compiled.pipeline:
+            (op, arg), = stage.items()
+            if op == "$match":
+                found = [d for d in found if matches(d, arg)]
+            elif op == "$addFields":
+                for d, name in itertools.product(found, arg):
+                    d[name] = (int(d["lum"] > keyset.snapshot_ms) if name == "_chg" and keyset
+                               else d["vals"].get(unique[int(name[2:])]) if name[:2] == "_s"
+                               else int(d.get(f"_s{name[2:]}") is None))
+            elif op == "$sort":
+                order = list(arg.items())
     for field, direction in reversed(order):
-        found.sort(key=lambda d, f=field: d[f], reverse=direction < 0)
+        found.sort(key=lambda d, f=field: (d[f] is None, 0 if d[f] is None else d[f]),
+                   reverse=direction < 0)
     page = found[:count]
-    return page[::-1] if compiled.reverse else page
+    return (page[::-1] if compiled.reverse else page), compiled
 
 
-def _keyset_of(doc: dict[str, Any], sort: list[SortKey], snapshot: int,
+def _keyset_of(page: list[dict[str, Any]], compiled: CompiledQuery, at: int, snapshot: int,
                backward: bool = False) -> Keyset:
-    order = row_order(sort)
-    assert order is not None
-    return Keyset(tuple(doc["lum"] if code == "_lastUpdated" else doc["id"]
-                        for code, _ in order), snapshot, backward)
+    doc = page[at]
+    return Keyset(tuple(doc.get(f) for f in compiled.key_fields), snapshot, backward,
+                  changed=doc["lum"] > snapshot)
 
 
-@pytest.mark.parametrize("sort", [[], [SortKey(LAST_UPDATED, True)], [SortKey(ID, True)],
-                                  [SortKey(LAST_UPDATED), SortKey(ID, True)]],
-                         ids=["default", "-lastUpdated", "-id", "lastUpdated,-id"])
-def test_keyset_pages_neither_skip_nor_take_in_what_came_later(sort: list[SortKey]) -> None:
-    def doc(id_: str, lum: int, born: int | None) -> dict[str, Any]:
-        out = {"type": "Patient", "deleted": False, "id": id_, "lum": lum, "born": born}
-        return out if born is not None else {k: v for k, v in out.items() if k != "born"}
-
-    # k0 has no ``born`` (written before the field was): it is as old as any
-    docs = [doc(f"k{n}", 1000 + 10 * n, None if n == 0 else 1000 + 10 * n) for n in range(9)]
-    snapshot = 2000
-    order = [d["id"] for d in _keyset_page(docs, sort, None, count=100)]
+def _walk_pages(docs: list[dict[str, Any]], sort: list[SortKey], snapshot: int,
+                between: Any = None) -> list[str]:
     seen: list[str] = []
     keyset: Keyset | None = None
     for n in range(20):
-        page = _keyset_page(docs, sort, keyset)
+        page, compiled = _page_of(docs, sort, keyset)
+        if not page:
+            return seen
+        seen += [d["id"] for d in page]
+        if between is not None:
+            between(n, seen)
+        keyset = _keyset_of(page, compiled, -1, snapshot)
+    raise AssertionError(f"paging did not end: {seen}")
+
+
+@pytest.mark.parametrize("sort", [
+    [], [SortKey(LAST_UPDATED, True)], [SortKey(ID, True)],
+    [SortKey(LAST_UPDATED), SortKey(ID, True)], [SortKey(GENDER)],
+    [SortKey(GENDER, True), SortKey(LAST_UPDATED, True)]],
+    ids=["default", "-lastUpdated", "-id", "lastUpdated,-id", "gender", "-gender,-updated"])
+def test_keyset_pages_neither_skip_nor_take_in_what_came_later(sort: list[SortKey]) -> None:
+    def doc(id_: str, lum: int, born: int | None, gender: str | None) -> dict[str, Any]:
+        out = {"_id": f"Patient/{id_}", "type": "Patient", "deleted": False, "id": id_,
+               "lum": lum, "born": born, "vals": {"gender": gender}}
+        return out if born is not None else {k: v for k, v in out.items() if k != "born"}
+
+    # k0 has no ``born`` (written before the field was): it is as old as any
+    docs = [doc(f"k{n}", 1000 + 10 * n, None if n == 0 else 1000 + 10 * n,
+                (None, "female", "male")[n % 3]) for n in range(9)]
+    snapshot = 2000
+    order = [d["id"] for d in _page_of(docs, sort, None, count=100)[0]]
+    by_id = {d["id"]: d for d in docs}
+    gone: list[str] = []
+
+    def write(page: int, seen: list[str]) -> None:
+        if page == 0:  # a seen one and an unseen one changed, one deleted, one created
+            unseen = [i for i in order if i not in seen]
+            by_id[seen[0]].update(lum=3000, vals={"gender": "other"})
+            by_id[unseen[0]].update(lum=3010, vals={"gender": None})
+            docs.remove(by_id[unseen[1]])
+            gone.append(unseen[1])
+            docs.append(doc("later", 3020, 3020, "female"))
+
+    seen = _walk_pages(docs, sort, snapshot, write)
+    assert set(seen) == set(order) - set(gone) and "later" not in seen
+    assert len(seen) - len(set(seen)) <= (0 if page_order(sort)[0][0] == "_id" else 1)
+    # with no writes, a new walk forward and one back from its last resource agree
+    snapshot = 4000
+    forward = _walk_pages(docs, sort, snapshot)
+    last, compiled = _page_of(docs, sort, None, count=100)
+    back = [forward[-1]]
+    keyset = _keyset_of(last, compiled, -1, snapshot, backward=True)
+    while True:
+        page, compiled = _page_of(docs, sort, keyset)
         if not page:
             break
-        seen += [d["id"] for d in page]
-        if n == 0:  # a seen one updated, an unseen one updated, one deleted, one created
-            unseen = [i for i in order if i not in seen]
-            by_id = {d["id"]: d for d in docs}
-            by_id[seen[0]]["lum"] = 3000
-            by_id[unseen[0]]["lum"] = 3010
-            docs.remove(by_id[unseen[1]])
-            docs.append(doc("later", 3020, 3020))
-        keyset = _keyset_of(page[-1], sort, snapshot)
-    assert set(seen) == set(order) - {unseen[1]}
-    assert len(seen) - len(set(seen)) <= (1 if row_order(sort)[0][0] == "_lastUpdated" else 0)
-    # with no writes, a new walk forward and one back from its last resource agree
-    forward: list[str] = []
-    keyset, snapshot = None, 4000
-    while page := _keyset_page(docs, sort, keyset):
-        forward += [d["id"] for d in page]
-        keyset = _keyset_of(page[-1], sort, snapshot)
-    back = [forward[-1]]
-    keyset = _keyset_of(next(d for d in docs if d["id"] == forward[-1]), sort, snapshot, True)
-    while page := _keyset_page(docs, sort, keyset):
         back = [d["id"] for d in page] + back
-        keyset = _keyset_of(page[0], sort, snapshot, backward=True)
+        keyset = _keyset_of(page, compiled, 0, snapshot, backward=True)
     assert back == forward and len(forward) == 9
 
 
@@ -859,7 +879,7 @@ def test_parameter_sort_pipeline() -> None:
         {"$sort": {"_m0": 1, "_s0": 1, "_m1": 1, "_s1": -1, "lum": -1, "id": 1}},
         {"$skip": 10},
         {"$limit": 5},
-        {"$project": {"json": 1}},
+        {"$project": {"json": 1, "_s0": 1, "_s1": 1, "lum": 1, "id": 1}},  # and the keys
     ]
     assert list(compiled.pipeline[3]["$sort"]) == ["_m0", "_s0", "_m1", "_s1", "lum", "id"]
 

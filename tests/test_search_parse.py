@@ -23,7 +23,7 @@ from server.fhir.search.ast import (
     StringQuery,
     TokenQuery,
     UriQuery,
-    row_order,
+    page_order,
 )
 from server.fhir.search.parse import (
     BareId,
@@ -462,7 +462,10 @@ def test_count_offset_total(registry: Registry) -> None:
     ("", Keyset((1763856000123, "a-1.b"), 1763856000999)),
     ("-_lastUpdated", Keyset((1763856000123, "x"), 1763856000999, backward=True)),
     ("-_id", Keyset(("x",), 5)),
-    ("_lastUpdated,-_id,_lastUpdated", Keyset((-12, "x"), 5))])
+    ("_lastUpdated,-_id,_lastUpdated", Keyset((-12, "x"), 5)),
+    ("status,-date", Keyset(("active", None, "x"), 5, changed=True)),  # a missing value
+    ("-date", Keyset((1763856000123, "x"), 5, backward=True)),
+    ("_id", Keyset(("x",), 5))])
 def test_page_tokens_read_back_as_their_keyset(registry: Registry, sort: str,
                                                keyset: Keyset) -> None:
     token = page_token(keyset)
@@ -471,7 +474,7 @@ def test_page_tokens_read_back_as_their_keyset(registry: Registry, sort: str,
     assert result.query.keyset == keyset and result.query.offset == 0
     assert ("_page", token) in result.self_params
     for other in ("", "-_lastUpdated", "-_id", "_id,_lastUpdated"):  # keys of another order
-        if len(row_order(parse(registry, "CarePlan", ("_sort", other)).query.sort
+        if len(page_order(parse(registry, "CarePlan", ("_sort", other)).query.sort
                          if other else [])) != len(keyset.values):
             assert error(registry, "CarePlan", ("_page", token),
                          *([("_sort", other)] if other else [])).issues[0].expression == (

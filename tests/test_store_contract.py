@@ -28,11 +28,12 @@ from server.fhir.search.ast import (
     ReferenceQuery,
     SearchParam,
     SearchQuery,
+    SearchResult,
     SortKey,
     StringQuery,
     TokenQuery,
     UriQuery,
-    row_order,
+    page_order,
 )
 from server.store.port import (
     ETags,
@@ -972,14 +973,12 @@ def test_paging_and_total(store: Store) -> None:
     assert (beyond.resources, beyond.total) == ([], 25)
 
 
-def _keyset(resource: dict[str, Any], sort: list[SortKey], snapshot_ms: int,
+def _keyset(result: SearchResult, at: int, snapshot_ms: int,
             backward: bool = False) -> Keyset:
-    """The keyset page after (or before) ``resource`` in the row order of ``sort``."""
-    order = row_order(sort)
-    assert order is not None
-    return Keyset(tuple(date_range(resource["meta"]["lastUpdated"])[0]
-                        if code == "_lastUpdated" else resource["id"] for code, _ in order),
-                  snapshot_ms, backward)
+    """The keyset page after (or before) the ``at`` th resource of ``result``."""
+    assert result.keys is not None and len(result.keys) == len(result.resources)
+    written = date_range(result.resources[at]["meta"]["lastUpdated"])[0]
+    return Keyset(result.keys[at], snapshot_ms, backward, changed=written > snapshot_ms)
 
 
 def _walk(store: Store, sort: list[SortKey], snapshot_ms: int,
@@ -994,65 +993,79 @@ def _walk(store: Store, sort: list[SortKey], snapshot_ms: int,
         if not result.resources:
             return ids
         between(n, ids)
-        keyset = _keyset(result.resources[-1], sort, snapshot_ms)
+        keyset = _keyset(result, -1, snapshot_ms)
     raise AssertionError(f"paging did not end: {ids}")
 
 
-ROW_SORTS = [[], [SortKey(LAST_UPDATED, True)], [SortKey(ID, True)],
-             [SortKey(LAST_UPDATED), SortKey(ID, True)]]
+SORTS = {
+    "default": [], "-lastUpdated": [SortKey(LAST_UPDATED, True)], "-id": [SortKey(ID, True)],
+    "lastUpdated,-id": [SortKey(LAST_UPDATED), SortKey(ID, True)],
+    # by a search parameter, some without a value (last either way)
+    "priority": [SortKey(param("Task.priority"))],
+    "-authored-on,-lastUpdated": [SortKey(param("Task.authored-on"), True),
+                                  SortKey(LAST_UPDATED, True)],
+}
 
 
-@pytest.mark.parametrize("sort", ROW_SORTS, ids=["default", "-lastUpdated", "-id",
-                                                 "lastUpdated,-id"])
+def _tasks(store: Store, count: int) -> None:
+    for n in range(count):
+        body: dict[str, Any] = {"status": "ready"}
+        if n % 3:
+            body["priority"] = ("routine", "urgent", "asap")[n % 3]
+            body["authoredOn"] = f"2026-0{1 + n % 4}-01"
+        put(store, "Task", f"k{n}", body)
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize("sort", SORTS.values(), ids=SORTS.keys())
 def test_keyset_pages_neither_skip_nor_take_in_what_came_later(store: Store,
                                                                sort: list[SortKey]) -> None:
-    for n in range(9):
-        put(store, "Task", f"k{n}", {"status": "ready"})
-        time.sleep(0.002)
+    _tasks(store, 9)
     before = find(store, "Task", sort=sort)
     snapshot = now_instant()[1]
     time.sleep(0.002)
 
     def write(page: int, seen: list[str]) -> None:
-        if page == 0:  # a seen one updated, an unseen one updated, one deleted, one created
+        if page == 0:  # a seen one and an unseen one changed, one deleted, one created
             unseen = [i for i in before if i not in seen]
-            put(store, "Task", seen[0], {"status": "draft"})
-            put(store, "Task", unseen[0], {"status": "draft"})
+            put(store, "Task", seen[0], {"status": "draft", "priority": "stat",
+                                         "authoredOn": "2027-01-01"})
+            put(store, "Task", unseen[0], {"status": "draft"})  # its sort values go
             delete(store, "Task", unseen[1])
-            put(store, "Task", "later", {"status": "ready"})
+            put(store, "Task", "later", {"status": "ready", "priority": "asap"})
 
     seen = _walk(store, sort, snapshot, write)
     deleted = [i for i in before if i not in seen]
     assert len(deleted) == 1 and "later" not in seen  # nothing else missed
     assert set(seen) == set(before) - set(deleted)
-    # only a resource updated after it was seen may come again, at its new place
-    assert len(seen) - len(set(seen)) <= (1 if row_order(sort)[0][0] == "_lastUpdated" else 0)
+    # only a resource changed after it was seen may come again
+    assert len(seen) - len(set(seen)) <= (0 if page_order(sort)[0][0] == "_id" else 1)
+    first = store.search(SearchQuery("Task", sort=sort, count=1))
     counted = store.search(SearchQuery("Task", sort=sort, count=3, total=True,
-                                       keyset=_keyset(store.read("Task", before[0]).resource,
-                                                      sort, snapshot)))
+                                       keyset=_keyset(first, 0, snapshot)))
     assert counted.total == 8  # the total is of the whole search as of the snapshot
 
 
-@pytest.mark.parametrize("sort", ROW_SORTS, ids=["default", "-lastUpdated", "-id",
-                                                 "lastUpdated,-id"])
+@pytest.mark.parametrize("sort", SORTS.values(), ids=SORTS.keys())
 def test_keyset_pages_before_a_resource_are_the_pages_walked_forward(
         store: Store, sort: list[SortKey]) -> None:
+    _tasks(store, 5)
     with store.unit_of_work() as uow:  # some share a millisecond: the id decides
-        for n in range(8):
+        for n in range(5, 8):
             uow.update("Task", f"k{n}", {"resourceType": "Task", "status": "ready"})
     snapshot = now_instant()[1]
     forward = _walk(store, sort, snapshot)
     assert sorted(forward) == [f"k{n}" for n in range(8)] and forward == find(store, "Task",
                                                                                sort=sort)
-    last = store.read("Task", forward[-1]).resource
+    last = store.search(SearchQuery("Task", sort=sort, count=100))
     backward: list[str] = [forward[-1]]
-    keyset = _keyset(last, sort, snapshot, backward=True)
+    keyset = _keyset(last, -1, snapshot, backward=True)
     while True:
-        page = store.search(SearchQuery("Task", sort=sort, count=3, keyset=keyset)).resources
-        if not page:
+        page = store.search(SearchQuery("Task", sort=sort, count=3, keyset=keyset))
+        if not page.resources:
             break
-        backward = [r["id"] for r in page] + backward
-        keyset = _keyset(page[0], sort, snapshot, backward=True)
+        backward = [r["id"] for r in page.resources] + backward
+        keyset = _keyset(page, 0, snapshot, backward=True)
     assert backward == forward
 
 

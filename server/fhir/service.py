@@ -80,10 +80,10 @@ from .search.ast import (
     Clause,
     Condition,
     Keyset,
+    KeyValue,
     ReferenceQuery,
     SearchQuery,
     SearchResult,
-    row_order,
 )
 from .search.normalize import ID_RE, date_range
 from .search.parse import BareId, Include, ParsedSearch, page_token, parse_search
@@ -475,7 +475,7 @@ class FhirService:
     def _execute(self, ctx: RequestContext, reader: Reader, query: SearchQuery) -> SearchResult:
         result = reader.search(self.access.restrict(ctx, query))
         return SearchResult([self.access.shown(ctx, r) for r in result.resources],
-                            result.total)
+                            result.total, result.keys)
 
     def _read_many(self, ctx: RequestContext, refs: list[Ref]) -> dict[Ref, dict[str, Any]]:
         """The resources ``refs`` (type, id, version) name that the caller may see, by ref in
@@ -948,7 +948,9 @@ class FhirService:
         page = dataclasses.replace(query, count=query.count + 1)
         result = self._execute(ctx, reader, page)
         more = 0 < query.count < len(result.resources)
-        matches = result.resources[1:] if backward and more else result.resources[:query.count]
+        window = slice(1, None) if backward and more else slice(0, query.count)
+        matches = result.resources[window]
+        keys = (result.keys or [])[window]
         has_next = backward or more
         total = result.total if query.total else None
         if total is None and not has_next and keyset is None and (matches or not query.offset):
@@ -958,7 +960,7 @@ class FhirService:
         if total is not None:
             bundle["total"] = total
         has_previous = more if backward else keyset is not None
-        bundle["link"] = self._search_links(ctx, type_, parsed, query, matches, snapshot,
+        bundle["link"] = self._search_links(ctx, type_, parsed, query, matches, keys, snapshot,
                                             has_next=has_next, has_previous=has_previous)
         if count_only:
             return bundle
@@ -983,23 +985,22 @@ class FhirService:
         return [t for t in candidates if t in STORED_TYPES]
 
     def _search_links(self, ctx: RequestContext, type_: str, parsed: ParsedSearch,
-                      query: SearchQuery, matches: list[dict[str, Any]], snapshot_ms: int, *,
+                      query: SearchQuery, matches: list[dict[str, Any]],
+                      keys: list[tuple[KeyValue, ...]], snapshot_ms: int, *,
                       has_next: bool, has_previous: bool) -> list[dict[str, str]]:
         """``self``, ``first`` and, where there are such pages, ``previous`` and ``next``.
 
-        A search in a row order (by default: last update, then id) pages by keyset: the
-        next page starts after this page's last resource, the previous one ends before its
-        first, among the resources first written by the time of the first page (see
-        :class:`~.search.ast.Keyset`). Other sorts, and a search given ``_offset``, page by
-        offset."""
+        A search pages by keyset: the next page starts after this page's last resource (its
+        values of the order's keys, ``keys``), the previous one ends before its first, among
+        the resources first written by the time of the first page (see
+        :class:`~.search.ast.Keyset`). A search given ``_offset`` pages by offset."""
         criteria = [p for p in parsed.self_params if p[0] not in _PAGING_PARAMS]
 
         def url(*paging: tuple[str, str]) -> str:
             return (f"{ctx.base_url}/{type_}?"
                     f"{urlencode([*criteria, ('_count', str(query.count)), *paging])}")
 
-        order = None if query.offset else row_order(query.sort)
-        if order is None or query.count == 0:
+        if query.offset or query.count == 0 or len(keys) != len(matches):
             def at(offset: int) -> str:
                 return url(("_offset", str(offset))) if offset else url()
 
@@ -1010,18 +1011,17 @@ class FhirService:
                 links.append(_link("next", at(query.offset + query.count)))
             return links
 
-        def page(resource: dict[str, Any], backward: bool) -> str:
-            values = tuple(date_range(resource["meta"]["lastUpdated"])[0]
-                           if code == "_lastUpdated" else str(resource["id"])
-                           for code, _ in order)
-            return url(("_page", page_token(Keyset(values, snapshot_ms, backward))))
+        def page(at: int, backward: bool) -> str:
+            written = date_range(matches[at]["meta"]["lastUpdated"])[0]
+            keyset = Keyset(keys[at], snapshot_ms, backward, changed=written > snapshot_ms)
+            return url(("_page", page_token(keyset)))
 
         here = url(("_page", page_token(query.keyset))) if query.keyset else url()
         links = [_link("self", here), _link("first", url())]
         if has_previous and matches:
-            links.append(_link("previous", page(matches[0], backward=True)))
+            links.append(_link("previous", page(0, backward=True)))
         if has_next and matches:
-            links.append(_link("next", page(matches[-1], backward=False)))
+            links.append(_link("next", page(-1, backward=False)))
         return links
 
     def _entry(self, ctx: RequestContext, resource: dict[str, Any], mode: str) -> dict:

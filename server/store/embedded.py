@@ -427,7 +427,8 @@ class _Reader:
             if plan.count is not None:
                 total = self.conn.execute(plan.count, compiled.params).fetchone()[0]
             rows = self._page(query, compiled, plan, large) if query.count > 0 else []
-        return SearchResult([jsonio.loads(text) for (text,) in rows], total)
+        return SearchResult([jsonio.loads(row[0]) for row in rows], total,
+                            [tuple(row[1:]) for row in rows])
 
     def plan(self, compiled: CompiledSearch) -> tuple[Plan, bool]:
         """The driven plan to answer by, and whether its driver is large (at least
@@ -447,7 +448,7 @@ class _Reader:
         return compiled.driven(best), size >= ORDERED_PLAN_FROM
 
     def _page(self, query: SearchQuery, compiled: CompiledSearch, plan: Plan,
-              large: bool) -> list[tuple[str]]:
+              large: bool) -> list[tuple[Any, ...]]:
         """The page: by the ordered plan when the driver is large and a bounded prefix of the
         order holds the whole page, else by the driven ``plan`` (see :mod:`.sql_query`)."""
         params = compiled.params

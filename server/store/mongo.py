@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
+from bson.decimal128 import Decimal128
 from pymongo import IndexModel, MongoClient, ReadPreference, UpdateOne
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
@@ -103,6 +104,11 @@ KV_INDEXES = (
     IndexModel([("xat", 1)], name="expiry", expireAfterSeconds=0),
 )
 _HISTORY_FIELDS = ("type", "id", "version", "lu", "lum", "deleted", "method", "json")
+
+
+def _key_value(value: Any) -> Any:
+    """A sort value as the search layer has it (Decimal128 as Decimal)."""
+    return value.to_decimal() if isinstance(value, Decimal128) else value
 
 
 class TransactionConflict(FhirError):
@@ -414,22 +420,25 @@ class MongoStore(Store):
         """Run a search; inside a unit of work ``session`` makes it see the unit's writes."""
 
         compiled = compile_query(query, self._resolver(session), _now_ms())
-        resources: list[dict[str, object]] = []
+        docs: list[Document] = []
         if compiled.limit > 0:
             cursor: Iterable[Document]
             if compiled.pipeline is not None:
                 cursor = self._resources.aggregate(compiled.pipeline, session=session)
             else:
                 cursor = self._resources.find(
-                    compiled.page or compiled.filter, {"json": 1}, sort=compiled.sort,
+                    compiled.page or compiled.filter,
+                    {"json": 1, **{f: 1 for f in compiled.key_fields}}, sort=compiled.sort,
                     skip=compiled.skip, limit=compiled.limit, session=session)
-            resources = [loads(doc["json"]) for doc in cursor]
+            docs = list(cursor)
             if compiled.reverse:
-                resources.reverse()
+                docs.reverse()
         total = None
         if query.total:
             total = self._resources.count_documents(compiled.filter, session=session)
-        return SearchResult(resources, total)
+        return SearchResult([loads(doc["json"]) for doc in docs], total,
+                            [tuple(_key_value(doc.get(f)) for f in compiled.key_fields)
+                             for doc in docs])
 
     # -- server records -------------------------------------------------------------------------
 

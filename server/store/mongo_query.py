@@ -48,8 +48,10 @@ when ANY of its values matches it, so ``ne`` is "some value not equal", while ``
 * Order: each sort key (the smallest value ascending, the largest descending; dates by start
   ascending and end descending; without a value last either way), then the id. Without sort
   keys: last update, then id. A keyset page (``SearchQuery.keyset``) compares the order's
-  keys with ``$or`` of key-by-key filters, among the documents ``born`` (first written) at or
-  before its snapshot.
+  keys with ``$or`` of key-by-key filters (on the computed sort values, in an aggregation,
+  when it sorts by a search parameter), among the documents ``born`` (first written) at or
+  before its snapshot. A found document carries its values of the order's keys
+  (:func:`key_fields`).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ from ..fhir.search.ast import (
     TokenQuery,
     UriQuery,
     keyset_keys,
+    page_order,
 )
 
 Filter = dict[str, Any]
@@ -205,6 +208,8 @@ class CompiledQuery:
     # whether ``sort`` is the reverse order (a page before a resource), to be turned back.
     page: Filter | None = None
     reverse: bool = False
+    # The fields of a found document with its values of the order's keys (:func:`key_fields`).
+    key_fields: tuple[str, ...] = ("lum", "id")
 
 
 def compile_query(query: SearchQuery, resolve: Resolve, now_ms: int) -> CompiledQuery:
@@ -217,54 +222,99 @@ def compile_query(query: SearchQuery, resolve: Resolve, now_ms: int) -> Compiled
     if query.keyset is not None:
         return _keyset_page(query, filter_)
     keys = _unique_keys(query.sort)
+    found = key_fields(query.sort)
     if not keys:
-        return CompiledQuery(filter_, list(DEFAULT_SORT), query.offset, query.count)
+        return CompiledQuery(filter_, list(DEFAULT_SORT), query.offset, query.count,
+                             key_fields=found)
     if all(k.param.code in ROW_FIELDS for k in keys):
         sort = [(ROW_FIELDS[k.param.code], -1 if k.descending else 1) for k in keys]
         if "id" not in dict(sort):
             sort.append(("id", 1))
-        return CompiledQuery(filter_, sort, query.offset, query.count)
+        return CompiledQuery(filter_, sort, query.offset, query.count, key_fields=found)
     pipeline = sort_pipeline(filter_, keys, query.offset, query.count)
-    return CompiledQuery(filter_, [], query.offset, query.count, pipeline)
+    return CompiledQuery(filter_, [], query.offset, query.count, pipeline, key_fields=found)
+
+
+def key_fields(sort: Sequence[SortKey]) -> tuple[str, ...]:
+    """The field of a found document that holds its value of each key of the order
+    (:func:`~server.fhir.search.ast.page_order`): a row field, or the computed sort value
+    ``_s{n}`` of the ``n`` th sort key (as :func:`sort_pipeline` names it)."""
+    unique = [k.param.code for k in _unique_keys(sort)]
+    return tuple(ROW_FIELDS.get(code) or f"_s{unique.index(code)}"
+                 for code, _ in page_order(list(sort)))
+
+
+def _missing_flag(field: str) -> dict[str, Any]:
+    """1 when the computed ``field`` has no value (the document then sorts last), else 0."""
+    return {"$cond": [{"$eq": [{"$ifNull": [f"${field}", None]}, None]}, 1, 0]}
+
+
+def _bson(value: Any) -> Any:
+    return Decimal128(str(value)) if isinstance(value, Decimal) else value
 
 
 def _keyset_page(query: SearchQuery, filter_: Filter) -> CompiledQuery:
     """A keyset page: among the resources first written (``born``) by the snapshot, those
     after (backward: before, taken in the reverse order) the keyset's resource, compared
-    key by key (:func:`~server.fhir.search.ast.keyset_keys`); a page led by
-    :data:`~server.fhir.search.ast.CHANGED` is sorted by an aggregation, which can sort by
-    a computed field."""
+    key by key (:func:`~server.fhir.search.ast.keyset_keys`), a missing sort value coming
+    last. Keys answered from the document itself page with ``find``; computed ones (a search
+    parameter's sort value, :data:`~server.fhir.search.ast.CHANGED`) by an aggregation."""
     keyset = query.keyset
     if keyset is None:
         raise ValueError("a keyset page needs a keyset")
     keys = keyset_keys(query.sort, keyset)
+    unique = _unique_keys(query.sort)
     snapshot = keyset.snapshot_ms
-    changed_after = {"lum": {"$gt": snapshot}}
-    changed_not = {"lum": {"$lte": snapshot}}
+    fields: list[str] = []
+    computed: dict[str, Any] = {}
+    flags: dict[str, str] = {}  # computed sort value -> its missing flag
+    for code, _, _ in keys:
+        if code == CHANGED:
+            fields.append("_chg")
+            computed["_chg"] = {"$cond": [{"$gt": ["$lum", snapshot]}, 1, 0]}
+        elif code in ROW_FIELDS:
+            fields.append(ROW_FIELDS[code])
+        else:
+            n = next(i for i, k in enumerate(unique) if k.param.code == code)
+            fields.append(f"_s{n}")
+            computed[f"_s{n}"] = sort_value(unique[n])
+            flags[f"_s{n}"] = f"_m{n}"
 
-    def compare(code: str, op: str, value: int | str) -> Filter:
-        if code != CHANGED:
-            return {ROW_FIELDS[code]: value if op == "$eq" else {op: value}}
-        if (op, value) in (("$gt", 0), ("$eq", 1)):
-            return changed_after
-        return changed_not if (op, value) in (("$lt", 1), ("$eq", 0)) else NOTHING
+    def beyond(i: int) -> Filter:  # strictly after (backward: before) in the key's order
+        (_, descending, value), field = keys[i], fields[i]
+        op = {field: {"$gt" if descending == keyset.backward else "$lt": _bson(value)}}
+        flag = flags.get(field)
+        if flag is None:
+            return op
+        if value is None:  # the keyset's resource is among those without a value: last
+            return {flag: 0} if keyset.backward else NOTHING
+        return {flag: 0, **op} if keyset.backward else {"$or": [op, {flag: 1}]}
 
-    ways = [{"$and": [*(compare(code, "$eq", value) for code, _, value in keys[:i]),
-                      compare(code, "$gt" if descending == keyset.backward else "$lt", value)]}
-            for i, (code, descending, value) in enumerate(keys)]
+    def same(i: int) -> Filter:
+        value, field = keys[i][2], fields[i]
+        return {flags[field]: 1} if value is None and field in flags else {field: _bson(value)}
+
+    start = _any([{"$and": [*(same(j) for j in range(i)), beyond(i)]}
+                  for i in range(len(keys))])
+    order: dict[str, int] = {}
+    for field, (_, descending, _) in zip(fields, keys, strict=True):
+        if field in flags:
+            order[flags[field]] = -1 if keyset.backward else 1
+        order[field] = (-1 if descending else 1) * (-1 if keyset.backward else 1)
     # A document without ``born`` was first written before the field was: it is old enough.
     counted = {"$and": [filter_, {"$nor": [{"born": {"$gt": snapshot}}]}]}
-    page = {"$and": [counted, _any(ways)]}
-    sort = [(ROW_FIELDS.get(code, "_chg"), 1 if descending == keyset.backward else -1)
-            for code, descending, _ in keys]
-    if keys[0][0] != CHANGED:
-        return CompiledQuery(counted, sort, 0, query.count, page=page, reverse=keyset.backward)
-    pipeline: Pipeline = [
-        {"$match": page},
-        {"$addFields": {"_chg": {"$cond": [{"$gt": ["$lum", snapshot]}, 1, 0]}}},
-        {"$sort": dict(sort)}, {"$limit": query.count}, {"$project": {"json": 1}}]
-    return CompiledQuery(counted, [], 0, query.count, pipeline, page=page,
-                         reverse=keyset.backward)
+    found = key_fields(query.sort)
+    if not computed:
+        return CompiledQuery(counted, list(order.items()), 0, query.count,
+                             page={"$and": [counted, start]}, reverse=keyset.backward,
+                             key_fields=found)
+    pipeline: Pipeline = [{"$match": counted}, {"$addFields": computed}]
+    if flags:
+        pipeline.append({"$addFields": {flag: _missing_flag(f) for f, flag in flags.items()}})
+    pipeline += [{"$match": start}, {"$sort": order}, {"$limit": query.count},
+                 {"$project": {"json": 1, **{f: 1 for f in found}}}]
+    return CompiledQuery(counted, [], 0, query.count, pipeline, reverse=keyset.backward,
+                         key_fields=found)
 
 
 def query_filter(query: SearchQuery, resolve: Resolve, now_ms: int) -> Filter:
@@ -664,7 +714,7 @@ def sort_pipeline(filter_: Filter, keys: Sequence[SortKey], skip: int, limit: in
             order[row_field] = direction
             continue
         values[f"_s{n}"] = sort_value(key)
-        flags[f"_m{n}"] = {"$cond": [{"$eq": [{"$ifNull": [f"$_s{n}", None]}, None]}, 1, 0]}
+        flags[f"_m{n}"] = _missing_flag(f"_s{n}")
         order[f"_m{n}"] = 1
         order[f"_s{n}"] = direction
     order.setdefault("id", 1)
@@ -674,5 +724,5 @@ def sort_pipeline(filter_: Filter, keys: Sequence[SortKey], skip: int, limit: in
         pipeline.append({"$skip": skip})
     if limit:
         pipeline.append({"$limit": limit})
-    pipeline.append({"$project": {"json": 1}})
+    pipeline.append({"$project": {"json": 1, **{f: 1 for f in key_fields(keys)}}})
     return pipeline

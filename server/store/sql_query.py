@@ -60,9 +60,10 @@ start ascending / end descending, reference by target id, number and quantity by
 by value, ``_id``, ``_lastUpdated``); a multi-valued parameter sorts by its smallest value
 ascending and its largest descending; resources without a value come last either way; the
 resource id breaks ties. Without sort keys: last update, then id. ``count``/``offset`` page
-the ordered result, or, in a row order, a keyset (``SearchQuery.keyset``): the page after
-(before) a resource, compared by the order's keys (:func:`keyset_keys`), among the resources
-with a version at or before its snapshot (a ``history`` probe, for those written since).
+the ordered result, or a keyset (``SearchQuery.keyset``): the page after (before) a resource,
+compared by the order's keys (:func:`keyset_keys`; a missing sort value is NULL and comes
+last), among the resources with a version at or before its snapshot (a ``history`` probe,
+for those written since). Each row of a page comes with its values of the order's keys.
 
 Two plans for a search without sort keys (:class:`CompiledSearch`): the driven plan reads
 every match from the most selective index condition and sorts them (its cost grows with the
@@ -88,6 +89,7 @@ import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from ..fhir import jsonio
@@ -114,6 +116,7 @@ from ..fhir.search.ast import (
     TokenQuery,
     UriQuery,
     keyset_keys,
+    page_order,
 )
 
 INDEX_TABLES: dict[str, str] = {
@@ -133,6 +136,9 @@ MAX_CHAR = "\U0010ffff"  # sorts after every other character (UTF-8 and code poi
 # The modifiers each parameter type supports (besides ``missing``, which every type has).
 _MODIFIERS: dict[str, tuple[str | None, ...]] = {
     type_: (None, *(m for m in mods if m != "missing")) for type_, mods in MODIFIERS.items()}
+
+_ROW_COLUMNS = {"_lastUpdated": "last_updated_ms", "_id": "id"}
+"""The ``resource`` column of each sort key answered from the row itself."""
 
 # Column a sort key orders by: (ascending, descending).
 _SORT_COLUMNS: dict[str, tuple[str, str]] = {
@@ -181,13 +187,16 @@ def compile_search(query: SearchQuery, now_ms: int) -> CompiledSearch:
     type_ = query.type
     compiler = _Compiler(now_ms)
     parts = compiler.parts(type_, "r", query.conditions, query.ids)
-    order = page_order = compiler.order_by(query.sort)
+    order = taken = compiler.order_by(query.sort)
     keyset, backward, start = query.keyset, False, ""
     if keyset is not None:
         parts.append(_Part(compiler.first_written("r", keyset.snapshot_ms)))
         backward = keyset.backward
-        order, page_order, start = compiler.keyset("r", query.sort, keyset)
+        order, taken, start = compiler.keyset("r", query.sort, keyset)
         start = " AND " + start
+    # Each resource's values of the order's keys come beside its JSON (SearchResult.keys).
+    keys = "".join(f", {compiler.key_expr('r', code, query.sort)}"
+                   for code, _ in page_order(query.sort))
     params = compiler.params
     params["limit"] = query.count
     params["offset"] = query.offset
@@ -196,8 +205,8 @@ def compile_search(query: SearchQuery, now_ms: int) -> CompiledSearch:
     def paged(rows: str) -> str:
         # Page first on the narrow columns, then read the JSON of that page only: SQLite's
         # sorter would otherwise carry every match's JSON.
-        return (f"{ctes}SELECT r.json FROM resource AS r WHERE r.pk IN (SELECT r.pk FROM "
-                f"{rows}{start} ORDER BY {page_order} LIMIT :limit OFFSET :offset) "
+        return (f"{ctes}SELECT r.json{keys} FROM resource AS r WHERE r.pk IN (SELECT r.pk "
+                f"FROM {rows}{start} ORDER BY {taken} LIMIT :limit OFFSET :offset) "
                 f"ORDER BY {order}")
 
     def driven(driver: int) -> Plan:
@@ -641,30 +650,50 @@ class _Compiler:
                  for k in keys]
         return ", ".join(parts + ["r.id"])
 
+    def key_expr(self, r: str, code: str, sort: list[SortKey]) -> str:
+        """What ``r`` is ordered by for the key ``code`` of the order of ``sort``."""
+        if code in _ROW_COLUMNS:
+            return f"{r}.{_ROW_COLUMNS[code]}"
+        return self._sort_expr(next(k for k in sort if k.param.code == code))
+
     def keyset(self, r: str, sort: list[SortKey], keyset: Keyset) -> tuple[str, str, str]:
         """A keyset page of a search sorted by ``sort`` (see :func:`keyset_keys`): the order
         of the result, the order the page is taken in (the reverse, for a page before a
         resource: its last ``limit`` rows), and the predicate that ``r`` comes after (before)
-        the keyset's resource: a row value comparison when every key runs one way, else key
-        by key."""
+        the keyset's resource: a row value comparison when every key is a column that runs
+        one way, else key by key, a search parameter's missing value (NULL) coming last."""
         keys = keyset_keys(sort, keyset)
-        columns = {"_lastUpdated": f"{r}.last_updated_ms", "_id": f"{r}.id",
-                   CHANGED: f"({r}.last_updated_ms > {self.bind(keyset.snapshot_ms)})"}
-        cols = [columns[code] for code, _, _ in keys]
-        values = [self.bind(value) for _, _, value in keys]
+        at = self.bind(keyset.snapshot_ms)
+        cols = [f"({r}.last_updated_ms > {at})" if code == CHANGED
+                else self.key_expr(r, code, sort) for code, _, _ in keys]
+        nullable = [code not in _ROW_COLUMNS and code != CHANGED for code, _, _ in keys]
+        values = [None if v is None else self.bind(float(v) if isinstance(v, Decimal) else v)
+                  for _, _, v in keys]
         ops = [">" if descending == keyset.backward else "<" for _, descending, _ in keys]
 
         def order_by(reverse: bool) -> str:
-            return ", ".join(f"{col} {'DESC' if descending != reverse else 'ASC'}"
-                             for col, (_, descending, _) in zip(cols, keys, strict=True))
+            return ", ".join(
+                f"{col} {'DESC' if descending != reverse else 'ASC'}"
+                + ((" NULLS FIRST" if reverse else " NULLS LAST") if may_lack else "")
+                for col, (_, descending, _), may_lack in zip(cols, keys, nullable, strict=True))
 
-        if len(set(ops)) == 1:
-            start = f"({', '.join(cols)}) {ops[0]} ({', '.join(values)})"
+        def beyond(i: int) -> str:  # strictly after (backward: before) in the key's own order
+            col, value, op = cols[i], values[i], ops[i]
+            if not nullable[i]:
+                return f"{col} {op} {value}"
+            if value is None:  # the keyset's resource is among those without a value: last
+                return f"{col} IS NOT NULL" if keyset.backward else "0"
+            return f"{col} {op} {value}" if keyset.backward else (
+                f"({col} {op} {value} OR {col} IS NULL)")
+
+        def same(i: int) -> str:
+            return f"{cols[i]} IS NULL" if values[i] is None else f"{cols[i]} = {values[i]}"
+
+        if not any(nullable) and len(set(ops)) == 1:
+            start = f"({', '.join(cols)}) {ops[0]} ({', '.join(map(str, values))})"
         else:
             start = "(" + " OR ".join(
-                _all([f"{c} = {v}" for c, v in zip(cols[:i], values[:i], strict=True)]
-                     + [f"{cols[i]} {ops[i]} {values[i]}"])
-                for i in range(len(keys))) + ")"
+                _all([same(j) for j in range(i)] + [beyond(i)]) for i in range(len(keys))) + ")"
         return order_by(False), order_by(keyset.backward), start
 
     def first_written(self, r: str, snapshot_ms: int) -> str:
@@ -677,10 +706,8 @@ class _Compiler:
 
     def _sort_expr(self, key: SortKey) -> str:
         code = key.param.code
-        if code == "_id":
-            return "r.id"
-        if code == "_lastUpdated":
-            return "r.last_updated_ms"
+        if code in _ROW_COLUMNS:
+            return f"r.{_ROW_COLUMNS[code]}"
         table = INDEX_TABLES.get(key.param.type)
         if table is None:
             raise FhirError.of(400, f"Sorting by '{code}' ({key.param.type}) is not supported",

@@ -284,18 +284,12 @@ class SortKey:
     descending: bool = False
 
 
-ROW_KEYS = ("_lastUpdated", "_id")
-"""The sort keys engines answer from the resource row itself."""
-
-
-def row_order(sort: list[SortKey]) -> list[tuple[str, bool]] | None:
-    """The order of a search as ``(code, descending)`` row keys ending with ``_id`` (which
-    is unique, so the order is total), when every sort key is a row key: without sort keys,
-    last update then id. None when the search sorts by another parameter."""
+def page_order(sort: list[SortKey]) -> list[tuple[str, bool]]:
+    """The order of a search as ``(code, descending)`` keys ending with ``_id`` (which is
+    unique, so the order is total): its sort keys without repeats, up to ``_id``; without
+    sort keys, last update then id."""
     if not sort:
         return [("_lastUpdated", False), ("_id", False)]
-    if any(k.param.code not in ROW_KEYS for k in sort):
-        return None
     order: list[tuple[str, bool]] = []
     for key in sort:
         if all(code != key.param.code for code, _ in order):
@@ -305,21 +299,29 @@ def row_order(sort: list[SortKey]) -> list[tuple[str, bool]] | None:
     return [*order, ("_id", False)]
 
 
+KeyValue = int | str | Decimal | None
+"""A resource's value of a key of the order: epoch milliseconds for ``_lastUpdated``, the
+id for ``_id``; for a search parameter what the engine sorts by (its lowest value ascending,
+its highest descending: a code, a normalised string, a date's milliseconds, a number), None
+when the resource has none (it then comes last either way)."""
+
+
 @dataclass(frozen=True)
 class Keyset:
-    """A page of a search in a row order (:func:`row_order`) given by where it starts rather
-    than by an offset, so that writes during paging neither skip nor shift what is left.
+    """A page of a search given by where it starts rather than by an offset, so that writes
+    during paging neither skip nor shift what is left.
 
     The page holds the matches that come after (``backward``: before, the page then being
-    the last ``count`` of them) the resource whose row key values are ``values`` (epoch
-    milliseconds for ``_lastUpdated``, the id for ``_id``), among the resources first
-    written at or before ``snapshot_ms``: what was created after the first page is left out
-    (paging AuditEvents, which the paging itself creates, ends), while what was updated
-    after it is still there (at its new place in the order)."""
+    the last ``count`` of them) the resource whose values of the :func:`page_order` keys are
+    ``values``, among the resources first written at or before ``snapshot_ms``: what was
+    created after the first page is left out (paging AuditEvents, which the paging itself
+    creates, ends), while what was updated after it is still there (see
+    :func:`keyset_keys`)."""
 
-    values: tuple[int | str, ...]
+    values: tuple[KeyValue, ...]
     snapshot_ms: int
     backward: bool = False
+    changed: bool = False  # that resource was written after the snapshot
 
 
 CHANGED = "_changed"
@@ -327,20 +329,20 @@ CHANGED = "_changed"
 snapshot, else 0 (see :func:`keyset_keys`)."""
 
 
-def keyset_keys(sort: list[SortKey], keyset: Keyset) -> list[tuple[str, bool, int | str]]:
+def keyset_keys(sort: list[SortKey], keyset: Keyset) -> list[tuple[str, bool, KeyValue]]:
     """The keys a keyset page compares, ``(code, descending, the keyset resource's value)``:
-    the row order's (:func:`row_order`), led, when that order starts with the last update
-    newest first, by :data:`CHANGED` ascending. A resource updated during paging moves to the
-    top of such an order, which the walk has passed; it comes at the end instead."""
-    order = row_order(sort)
-    if order is None or len(order) != len(keyset.values):
-        raise ValueError("a keyset page needs a search in a row order and its key values")
-    keys: list[tuple[str, bool, int | str]] = [
+    those of :func:`page_order`, led by :data:`CHANGED` ascending unless the order starts
+    with the last update oldest first or with the id (which no update moves back). An update
+    may move a resource to a place in the order the walk has passed; it comes at the end
+    instead."""
+    order = page_order(sort)
+    if len(order) != len(keyset.values):
+        raise ValueError("a keyset page needs a value for each key of the order")
+    keys: list[tuple[str, bool, KeyValue]] = [
         (code, descending, value) for (code, descending), value
         in zip(order, keyset.values, strict=True)]
-    if order[0] == ("_lastUpdated", True):
-        changed = int(int(keyset.values[0]) > keyset.snapshot_ms)
-        keys.insert(0, (CHANGED, False, changed))
+    if order[0] != ("_lastUpdated", False) and order[0][0] != "_id":
+        keys.insert(0, (CHANGED, False, int(keyset.changed)))
     return keys
 
 
@@ -356,7 +358,7 @@ class SearchQuery:
     total: bool = False  # compute the total number of matches (within the keyset's snapshot)
     # Restrict to these ids (access control and _include reads add this; None = no limit).
     ids: frozenset[str] | None = None
-    # Where the page starts, instead of ``offset`` (searches in a row order only).
+    # Where the page starts, instead of ``offset``.
     keyset: Keyset | None = None
 
 
@@ -364,6 +366,8 @@ class SearchQuery:
 class SearchResult:
     resources: list[dict[str, object]]  # current resource JSON, in sort order
     total: int | None = None
+    # Each resource's values of the :func:`page_order` keys (where a next page starts).
+    keys: list[tuple[KeyValue, ...]] | None = None
 
 
 def types_read(query: SearchQuery) -> set[str]:

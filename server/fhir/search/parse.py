@@ -9,11 +9,13 @@ known parameters are still errors.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
+from .. import jsonio
 from ..outcome import FhirError, Issue, issue
 from .ast import (
     AllOf,
@@ -36,7 +38,7 @@ from .ast import (
     StringQuery,
     TokenQuery,
     UriQuery,
-    row_order,
+    page_order,
 )
 from .normalize import (
     ID_RE,
@@ -420,35 +422,37 @@ def _choice(raw: str, name: str, allowed: tuple[str, ...]) -> str:
     return raw
 
 
-_PAGE_SEP = "~"  # in no id, number or direction, and left as it is in a URL
-_PAGE_HEAD_RE = re.compile(r"([np])(\d{1,18})")
-
-
 def page_token(keyset: Keyset) -> str:
     """The ``_page`` value of a keyset page (read back by the parser): the direction (``n``
-    after, ``p`` before) and the snapshot, then the row key values."""
-    head = f"{'p' if keyset.backward else 'n'}{keyset.snapshot_ms}"
-    return _PAGE_SEP.join([head, *(str(v) for v in keyset.values)])
+    after, ``p`` before), the snapshot, whether the resource it starts at was written after
+    it (``c``), and that resource's values of the order's keys, as base64url JSON."""
+    head = (f"{'p' if keyset.backward else 'n'}{keyset.snapshot_ms}"
+            f"{'c' if keyset.changed else ''}")
+    text = jsonio.dumps([head, *keyset.values]).encode()
+    return base64.urlsafe_b64encode(text).decode().rstrip("=")
 
 
-def _page(raw: str, order: list[tuple[str, bool]] | None) -> Keyset:
-    """The keyset a ``_page`` value names, for a search in the row ``order``."""
-    if order is None:
-        raise _Invalid("Parameter '_page' pages searches in their default order or sorted "
-                       "by _lastUpdated or _id only; page other sorts with _offset")
-    head, *values = raw.split(_PAGE_SEP)
-    m = _PAGE_HEAD_RE.fullmatch(head)
+_PAGE_HEAD_RE = re.compile(r"([np])(\d{1,18})(c?)")
+
+
+def _page(raw: str, order: list[tuple[str, bool]]) -> Keyset:
+    """The keyset a ``_page`` value names, for a search in ``order``."""
+    problem = _Invalid(f"Parameter '_page' is not a page of this search: {raw!r}")
+    try:
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        head, *values = jsonio.loads(text)
+    except (ValueError, TypeError, FhirError):
+        raise problem from None
+    m = _PAGE_HEAD_RE.fullmatch(head) if isinstance(head, str) else None
     if m is None or len(values) != len(order):
-        raise _Invalid(f"Parameter '_page' is not a page of this search: {raw!r}")
-    keys: list[int | str] = []
+        raise problem
     for (code, _), value in zip(order, values, strict=True):
-        if code == "_id" and ID_RE.fullmatch(value):
-            keys.append(value)
-        elif code != "_id" and re.fullmatch(r"-?\d{1,18}", value):
-            keys.append(int(value))
-        else:
-            raise _Invalid(f"Parameter '_page' is not a page of this search: {raw!r}")
-    return Keyset(tuple(keys), int(m.group(2)), backward=m.group(1) == "p")
+        if not (ID_RE.fullmatch(value) if code == "_id" and isinstance(value, str) else
+                type(value) is int if code == "_lastUpdated" else
+                code != "_id" and (value is None or type(value) in (int, str, Decimal))):
+            raise problem
+    return Keyset(tuple(values), int(m.group(2)), backward=m.group(1) == "p",
+                  changed=m.group(3) == "c")
 
 
 def _sort(registry: Registry, type_: str, raw: str, ignored: list[str],
@@ -596,7 +600,7 @@ class _Parse:
                                      code="value", expression="_page"))
             return
         try:
-            self.result.query.keyset = _page(raw, row_order(self.result.query.sort))
+            self.result.query.keyset = _page(raw, page_order(self.result.query.sort))
         except _Invalid as exc:
             self.issues.append(issue(str(exc), code="value", expression="_page"))
 
