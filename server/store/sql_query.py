@@ -646,15 +646,16 @@ class _Compiler:
     def order_by(self, keys: list[SortKey]) -> str:
         if not keys:
             return "r.last_updated_ms, r.id"
-        parts = [f"{self._sort_expr(k)} {'DESC' if k.descending else 'ASC'} NULLS LAST"
-                 for k in keys]
+        parts = [f"{self.key_expr('r', k.param.code, keys)} "
+                 f"{'DESC' if k.descending else 'ASC'} NULLS LAST" for k in keys]
         return ", ".join(parts + ["r.id"])
 
     def key_expr(self, r: str, code: str, sort: list[SortKey]) -> str:
-        """What ``r`` is ordered by for the key ``code`` of the order of ``sort``."""
+        """What ``r`` is ordered by for the key ``code`` of the order of ``sort``: a column
+        of the row, or a search parameter's sort value (:meth:`_sort_expr`)."""
         if code in _ROW_COLUMNS:
             return f"{r}.{_ROW_COLUMNS[code]}"
-        return self._sort_expr(next(k for k in sort if k.param.code == code))
+        return self._sort_expr(r, next(k for k in sort if k.param.code == code))
 
     def keyset(self, r: str, sort: list[SortKey], keyset: Keyset) -> tuple[str, str, str]:
         """A keyset page of a search sorted by ``sort`` (see :func:`keyset_keys`): the order
@@ -704,10 +705,10 @@ class _Compiler:
                 f"WHERE {h}.type = {r}.type AND {h}.id = {r}.id "
                 f"AND {h}.last_updated_ms <= {at}))")
 
-    def _sort_expr(self, key: SortKey) -> str:
+    def _sort_expr(self, r: str, key: SortKey) -> str:
+        """The value ``r`` sorts by for search parameter ``key``: the lowest of its values
+        ascending, the highest descending (NULL when it has none)."""
         code = key.param.code
-        if code in _ROW_COLUMNS:
-            return f"r.{_ROW_COLUMNS[code]}"
         table = INDEX_TABLES.get(key.param.type)
         if table is None:
             raise FhirError.of(400, f"Sorting by '{code}' ({key.param.type}) is not supported",
@@ -716,4 +717,4 @@ class _Compiler:
         column, aggregate = (descending, "max") if key.descending else (ascending, "min")
         s = self._alias()
         return (f"(SELECT {aggregate}({s}.{column}) FROM {table} AS {s} "
-                f"WHERE {s}.pk = r.pk AND {s}.param = {self.bind(code)})")
+                f"WHERE {s}.pk = {r}.pk AND {s}.param = {self.bind(code)})")
