@@ -435,6 +435,16 @@ def page_token(keyset: Keyset) -> str:
 _PAGE_HEAD_RE = re.compile(r"([np])(\d{1,18})(c?)")
 
 
+def _key_value(code: str, value: object) -> bool:
+    """Whether ``value`` may be a resource's value of the key ``code`` of an order: an id,
+    epoch milliseconds, or a search parameter's sort value (None when it has none)."""
+    if code == "_id":
+        return isinstance(value, str) and ID_RE.fullmatch(value) is not None
+    if code == "_lastUpdated":
+        return type(value) is int
+    return value is None or type(value) in (int, str, Decimal)
+
+
 def _page(raw: str, order: list[tuple[str, bool]]) -> Keyset:
     """The keyset a ``_page`` value names, for a search in ``order``."""
     problem = _Invalid(f"Parameter '_page' is not a page of this search: {raw!r}")
@@ -444,13 +454,9 @@ def _page(raw: str, order: list[tuple[str, bool]]) -> Keyset:
     except (ValueError, TypeError, FhirError):
         raise problem from None
     m = _PAGE_HEAD_RE.fullmatch(head) if isinstance(head, str) else None
-    if m is None or len(values) != len(order):
+    if m is None or len(values) != len(order) or not all(
+            _key_value(code, value) for (code, _), value in zip(order, values, strict=True)):
         raise problem
-    for (code, _), value in zip(order, values, strict=True):
-        if not (ID_RE.fullmatch(value) if code == "_id" and isinstance(value, str) else
-                type(value) is int if code == "_lastUpdated" else
-                code != "_id" and (value is None or type(value) in (int, str, Decimal))):
-            raise problem
     return Keyset(tuple(values), int(m.group(2)), backward=m.group(1) == "p",
                   changed=m.group(3) == "c")
 
