@@ -244,6 +244,38 @@ def key_fields(sort: Sequence[SortKey]) -> tuple[str, ...]:
                  for code, _ in page_order(list(sort)))
 
 
+def _order_fields(sort: Sequence[SortKey], keys: Sequence[tuple[str, bool]], *,
+                  reverse: bool = False, snapshot: int | None = None
+                  ) -> tuple[list[str], dict[str, Any], dict[str, str], dict[str, int]]:
+    """How documents are sorted by ``keys`` (``(code, descending)`` of the order of ``sort``,
+    perhaps led by :data:`~server.fhir.search.ast.CHANGED` against ``snapshot``): the field
+    of each key, the fields to compute first (a search parameter's sort value ``_s{n}``, as
+    :func:`key_fields` names it, ``_chg``), the missing flag of each computed sort value
+    (``_m{n}``, sorted before it: a document without a value comes last), and the ``$sort``
+    (``reverse``: every direction turned)."""
+    unique = _unique_keys(sort)
+    turn = -1 if reverse else 1
+    fields: list[str] = []
+    computed: dict[str, Any] = {}
+    flags: dict[str, str] = {}
+    order: dict[str, int] = {}
+    for code, descending in keys:
+        if code == CHANGED:
+            field = "_chg"
+            computed[field] = {"$cond": [{"$gt": ["$lum", snapshot]}, 1, 0]}
+        elif code in ROW_FIELDS:
+            field = ROW_FIELDS[code]
+        else:
+            n = next(i for i, k in enumerate(unique) if k.param.code == code)
+            field = f"_s{n}"
+            computed[field] = sort_value(unique[n])
+            flags[field] = f"_m{n}"
+            order[flags[field]] = turn
+        order[field] = (-1 if descending else 1) * turn
+        fields.append(field)
+    return fields, computed, flags, order
+
+
 def _missing_flag(field: str) -> dict[str, Any]:
     """1 when the computed ``field`` has no value (the document then sorts last), else 0."""
     return {"$cond": [{"$eq": [{"$ifNull": [f"${field}", None]}, None]}, 1, 0]}
@@ -263,22 +295,10 @@ def _keyset_page(query: SearchQuery, filter_: Filter) -> CompiledQuery:
     if keyset is None:
         raise ValueError("a keyset page needs a keyset")
     keys = keyset_keys(query.sort, keyset)
-    unique = _unique_keys(query.sort)
     snapshot = keyset.snapshot_ms
-    fields: list[str] = []
-    computed: dict[str, Any] = {}
-    flags: dict[str, str] = {}  # computed sort value -> its missing flag
-    for code, _, _ in keys:
-        if code == CHANGED:
-            fields.append("_chg")
-            computed["_chg"] = {"$cond": [{"$gt": ["$lum", snapshot]}, 1, 0]}
-        elif code in ROW_FIELDS:
-            fields.append(ROW_FIELDS[code])
-        else:
-            n = next(i for i, k in enumerate(unique) if k.param.code == code)
-            fields.append(f"_s{n}")
-            computed[f"_s{n}"] = sort_value(unique[n])
-            flags[f"_s{n}"] = f"_m{n}"
+    fields, computed, flags, order = _order_fields(
+        query.sort, [(code, descending) for code, descending, _ in keys],
+        reverse=keyset.backward, snapshot=snapshot)
 
     def beyond(i: int) -> Filter:  # strictly after (backward: before) in the key's order
         (_, descending, value), field = keys[i], fields[i]
@@ -296,11 +316,6 @@ def _keyset_page(query: SearchQuery, filter_: Filter) -> CompiledQuery:
 
     start = _any([{"$and": [*(same(j) for j in range(i)), beyond(i)]}
                   for i in range(len(keys))])
-    order: dict[str, int] = {}
-    for field, (_, descending, _) in zip(fields, keys, strict=True):
-        if field in flags:
-            order[flags[field]] = -1 if keyset.backward else 1
-        order[field] = (-1 if descending else 1) * (-1 if keyset.backward else 1)
     # A document without ``born`` was first written before the field was: it is old enough.
     counted = {"$and": [filter_, {"$nor": [{"born": {"$gt": snapshot}}]}]}
     found = key_fields(query.sort)
@@ -704,25 +719,14 @@ def sort_value(key: SortKey) -> dict[str, Any]:
 def sort_pipeline(filter_: Filter, keys: Sequence[SortKey], skip: int, limit: int) -> Pipeline:
     """Matches sorted by the keys (documents without a value last, whatever the direction),
     then by id; paged with ``skip``/``limit``; projected to ``json``."""
-    values: dict[str, Any] = {}
-    flags: dict[str, Any] = {}
-    order: dict[str, int] = {}
-    for n, key in enumerate(keys):
-        direction = -1 if key.descending else 1
-        row_field = ROW_FIELDS.get(key.param.code)
-        if row_field is not None:
-            order[row_field] = direction
-            continue
-        values[f"_s{n}"] = sort_value(key)
-        flags[f"_m{n}"] = _missing_flag(f"_s{n}")
-        order[f"_m{n}"] = 1
-        order[f"_s{n}"] = direction
-    order.setdefault("id", 1)
+    fields, values, flags, order = _order_fields(keys, page_order(list(keys)))
     pipeline: Pipeline = [{"$match": filter_}, {"$addFields": values},
-                          {"$addFields": flags}, {"$sort": order}]
+                          {"$addFields": {flag: _missing_flag(field)
+                                          for field, flag in flags.items()}},
+                          {"$sort": order}]
     if skip:
         pipeline.append({"$skip": skip})
     if limit:
         pipeline.append({"$limit": limit})
-    pipeline.append({"$project": {"json": 1, **{f: 1 for f in key_fields(keys)}}})
+    pipeline.append({"$project": {"json": 1, **{f: 1 for f in fields}}})
     return pipeline
