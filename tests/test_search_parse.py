@@ -157,6 +157,24 @@ def test_code_and_boolean_values_have_an_implicit_system(registry: Registry) -> 
         TokenQuery("", "female"),)
 
 
+
+def test_mime_types_and_languages_are_read_against_their_grammar(registry: Registry) -> None:
+    """A ``code`` bound to mime types or languages (no list of codes) is read against
+    BCP-13 or BCP-47 for any code."""
+    mime = "urn:ietf:bcp:13"
+    assert registry.param("DocumentReference", "contenttype").implicit_system == mime  # type: ignore
+    assert registry.param("Subscription", "payload").implicit_system == mime  # type: ignore
+    assert registry.param("DocumentReference", "language"  # type: ignore
+                          ).implicit_system == "urn:ietf:bcp:47"
+    assert registry.param("Task", "status").implicit_system is None  # type: ignore
+    assert clause(registry, "Subscription", "payload", f"{mime}|application/fhir+json,x"
+                  ).values == (TokenQuery("", "application/fhir+json"), TokenQuery(None, "x"))
+    assert clause(registry, "Subscription", "payload", f"{mime}|").values == (
+        TokenQuery("", None),)
+    for value in ("|application/fhir+json", "urn:ietf:bcp:47|application/fhir+json"):
+        assert parse(registry, "Subscription", ("payload", value)).query.conditions == [
+            AnyOf(())]
+
 def test_or_within_and_across(registry: Registry) -> None:
     result = parse(registry, "CarePlan", ("status", "active,draft"), ("status:not", "draft"))
     assert [(c.modifier, len(c.values)) for c in result.query.conditions] == [  # type: ignore

@@ -91,6 +91,7 @@ class _Elem:
     choice: str | None = None  # "value" for valueString
     targets: frozenset[str] | None = None  # Reference targets; None: any resource
     valueset: _ValueSet | None = None  # required binding we can enumerate
+    binding: str | None = None  # the value set it is bound to (any strength), unversioned
     is_resource: bool = False
 
 
@@ -306,6 +307,8 @@ class _Compiler:
             targets = frozenset(t.get("targetProfile", ()))
             elem.targets = None if not targets or "Resource" in targets else targets
         binding = el.get("binding")
+        if binding:
+            elem.binding = str(binding["valueSet"]).partition("|")[0]
         if binding and binding["strength"] == "required" and code in ("code", "Coding",
                                                                       "CodeableConcept"):
             elem.valueset = self.valuesets.get(binding["valueSet"])
@@ -340,6 +343,26 @@ def bound_codings(owner: str, key: str) -> frozenset[str]:
     if elem is None or elem.type != "code" or elem.valueset is None:
         return frozenset()
     return elem.valueset.pairs
+
+
+GRAMMAR_SYSTEMS = {
+    "http://hl7.org/fhir/ValueSet/mimetypes": "urn:ietf:bcp:13",
+    "http://hl7.org/fhir/ValueSet/languages": "urn:ietf:bcp:47",
+    "http://hl7.org/fhir/ValueSet/all-languages": "urn:ietf:bcp:47",
+}
+"""Value sets whose codes are those of one code system defined by a grammar, not a list
+(R4 terminologies-systems: BCP-13 mime types, BCP-47 language tags), by URL: that system."""
+
+
+def grammar_system(owner: str, key: str) -> str | None:
+    """The code system every value of the ``code`` element ``key`` of ``owner`` comes from,
+    when its binding (of any strength) names a value set of :data:`GRAMMAR_SYSTEMS` (e.g.
+    ``Attachment.contentType``: ``urn:ietf:bcp:13``); None otherwise."""
+    node = _schema().nodes.get(owner)
+    elem = node.children.get(key) if node is not None else None
+    if elem is None or elem.type != "code" or elem.binding is None:
+        return None
+    return GRAMMAR_SYSTEMS.get(elem.binding)
 
 
 # --------------------------------------------------------------------------- walking

@@ -91,6 +91,27 @@ def test_code_and_boolean_tokens_have_their_implicit_system(fhir: Fhir,
     assert fhir.ids("Patient?active=true") == [active]
 
 
+def test_mime_types_and_languages_have_their_code_system(fhir: Fhir,
+                                                        people: dict[str, str]) -> None:
+    """A ``code`` bound to mime types or languages has the code system of its grammar
+    (BCP-13, BCP-47) for any code, listed or not: ``system|code`` matches with it and with no
+    other, ``system|`` every value, ``|code`` nothing."""
+    doc = fhir.create({"resourceType": "DocumentReference", "status": "current",
+                       "subject": {"reference": f"Patient/{people['kari']}"},
+                       "content": [{"attachment": {"contentType": "application/pdf",
+                                                   "language": "nb-NO"}}]})["id"]
+    assert fhir.ids("DocumentReference?contenttype=urn:ietf:bcp:13|application/pdf") == [doc]
+    assert fhir.ids("DocumentReference?contenttype=urn:ietf:bcp:13|") == [doc]
+    assert fhir.ids("DocumentReference?contenttype=application/pdf") == [doc]
+    assert fhir.ids("DocumentReference?contenttype=urn:ietf:bcp:13|text/plain") == []
+    assert fhir.ids("DocumentReference?contenttype=urn:ietf:bcp:47|application/pdf") == []
+    assert fhir.ids("DocumentReference?contenttype=|application/pdf") == []
+    assert fhir.ids("DocumentReference?contenttype:not=urn:ietf:bcp:13|application/pdf"
+                    ) == []
+    assert fhir.ids("DocumentReference?language=urn:ietf:bcp:47|nb-NO") == [doc]
+    assert fhir.ids("DocumentReference?language=urn:ietf:bcp:13|nb-NO") == []
+
+
 def test_dates(fhir: Fhir, people: dict[str, str]) -> None:
     assert fhir.ids("Patient?birthdate=1985") == [people["kari"]]
     assert sorted(fhir.ids("Patient?birthdate=lt1980-01-01")) == sorted([people["ola"],

@@ -155,6 +155,9 @@ class SearchParam:
     # every value has an implicit system (R4 search, token: a ``code``'s system "is defined
     # in the value set"; a boolean's is special-values). Empty: values match as indexed.
     implicit: frozenset[tuple[str, str]] = field(default=frozenset(), repr=False)
+    # token: the one code system of every value, when the codes are a grammar's rather than
+    # a list (a ``code`` bound to BCP-13 mime types or BCP-47 languages); None otherwise.
+    implicit_system: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,21 @@ def _implicit(implicit: frozenset[tuple[str, str]],
     return tuple(dict.fromkeys(out))
 
 
+def _in_system(system: str, values: tuple[QueryValue, ...]) -> tuple[QueryValue, ...]:
+    """Token values read against the one code system every value of a parameter has
+    implicitly (:attr:`SearchParam.implicit_system`; indexed without it): ``system|code``
+    matches the code, ``system|`` every value, another system nothing, and ``|code`` (no
+    system) nothing either."""
+    out: list[QueryValue] = []
+    for value in values:
+        assert isinstance(value, TokenQuery)
+        if value.system is None:
+            out.append(value)
+        elif value.system == system:
+            out.append(TokenQuery("", value.code))
+    return tuple(dict.fromkeys(out))
+
+
 def _resource_id(raw: str, name: str) -> TokenQuery:
     value = unescape(raw)
     if not ID_RE.fullmatch(value):
@@ -333,8 +348,9 @@ def _clause(registry: Registry, type_: str, key: str, raw: str) -> Condition:
     read = _value_parser(param, modifier or None, type_modifier)
     values = tuple(read(v, key) for v in _split_or(raw))
     modifier = "" if type_modifier else modifier
-    if param.implicit and modifier in ("", "not"):
-        values = _implicit(param.implicit, values)
+    if (param.implicit or param.implicit_system) and modifier in ("", "not"):
+        values = (_implicit(param.implicit, values) if param.implicit
+                  else _in_system(param.implicit_system or "", values))
         if not values:  # no value can match: no resource does (with :not, every one does)
             return AllOf(()) if modifier else AnyOf(())
     return Clause(param, modifier or None, values)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from ..model import bound_codings
+from ..model import bound_codings, grammar_system
 from ..types import STORED_TYPES
 from .ast import MODIFIERS, IndexValues, ReferenceValue, SearchParam
 from .extract import (
@@ -92,6 +92,16 @@ def _implicit_codings(extractor: Extractor) -> frozenset[tuple[str, str]]:
         return frozenset()
     pairs = (pair.partition("|") for codings in bound for pair in codings)
     return frozenset((system, code) for system, _, code in pairs)
+
+
+def _implicit_system(extractor: Extractor) -> str | None:
+    """The one code system of every value a token parameter yields, when they are ``code``
+    elements bound to a grammar's value set (:func:`~..model.grammar_system`); else None."""
+    if extractor.param_type != "token" or not extractor.fast \
+            or extractor.types & extractor.emitters.keys() != {"code"}:
+        return None
+    systems = {grammar_system(owner, key) for owner, key in extractor.sources}
+    return systems.pop() if len(systems) == 1 else None
 
 
 def _definition_problem(definition: Mapping[str, Any]) -> str | None:
@@ -178,6 +188,7 @@ class Registry:
             url=str(definition.get("url") or ""),
             modifiers=_modifiers(type_, extractor),
             implicit=_implicit_codings(extractor),
+            implicit_system=_implicit_system(extractor),
         )
         self._extractors[resource_type][code] = extractor
         return None
