@@ -166,8 +166,11 @@ class _Matcher:
             written = self._written.pop(uow, {})
         now = now_instant()[1]
         found = 0
+        by_type: dict[str, list[dict[str, Any]]] = {}  # looked up once per type written
         for (type_, id_), version in written.items():
-            for subscription in active(self.service, uow, type_, now):
+            if type_ not in by_type:
+                by_type[type_] = active(self.service, uow, type_, now)
+            for subscription in by_type[type_]:
                 criteria = parse_criteria(self.service, subscription.get("criteria"))
                 listener = subscribers.context(uow, str(subscription["id"]), ctx.base_url)
                 if matches(self.service, uow, criteria, id_, listener):

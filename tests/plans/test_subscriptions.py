@@ -23,7 +23,7 @@ from plansupport import (
 )
 
 from server.access.labels import OWNER_SYSTEM
-from server.notify import outbox
+from server.notify import outbox, subscriptions
 from server.notify.subscriptions import endpoint_problem
 from server.notify.worker import Job, Worker
 
@@ -163,6 +163,27 @@ def test_a_notification_is_queued_only_with_the_change(quiet: Running,
     assert quiet.workflow.deliver() is None
     assert len(receiver.wait_for(1)) == 1
     assert outbox.pending(quiet.service.store) == []
+
+
+def test_a_unit_of_work_looks_up_the_subscriptions_of_each_type_once(
+        quiet: Running, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transaction of several resources of a type looks up the active subscriptions to
+    that type once, and still queues a notification for each resource that matches."""
+    looked_up: list[str] = []
+    real = subscriptions.active
+
+    def counted(service: Any, uow: Any, type_: str, now: int) -> list[dict[str, Any]]:
+        looked_up.append(type_)
+        return real(service, uow, type_, now)
+
+    monkeypatch.setattr(subscriptions, "active", counted)
+    _subscribe(quiet, "hospital", "Goal?lifecycle-status=active", receiver.url)
+    looked_up.clear()
+    response = quiet.post("hospital", "", notification_bundle(
+        person("kari", 55), goals=("Bo hjemme", "Gå tur", "Handle selv")))
+    assert response.status_code == 200, response.text
+    assert looked_up.count("Goal") == 1 and len(looked_up) == len(set(looked_up))
+    assert len(outbox.pending(quiet.service.store)) == 3
 
 
 def test_failed_deliveries_are_retried_with_backoff(planbro: Running) -> None:
