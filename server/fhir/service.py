@@ -477,16 +477,20 @@ class FhirService:
         return SearchResult([self.access.shown(ctx, r) for r in result.resources],
                             result.total, result.keys)
 
-    def _read_many(self, ctx: RequestContext, refs: list[Ref]) -> dict[Ref, dict[str, Any]]:
+    def _read_many(self, ctx: RequestContext, refs: list[Ref],
+                   reader: Reader | None = None) -> dict[Ref, dict[str, Any]]:
         """The resources ``refs`` (type, id, version) name that the caller may see, by ref in
         the order of ``refs``: the current one where the version is "", else that version
         (R4 search 3.1.1.4.13: "If a resource has a reference that is versioned and _include
         is performed, the specified version SHOULD be provided"), as vread gives it: of a
-        resource the caller may see now, and not a deletion."""
+        resource the caller may see now, and not a deletion. ``reader``: a unit of work
+        whose writes the current ones are read as (through its search)."""
         by_type: dict[str, list[str]] = {}
         for type_, id_, _ in refs:
             by_type.setdefault(type_, []).append(id_)
-        restricted = {t for t in by_type if self.access.conditions(ctx, t) is not None}
+        through = reader is not None and reader is not self.store
+        restricted = {t for t in by_type
+                      if through or self.access.conditions(ctx, t) is not None}
         found: dict[Ref, dict[str, Any]] = {
             (v.type, v.id, ""): self.access.shown(ctx, v.resource)
             for v in self.store.read_many([(t, i) for t, i, version in refs
@@ -496,7 +500,7 @@ class FhirService:
             for chunk in iter_chunks(by_type[type_], 100):
                 query = SearchQuery(type=type_, count=len(chunk), ids=frozenset(chunk))
                 found.update(((type_, str(r["id"]), ""), r)
-                             for r in self._execute(ctx, self.store, query).resources)
+                             for r in self._execute(ctx, reader or self.store, query).resources)
         for type_, id_, version in refs:
             if version and (type_ not in restricted or (type_, id_, "") in found):
                 past = self.store.vread(type_, id_, int(version)) if version.isdigit() else None
@@ -532,24 +536,26 @@ class FhirService:
         return [self._shown(ctx, v) for v in versions], total
 
     def _parse(self, ctx: RequestContext, type_: str, params: list[tuple[str, str]], *,
-               lenient: bool) -> ParsedSearch:
+               lenient: bool, reader: Reader | None = None) -> ParsedSearch:
         """A caller's search parameters, parsed; 400 for a bad one, and for an id without a
-        type that refers to resources of more than one type (:meth:`_refuse_ambiguous`)."""
+        type that refers to resources of more than one type (:meth:`_refuse_ambiguous`, as
+        ``reader`` sees them)."""
         parsed = parse_search(self.registry, type_, params, lenient=lenient,
                               default_count=self.config.default_count,
                               max_count=self.config.max_count)
         if parsed.bare_ids:
-            self._refuse_ambiguous(ctx, parsed.bare_ids)
+            self._refuse_ambiguous(ctx, parsed.bare_ids, reader)
         return parsed
 
-    def _refuse_ambiguous(self, ctx: RequestContext, bare_ids: list[BareId]) -> None:
+    def _refuse_ambiguous(self, ctx: RequestContext, bare_ids: list[BareId],
+                          reader: Reader | None = None) -> None:
         """400 naming the parameter when an id given without a type is the id of resources
         of more than one of the types the parameter may refer to, among those the caller may
         read (R4 search 3.1.1.4.12: "Servers SHOULD reject a search where the logical id
         refers to more than one matching resource across different types")."""
         readable = {t for b in bare_ids for t in b.types if self._may(ctx, "read", t)}
         found = self._read_many(ctx, [(t, b.id, "") for b in bare_ids for t in b.types
-                                      if t in readable])
+                                      if t in readable], reader)
         issues = []
         for bare in bare_ids:
             types = [t for t in bare.types if (t, bare.id, "") in found]
@@ -613,7 +619,7 @@ class FhirService:
         extra = self.guard.restriction(ctx, type_, perm)
         if not extra:
             return
-        parsed = self._parse(ctx, type_, [("_id", id_), *extra], lenient=False)
+        parsed = self._parse(ctx, type_, [("_id", id_), *extra], lenient=False, reader=reader)
         if not self._execute(ctx, reader, parsed.query).resources:
             raise not_found(type_, id_)
 
@@ -875,7 +881,7 @@ class FhirService:
         with the same criteria are serialised (search-then-write is race-free)."""
         self.check_type(type_)
         self.guard.check(ctx, "search-type", type_)
-        parsed = self._parse(ctx, type_, params, lenient=False)
+        parsed = self._parse(ctx, type_, params, lenient=False, reader=uow)
         if not parsed.query.conditions:
             raise FhirError.of(400, f"Conditional {type_} interactions need search criteria",
                                code="required")
@@ -925,7 +931,8 @@ class FhirService:
         self.check_type(type_)
         self.guard.check(ctx, "search-type", type_)
         restriction = self.guard.restriction(ctx, type_, "s")
-        parsed = self._parse(ctx, type_, [*params, *restriction], lenient=ctx.lenient)
+        parsed = self._parse(ctx, type_, [*params, *restriction], lenient=ctx.lenient,
+                             reader=reader)
         for rule in parsed.includes:
             for included in self._include_types(rule):
                 self.guard.check(ctx, "read", included)
@@ -965,7 +972,7 @@ class FhirService:
         if count_only:
             return bundle
         entries = [self._entry(ctx, _subset(r, parsed), "match") for r in matches]
-        included = self._includes(ctx, parsed, matches)
+        included = self._includes(ctx, parsed, matches, reader)
         entries.extend(self._entry(ctx, r, "include") for r in included)
         if parsed.ignored:
             entries.append({"resource": outcome([issue(
@@ -1031,9 +1038,10 @@ class FhirService:
     # -- _include / _revinclude --------------------------------------------------------------
 
     def _includes(self, ctx: RequestContext, parsed: ParsedSearch,
-                  matches: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Resources added by _include / _revinclude; ``:iterate`` ones are applied again to
-        what was added, up to :data:`MAX_INCLUDE_DEPTH` rounds and :data:`MAX_INCLUDED`."""
+                  matches: list[dict[str, Any]], reader: Reader) -> list[dict[str, Any]]:
+        """Resources added by _include / _revinclude (read through ``reader``); ``:iterate``
+        ones are applied again to what was added, up to :data:`MAX_INCLUDE_DEPTH` rounds and
+        :data:`MAX_INCLUDED`."""
         if not parsed.includes:
             return []
         # (type, id, "") of the current resources in the bundle, (type, id, versionId) of each
@@ -1050,10 +1058,10 @@ class FhirService:
                 if room <= 0:
                     break
                 if rule.reverse:
-                    reverse = self._reverse_include(ctx, rule, frontier, room)
+                    reverse = self._reverse_include(ctx, rule, frontier, room, reader)
                     found = {_ref(r, ""): r for r in reverse}
                 else:
-                    found = self._forward_include(ctx, rule, frontier, seen)
+                    found = self._forward_include(ctx, rule, frontier, seen, reader)
                 for asked, resource in found.items():
                     keys = {asked, _ref(resource)}
                     if not keys & seen and len(included) + len(added) < MAX_INCLUDED:
@@ -1064,7 +1072,7 @@ class FhirService:
         return included
 
     def _forward_include(self, ctx: RequestContext, rule: Include, frontier: list[dict[str, Any]],
-                         seen: set[Ref]) -> dict[Ref, dict[str, Any]]:
+                         seen: set[Ref], reader: Reader) -> dict[Ref, dict[str, Any]]:
         wanted: list[Ref] = []
         for resource in frontier:
             if resource["resourceType"] != rule.source_type:
@@ -1075,10 +1083,11 @@ class FhirService:
                         and key not in wanted
                         and (not rule.target_type or ref.target_type == rule.target_type)):
                     wanted.append(key)
-        return self._read_many(ctx, [key for key in wanted if key[0] in STORED_TYPES])
+        return self._read_many(ctx, [key for key in wanted if key[0] in STORED_TYPES], reader)
 
     def _reverse_include(self, ctx: RequestContext, rule: Include,
-                         frontier: list[dict[str, Any]], room: int) -> list[dict[str, Any]]:
+                         frontier: list[dict[str, Any]], room: int,
+                         reader: Reader) -> list[dict[str, Any]]:
         param = rule.param
         targets = [(r["resourceType"], str(r["id"])) for r in frontier
                    if (not rule.target_type or r["resourceType"] == rule.target_type)
@@ -1090,7 +1099,7 @@ class FhirService:
             clause = Clause(param, None, tuple(ReferenceQuery(t, i) for t, i in chunk))
             query = SearchQuery(type=rule.source_type, conditions=[clause],
                                 count=room - len(found))
-            found.extend(self._execute(ctx, self.store, query).resources)
+            found.extend(self._execute(ctx, reader, query).resources)
         return found
 
     # -- history -----------------------------------------------------------------------------

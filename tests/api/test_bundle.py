@@ -179,6 +179,46 @@ def test_transaction_order_if_match_and_reads(fhir: Fhir) -> None:
     assert fhir.versions() == before
 
 
+def test_transaction_reads_include_what_it_wrote(fhir: Fhir) -> None:
+    """A GET entry of a transaction runs after its writes (R4 3.1.0.11.2) and sees them
+    everywhere: in its matches, its _include and _revinclude, and an id without a type."""
+    fnr = synthetic_fnr(15)
+    response = fhir.post("", _bundle(
+        "transaction",
+        {"request": {"method": "GET", "url": f"Goal?subject:Patient.identifier={FNR_SYSTEM}|"
+                                             f"{fnr}&_include=Goal:subject"}},
+        {"request": {"method": "GET", "url": f"Patient?identifier={FNR_SYSTEM}|{fnr}"
+                                             "&_revinclude=Goal:subject"}},
+        _post(_goal(UUID_PATIENT), UUID_GOAL),
+        _post(patient(15), UUID_PATIENT),
+    ))
+    assert response.status_code == 200, response.text
+    entries = response.json()["entry"]
+    goal_id, pid = (e["response"]["location"].split("/")[1] for e in entries[2:])
+    for found in (entries[0]["resource"], entries[1]["resource"]):
+        assert sorted((e["resource"]["resourceType"], e["resource"]["id"],
+                       e["search"]["mode"]) for e in found["entry"]) == sorted([
+            ("Goal", goal_id, "match" if found is entries[0]["resource"] else "include"),
+            ("Patient", pid, "include" if found is entries[0]["resource"] else "match")])
+
+
+def test_transaction_reads_count_what_it_wrote_for_an_ambiguous_id(fhir: Fhir) -> None:
+    """An id without a type that the transaction's own writes make ambiguous is refused in
+    its GET entry (R4 search 3.1.1.4.12), and nothing of the transaction is stored."""
+    before = fhir.versions()
+    response = fhir.post("", _bundle(
+        "transaction",
+        {"request": {"method": "GET", "url": "Goal?subject=twin-1"}},
+        {"resource": {**patient(16), "id": "twin-1"},
+         "request": {"method": "PUT", "url": "Patient/twin-1"}},
+        {"resource": {"resourceType": "Organization", "id": "twin-1", "name": "Tvilling"},
+         "request": {"method": "PUT", "url": "Organization/twin-1"}},
+    ))
+    assert response.status_code == 400, response.text
+    assert response.json()["issue"][0]["expression"] == ["Bundle.entry[0]", "subject"]
+    assert fhir.versions() == before
+
+
 def test_transaction_patch_and_conditional_update(fhir: Fhir) -> None:
     pid = fhir.create(patient(13))["id"]
     ops = [{"op": "add", "path": "/active", "value": True}]
