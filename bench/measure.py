@@ -220,6 +220,27 @@ def settle(root: int) -> float | None:
     return spent
 
 
+CALIBRATION_ROUNDS = 7
+"""Rounds of the calibration workload; the fastest counts (:func:`calibrate`)."""
+
+
+def calibrate(sample: Any) -> float:
+    """How fast this machine runs Python now: the least time, in ms, of
+    :data:`CALIBRATION_ROUNDS` rounds of a fixed workload (JSON round trips of ``sample``
+    and a loop of arithmetic), run while the server is quiet. Where the CPUs are shared with
+    other machines, the same code runs faster or slower from one hour to the next, and the
+    figures of two runs compare only as far as their calibrations do."""
+    text = json.dumps(sample)
+    best = math.inf
+    for _ in range(CALIBRATION_ROUNDS):
+        start = time.perf_counter()
+        for _ in range(50):
+            json.dumps(json.loads(text))
+            sum(i * i for i in range(2000))
+        best = min(best, time.perf_counter() - start)
+    return round(best * 1000, 2)
+
+
 def percentile(sorted_ms: list[float], fraction: float) -> float:
     """Nearest-rank percentile of an ascending list (0.0 when empty)."""
     if not sorted_ms:

@@ -497,6 +497,9 @@ def report(result: dict[str, Any]) -> None:
           f"(bench/floor.py): one client p50 {low['p50_ms']:.2f} ms, server CPU "
           f"{_ms(low['server_cpu_ms'])} ms; {cfg['concurrency']} clients "
           f"{busy['per_second']:,.1f}/s, server CPU {_ms(busy['server_cpu_ms'])} ms a request.")
+    print("\nMachine speed (ms for the calibration workload, lower is faster; runs compare "
+          "only as far as these do): " + ", ".join(
+              f"{when.replace('_', ' ')} {ms}" for when, ms in result["calibration"].items()))
     print(f"\nTargets (defined at 100,000 resources; this run: {load_info['resources']:,}):")
     for row in result["targets"]:
         unit = "/s" if row["figure"] == "per_second" else " ms p50"
@@ -538,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data = Path(tempfile.mkdtemp(prefix="planbro-bench-"))
     log(f"data folder: {data}")
+    calibration = {"start": measure.calibrate(demo_bundle())}
+    log(f"machine speed: {calibration['start']} ms for the calibration workload")
     try:
         if args.source is not None:
             log(f"copying {args.source}")
@@ -553,13 +558,18 @@ def main(argv: list[str] | None = None) -> int:
                 loaded, load_info = load(port, args)
                 loaded_info = load_info
             log("measuring over HTTP")
+            measure.settle(pid)
+            calibration["before_http"] = measure.calibrate(demo_bundle())
             http, http_sizes = http_phase(port, pid, loaded, args)
+            measure.settle(pid)
+            calibration["after_http"] = measure.calibrate(demo_bundle())
         log("measuring the cost of auditing (the same server without its audit layer)")
         audit_cost = audit_cost_phase(data, loaded, args, http)
         log("measuring the HTTP floor (an app that answers at once, under the same gunicorn)")
         floor = floor_phase(data, args)
         log("measuring directly on the store")
         direct, direct_sizes = direct_phase(data, loaded, args)
+        calibration["end"] = measure.calibrate(demo_bundle())
         if args.keep:  # for --from: the people, and the number the next new one gets
             loaded.save(data / WORKLOAD_FILE, loaded_info)
     finally:
@@ -576,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         "search_size": {"http": http_sizes, "direct": direct_sizes},
         "audit_cost": audit_cost,
         "floor": floor,
+        "calibration": calibration,
     }
     result["targets"] = target_rows(result["http"], load_info["resources"])
     if args.keep:

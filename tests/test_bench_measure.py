@@ -63,3 +63,10 @@ def test_settle_returns_none_for_a_process_that_is_gone() -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     assert measure.settle(gone.pid) is None
+
+
+def test_calibration_times_a_fixed_workload_in_milliseconds() -> None:
+    sample = {"resourceType": "Bundle", "entry": [{"resource": {"id": str(i)}}
+                                                  for i in range(50)]}
+    ms = measure.calibrate(sample)
+    assert isinstance(ms, float) and 0 < ms < 60_000
