@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import parse_qsl
 
 from ..fhir.outcome import FhirError
@@ -115,8 +116,11 @@ def _permissions(raw: str, text: str) -> str:
     return raw
 
 
+@lru_cache(maxsize=4096)
 def parse_scope(text: str) -> ResourceScope | str:
-    """Parse one scope: a :class:`ResourceScope`, or the plain name of any other scope."""
+    """Parse one scope: a :class:`ResourceScope`, or the plain name of any other scope.
+    Every request parses its token's scopes: the answers (immutable) are kept for the
+    scopes met most recently."""
     m = _SCOPE_RE.match(text)
     if m is None:
         if "/" in text and text.split("/", 1)[0] in CONTEXTS:
