@@ -44,6 +44,7 @@ from .service import (
 )
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+OPERATION_RE = re.compile(r"[A-Za-z][A-Za-z0-9\-]{0,63}")
 _CONDITIONS = {"ifNoneExist": ("POST",), "ifMatch": ("PUT", "PATCH", "DELETE"),
                "ifNoneMatch": ("GET", "HEAD", "PUT", "PATCH", "DELETE")}
 _PHASES = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -59,10 +60,11 @@ class Target:
     history: bool = False
     metadata: bool = False
     params: list[tuple[str, str]] | None = None  # None: no query string
+    operation: str | None = None  # ``$name`` of ``Type/$name`` or ``Type/id/$name``
 
     @property
     def conditional(self) -> bool:
-        return self.id is None and self.params is not None
+        return self.id is None and self.params is not None and self.operation is None
 
 
 @dataclass
@@ -163,7 +165,8 @@ def _etag_param(request: dict[str, Any], name: str, where: str) -> ETags | None:
 
 def parse_url(url: str, base_url: str, where: str) -> Target:
     """``Type``, ``Type?q``, ``Type/id``, ``Type/id/_history[/v]``, ``Type/_history``,
-    ``_history``, ``metadata`` - relative, or absolute under this server's base URL."""
+    ``_history``, ``metadata``, ``Type/$name``, ``Type/id/$name`` - relative, or absolute
+    under this server's base URL."""
     if "://" in url:
         if not url.startswith(base_url + "/"):
             raise _bad(f"{url!r} is not a URL of this server", where)
@@ -178,6 +181,14 @@ def parse_url(url: str, base_url: str, where: str) -> Target:
     if not parts or not TYPE_RE.fullmatch(parts[0]):
         raise _bad(f"{url!r} is not a resource URL", where)
     type_, rest = parts[0], parts[1:]
+    if rest and rest[-1].startswith("$") and len(rest) <= 2:
+        name = rest[-1][1:]
+        if not OPERATION_RE.fullmatch(name):
+            raise _bad(f"{url!r}: {rest[-1]!r} is not an operation name", where)
+        if len(rest) == 2 and not ID_RE.fullmatch(rest[0]):
+            raise _bad(f"{url!r}: {rest[0]!r} is not a valid id", where)
+        return Target(type=type_, id=rest[0] if len(rest) == 2 else None, params=params,
+                      operation=name)
     if not rest:
         return Target(type=type_, params=params)
     if rest == ["_history"]:
@@ -221,6 +232,11 @@ def _check_method(entry: Entry) -> None:
     """Is ``request.method`` meaningful for ``request.url`` and the entry's content?"""
     t, where = entry.target, f"{entry.path}.request.url"
     writes_type = t.type is not None and t.version is None and not t.history
+    if t.operation is not None:
+        if entry.method not in ("GET", "POST"):
+            raise _bad(f"{entry.path}: an operation is invoked with GET or POST, not "
+                       f"{entry.method}", f"{entry.path}.request.method")
+        return
     if entry.method == "POST":
         ok = writes_type and t.id is None and t.params is None
     elif entry.method in ("PUT", "PATCH", "DELETE"):
@@ -277,7 +293,9 @@ def _batch(service: FhirService, ctx: RequestContext, raw_entries: list[Any]) ->
             entry = parse_entry(index, raw, ctx.base_url)
             out.append(_batch_entry(service, ctx, entry))
         except FhirError as exc:
-            if entry is not None and entry.method not in ("GET", "HEAD"):
+            # reads and operations are recorded (audited) as themselves
+            if entry is not None and entry.method not in ("GET", "HEAD") \
+                    and entry.target.operation is None:
                 t = entry.target
                 service.observe(Interaction(ctx, "batch-entry", t.type, t.id,
                                             list(t.params or []), entry.method, error=exc))
@@ -288,6 +306,8 @@ def _batch(service: FhirService, ctx: RequestContext, raw_entries: list[Any]) ->
 
 
 def _batch_entry(service: FhirService, ctx: RequestContext, entry: Entry) -> dict[str, Any]:
+    if entry.target.operation is not None:
+        return read_response(entry, operate(service, ctx, entry), body_too=True)
     if entry.method in ("GET", "HEAD"):
         return read_response(entry, read(service, ctx, entry, service.store))
     with service.unit_of_work(ctx) as uow:
@@ -315,6 +335,11 @@ class _Transaction:
     def run(self) -> list[dict[str, Any]]:
         entries = [parse_entry(i, raw, self.ctx.base_url)
                    for i, raw in enumerate(self.raw_entries)]
+        for entry in entries:
+            if entry.target.operation is not None:
+                raise _bad(f"{entry.path}: operations are processed in batch Bundles, not in "
+                           "transactions (whose entries are ordered by method)",
+                           f"{entry.path}.request.url", "not-supported")
         self._check_full_urls(entries)
         with self.service.unit_of_work(self.ctx) as uow:
             self._assign_ids(entries)
@@ -578,7 +603,28 @@ def write_response(service: FhirService, ctx: RequestContext,
     return out
 
 
-def read_response(entry: Entry, result: Result) -> dict[str, Any]:
+def operate(service: FhirService, ctx: RequestContext, entry: Entry) -> Result:
+    """An operation entry of a batch, as the same request to its URL: ``$validate`` of a
+    type or instance (POSTed), or an instance operation (GET, or POST with its
+    Parameters)."""
+    t = entry.target
+    assert t.type is not None and t.operation is not None
+    body = entry.resource if entry.method == "POST" else None
+    if t.operation == "validate":
+        if entry.method != "POST":
+            raise _bad(f"{entry.path}: $validate is POSTed with the resource or Parameters",
+                       f"{entry.path}.request.method")
+        return service.validate(ctx, t.type, body, t.id)
+    if t.id is None:
+        raise FhirError.of(404, f"Operation ${t.operation} is not supported on {t.type} "
+                           "(only on an instance)", code="not-supported",
+                           expression=f"{entry.path}.request.url")
+    return service.operation(ctx, t.type, t.id, t.operation, body)
+
+
+def read_response(entry: Entry, result: Result, *, body_too: bool = False) -> dict[str, Any]:
+    """The response entry of a read (``body_too``: of an operation, whose answer is always
+    returned)."""
     response: dict[str, Any] = {"status": _status(result.status)}
     if "ETag" in result.headers:
         response["etag"] = result.headers["ETag"]
@@ -588,7 +634,7 @@ def read_response(entry: Entry, result: Result) -> dict[str, Any]:
         if last_updated and body.get("resourceType") != "Bundle":
             response["lastModified"] = last_updated
     out: dict[str, Any] = {}
-    if body is not None and entry.method == "GET":
+    if body is not None and (entry.method == "GET" or body_too):
         out["resource"] = body
     out["response"] = response
     return out

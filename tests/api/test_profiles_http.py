@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Fhir
+from .conftest import Fhir, patient
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "profiles" / "examples"
 INVALID = EXAMPLES / "invalid"
@@ -109,3 +109,41 @@ def test_activation_without_the_required_content_is_refused_with_the_report(
 def test_completeness_needs_a_known_plan(fhir: Fhir) -> None:
     assert fhir.get("CarePlan/nope/$completeness").status_code == 404
     assert fhir.get("Patient/x/$completeness").status_code == 404
+
+
+def test_batch_entries_invoke_operations(fhir: Fhir) -> None:
+    """A batch entry may invoke an operation, answered as the same request to its URL:
+    $validate of a type or of an instance (POST), an instance operation (GET); an unknown
+    operation and a wrong method fail that entry only. A transaction refuses operations
+    (its entries are processed in the order of their methods) and stores nothing."""
+    _load_examples(fhir)
+    pid, plan = fhir.create(patient(17))["id"], "kari"
+    stored = fhir.get(f"Patient/{pid}").json()
+    response = fhir.post("", {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {**patient(18), "gender": "x"},
+         "request": {"method": "POST", "url": "Patient/$validate"}},
+        {"resource": stored, "request": {"method": "POST", "url": f"Patient/{pid}/$validate"}},
+        {"request": {"method": "GET", "url": f"CarePlan/{plan}/$completeness"}},
+        {"request": {"method": "GET", "url": f"CarePlan/{plan}/$no-such-operation"}},
+        {"request": {"method": "DELETE", "url": f"Patient/{pid}/$validate"}},
+    ]})
+    assert response.status_code == 200, response.text
+    entries = response.json()["entry"]
+    assert [e["response"]["status"] for e in entries] == [
+        "200 OK", "200 OK", "200 OK", "404 Not Found", "400 Bad Request"]
+    invalid, valid = entries[0]["resource"], entries[1]["resource"]
+    assert any(i["severity"] == "error" and "Patient.gender" in i.get("expression", [])
+               for i in invalid["issue"])
+    assert not any(i["severity"] in ("error", "fatal") for i in valid["issue"])
+    direct = fhir.get(f"CarePlan/{plan}/$completeness").json()
+    assert entries[2]["resource"]["parameter"] == direct["parameter"]
+    assert entries[3]["response"]["outcome"]["issue"][0]["code"] == "not-supported"
+    assert entries[4]["response"]["outcome"]["issue"][0]["expression"] == [
+        "Bundle.entry[4].request.method"]
+    before = fhir.versions()
+    refused = fhir.post("", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patient(19), "request": {"method": "POST", "url": "Patient"}},
+        {"request": {"method": "GET", "url": f"CarePlan/{plan}/$completeness"}}]})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["issue"][0]["expression"] == ["Bundle.entry[1].request.url"]
+    assert fhir.versions() == before
