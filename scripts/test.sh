@@ -10,7 +10,8 @@ python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 # otherwise that one check is skipped with the reason printed.
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null \
     && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  apt-get install -y -q docker-compose >/dev/null 2>&1 \
+  { apt-get install -y -q docker-compose || { apt-get update -q && apt-get install -y -q \
+    docker-compose; }; } >/dev/null 2>&1 \
     || echo "docker-compose could not be installed: the Compose CLI check will be skipped"
 fi
 python3 -m ruff check .
