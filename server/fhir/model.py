@@ -334,15 +334,19 @@ def unenforced_bindings() -> tuple[str, ...]:
     return _schema().unenforced
 
 
-def bound_codings(owner: str, key: str) -> frozenset[str]:
-    """The ``system|code`` pairs the ``code`` element ``key`` of ``owner`` (a type or a
-    backbone element's path, as ``Task`` or ``CarePlan.activity.detail``) may hold: the
-    value set its required binding names, when it is enumerated here; empty otherwise."""
+def _code_element(owner: str, key: str) -> _Elem | None:
+    """The element ``key`` of ``owner`` (a type or a backbone element's path, as ``Task``
+    or ``CarePlan.activity.detail``) when it is a ``code``; None otherwise."""
     node = _schema().nodes.get(owner)
     elem = node.children.get(key) if node is not None else None
-    if elem is None or elem.type != "code" or elem.valueset is None:
-        return frozenset()
-    return elem.valueset.pairs
+    return elem if elem is not None and elem.type == "code" else None
+
+
+def bound_codings(owner: str, key: str) -> frozenset[str]:
+    """The ``system|code`` pairs the ``code`` element ``key`` of ``owner`` may hold: the
+    value set its required binding names, when it is enumerated here; empty otherwise."""
+    elem = _code_element(owner, key)
+    return elem.valueset.pairs if elem is not None and elem.valueset is not None else frozenset()
 
 
 GRAMMAR_SYSTEMS = {
@@ -358,11 +362,8 @@ def grammar_system(owner: str, key: str) -> str | None:
     """The code system every value of the ``code`` element ``key`` of ``owner`` comes from,
     when its binding (of any strength) names a value set of :data:`GRAMMAR_SYSTEMS` (e.g.
     ``Attachment.contentType``: ``urn:ietf:bcp:13``); None otherwise."""
-    node = _schema().nodes.get(owner)
-    elem = node.children.get(key) if node is not None else None
-    if elem is None or elem.type != "code" or elem.binding is None:
-        return None
-    return GRAMMAR_SYSTEMS.get(elem.binding)
+    elem = _code_element(owner, key)
+    return GRAMMAR_SYSTEMS.get(elem.binding or "") if elem is not None else None
 
 
 # --------------------------------------------------------------------------- walking

@@ -78,13 +78,19 @@ def _modifiers(param_type: str, extractor: Extractor) -> tuple[str, ...]:
     return modifiers
 
 
+def _token_yields(extractor: Extractor) -> frozenset[str]:
+    """The FHIR types a token parameter's values come from (empty for another parameter
+    type, or one evaluated by fhirpathpy, whose elements are not known)."""
+    if extractor.param_type != "token" or not extractor.fast:
+        return frozenset()
+    return frozenset(extractor.types & extractor.emitters.keys())
+
+
 def _implicit_codings(extractor: Extractor) -> frozenset[tuple[str, str]]:
     """The (system, code) pairs a token parameter's values stand for, when every value it
     yields is a boolean, or a ``code`` of an element bound (required) to a value set
     enumerated here; empty otherwise (its values then match as indexed)."""
-    if extractor.param_type != "token" or not extractor.fast:
-        return frozenset()
-    yielded = extractor.types & extractor.emitters.keys()
+    yielded = _token_yields(extractor)
     if yielded == {"boolean"}:
         return BOOLEAN_CODINGS
     bound = [bound_codings(owner, key) for owner, key in extractor.sources]
@@ -97,8 +103,7 @@ def _implicit_codings(extractor: Extractor) -> frozenset[tuple[str, str]]:
 def _implicit_system(extractor: Extractor) -> str | None:
     """The one code system of every value a token parameter yields, when they are ``code``
     elements bound to a grammar's value set (:func:`~..model.grammar_system`); else None."""
-    if extractor.param_type != "token" or not extractor.fast \
-            or extractor.types & extractor.emitters.keys() != {"code"}:
+    if _token_yields(extractor) != {"code"}:
         return None
     systems = {grammar_system(owner, key) for owner, key in extractor.sources}
     return systems.pop() if len(systems) == 1 else None
