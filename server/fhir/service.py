@@ -488,21 +488,24 @@ class FhirService:
         by_type: dict[str, list[str]] = {}
         for type_, id_, _ in refs:
             by_type.setdefault(type_, []).append(id_)
+        # Searched (access applied inside the query, writes of a unit of work seen): the
+        # types access restricts, or every type when reading through a unit of work; the
+        # others are read by key.
         through = reader is not None and reader is not self.store
-        restricted = {t for t in by_type
-                      if through or self.access.conditions(ctx, t) is not None}
+        searched = {t for t in by_type
+                    if through or self.access.conditions(ctx, t) is not None}
         found: dict[Ref, dict[str, Any]] = {
             (v.type, v.id, ""): self.access.shown(ctx, v.resource)
             for v in self.store.read_many([(t, i) for t, i, version in refs
-                                           if not version and t not in restricted])
+                                           if not version and t not in searched])
             if v.resource is not None}
-        for type_ in restricted:
+        for type_ in searched:
             for chunk in iter_chunks(by_type[type_], 100):
                 query = SearchQuery(type=type_, count=len(chunk), ids=frozenset(chunk))
                 found.update(((type_, str(r["id"]), ""), r)
                              for r in self._execute(ctx, reader or self.store, query).resources)
         for type_, id_, version in refs:
-            if version and (type_ not in restricted or (type_, id_, "") in found):
+            if version and (type_ not in searched or (type_, id_, "") in found):
                 past = self.store.vread(type_, id_, int(version)) if version.isdigit() else None
                 if past is not None and past.resource is not None:
                     found[(type_, id_, version)] = self.access.shown(ctx, past.resource)
