@@ -143,15 +143,17 @@ def _serve_werkzeug(config: Config, host: str, port: int) -> None:
 def _serve_gunicorn(config: Config, host: str, port: int, workers: int, threads: int) -> None:
     from gunicorn.app.base import BaseApplication  # not importable on Windows
 
-    from .gunicorn_conf import limits
+    from .gunicorn_conf import settings
 
     class Server(BaseApplication):
-        """gunicorn with our options (and the request limits of :mod:`.gunicorn_conf`); each
-        worker builds its own app (and store connections) after the fork."""
+        """gunicorn with our options (and the worker class and request limits of
+        :mod:`.gunicorn_conf`); each worker builds its own app (and store connections)
+        after the fork."""
 
         def load_config(self) -> None:
             bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            options = {"bind": bind, "workers": workers, "threads": threads, **limits(config)}
+            options = {"bind": bind, "workers": workers, "threads": threads,
+                       **settings(config)}
             for key, value in options.items():
                 self.cfg.set(key, value)
 

@@ -1,15 +1,18 @@
 """gunicorn's settings for Planbro: ``gunicorn -c python:server.gunicorn_conf
 'server.app:create_app()'`` (the Docker image and the benchmark start it so, and ``planbro
-serve`` applies :func:`limits` itself).
+serve`` applies :func:`settings` itself).
 
-gunicorn answers a request line over 4094 bytes and a header field over 8190 bytes with an
-HTML page of its own (414, 431). Planbro has limits of its own (``PLANBRO_MAX_URL_BYTES``,
-``PLANBRO_MAX_HEADER_BYTES``, 8 KiB each) and answers a request over them with an
-OperationOutcome (:func:`server.api.fhir.check_request_size`), so gunicorn's limits are set
-above them: the request line has none of gunicorn's (0: its largest finite limit, 8190,
-would be below a request line that carries an 8 KiB URL), header fields may be twice the
-application's limit (at least 64 KiB, as Python's own HTTP server). A deployment that faces
-the internet keeps a proxy in front with its own limits.
+gunicorn refuses some requests before Planbro sees them: a malformed request line or header,
+a request line over its bound, too many header fields or one over its bound. The worker
+class (:class:`server.gunicorn_worker.OutcomeWorker`, gunicorn's threaded worker) answers
+those with an OperationOutcome too, instead of gunicorn's HTML page.
+
+Planbro has limits of its own (``PLANBRO_MAX_URL_BYTES``, ``PLANBRO_MAX_HEADER_BYTES``, 8 KiB
+each) and answers a request over them with an OperationOutcome that names the header field
+(:func:`server.api.fhir.check_request_size`). gunicorn's are set at or above them: a request
+line may have gunicorn's largest bound, 8,190 bytes (with no bound gunicorn would buffer a
+request line of any length); a header field may be twice the application's limit (at least
+64 KiB, as Python's own HTTP server); a request may have 100 header fields.
 """
 
 from __future__ import annotations
@@ -20,16 +23,24 @@ MIN_FIELD_BYTES = 64 * 1024
 """The smallest header field limit gunicorn is given (as ``http.server``'s line limit)."""
 
 
-def limits(config: Config) -> dict[str, int]:
-    """gunicorn's request limits for ``config``: above the application's own."""
+MAX_REQUEST_LINE = 8190
+"""gunicorn's largest bound of a request line (a larger one is read as this one)."""
+WORKER_CLASS = "server.gunicorn_worker.OutcomeWorker"
+
+
+def settings(config: Config) -> dict[str, int | str]:
+    """gunicorn's worker class and request limits for ``config``."""
     return {
-        "limit_request_line": 0,  # none: the application refuses a URL over its limit
-        # (gunicorn reads 0 here as its default, 8190, not as "no limit")
+        "worker_class": WORKER_CLASS,
+        "limit_request_line": MAX_REQUEST_LINE,
+        "limit_request_fields": 100,
         "limit_request_field_size": max(MIN_FIELD_BYTES, 2 * config.max_header_bytes),
     }
 
 
 # gunicorn reads its settings from the names of this module.
-_LIMITS = limits(Config.from_env())
-limit_request_line = _LIMITS["limit_request_line"]
-limit_request_field_size = _LIMITS["limit_request_field_size"]
+_SETTINGS = settings(Config.from_env())
+worker_class = _SETTINGS["worker_class"]
+limit_request_line = _SETTINGS["limit_request_line"]
+limit_request_fields = _SETTINGS["limit_request_fields"]
+limit_request_field_size = _SETTINGS["limit_request_field_size"]

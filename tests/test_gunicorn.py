@@ -1,7 +1,8 @@
 """The server under gunicorn, as it runs in production (``planbro serve``, and the command
-of the Docker image and the benchmark): an over-long URL or header field reaches Planbro,
-which answers it with an OperationOutcome, instead of gunicorn's HTML page; a 6 KB URL is
-served."""
+of the Docker image and the benchmark): every refusal is an OperationOutcome, instead of
+gunicorn's HTML page, whether Planbro answers it (a header field over its limit) or gunicorn
+(a request line over its bound, too many header fields, a request it cannot parse); a 6 KB URL
+is served."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -66,13 +68,34 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         end_process(process, timeout=30)
 
 
-def _outcome(response: requests.Response, status: int, expression: list[str] | None) -> None:
+def _outcome(response: requests.Response, status: int, expression: list[str] | None,
+             code: str = "too-long") -> str:
+    """The diagnostics of ``response``, an OperationOutcome of one issue."""
     assert response.status_code == status, response.text[:300]
     assert response.headers["Content-Type"].startswith(FHIR_JSON), response.text[:300]
     issue = response.json()["issue"][0]
     assert (issue["severity"], issue["code"], issue.get("expression")) == (
-        "error", "too-long", expression)
+        "error", code, expression)
     assert issue["diagnostics"]
+    return str(issue["diagnostics"])
+
+
+def _raw(base: str, request: bytes) -> requests.Response:
+    """Send ``request`` as it is on a new connection; the answer, read until the server
+    closes the connection."""
+    url = urlsplit(base)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status_line, *fields = head.decode("latin-1").split("\r\n")
+    response = requests.Response()
+    response.status_code = int(status_line.split()[1])
+    response.headers.update(dict(f.split(": ", 1) for f in fields))
+    response._content = body
+    return response
 
 
 def test_gunicorn_lets_planbro_answer_over_long_requests(served: str) -> None:
@@ -84,3 +107,20 @@ def test_gunicorn_lets_planbro_answer_over_long_requests(served: str) -> None:
     big_header = {"X-Note": "x" * 12000}
     _outcome(requests.get(f"{served}/metadata", headers=big_header, timeout=30), 431,
              ["X-Note"])
+
+
+def test_requests_gunicorn_refuses_get_an_operation_outcome(served: str) -> None:
+    path = urlsplit(served).path
+    # A request line over gunicorn's bound (8,190 bytes) is refused before its end arrives.
+    unended = f"GET {path}/metadata?_id={'x' * 9000}".encode()
+    said = _outcome(_raw(served, unended), 414, None)
+    assert "_search" in said, said
+    fields = "".join(f"X-Field-{n}: {n}\r\n" for n in range(101))
+    _outcome(_raw(served, f"GET {path}/metadata HTTP/1.1\r\nHost: x\r\n{fields}\r\n".encode()),
+             431, None)
+    _outcome(_raw(served, b"HELLO\r\n\r\n"), 400, None, code="structure")
+    _outcome(_raw(served, f"GET {path}/metadata HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n"
+                  .encode()), 400, None, code="structure")
+    _outcome(_raw(served, f"POST {path}/Patient HTTP/1.1\r\nHost: x\r\n"
+                  "Transfer-Encoding: br, chunked\r\n\r\n0\r\n\r\n".encode()),
+             501, None, code="not-supported")

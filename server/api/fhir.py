@@ -98,8 +98,9 @@ def _begin() -> Response | None:
 def check_request_size() -> None:
     """414 / 431 for a request target (path and query) or a header field longer than the
     configured limits, before anything else (the caller's token included) is read. Runs for
-    every request of the application; the HTTP server's own limits are set above these
-    (:mod:`server.gunicorn_conf`), so that the answer is this OperationOutcome."""
+    every request of the application. Under gunicorn, its header limits are set above these
+    and its request line bound is about this URL limit (:mod:`server.gunicorn_conf`); what
+    gunicorn refuses itself gets an OperationOutcome too (:mod:`server.gunicorn_worker`)."""
     config = current_app.extensions["planbro"].config
     target = request.environ.get("RAW_URI") or request.full_path
     if len(target) > config.max_url_bytes:
