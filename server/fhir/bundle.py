@@ -23,12 +23,13 @@ import binascii
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
 from ..store.port import ETags, Precondition, UnitOfWork, check_version, new_id
-from . import jsonio
+from . import jsonio, model
 from .outcome import FhirError, Issue
 from .patch import JSON_PATCH_MEDIA_TYPE
 from .references import CONDITIONAL_REF_RE, PLACEHOLDER_RE, references_in, rewrite_references
@@ -41,12 +42,14 @@ from .service import (
     Result,
     Written,
     parse_etags,
+    parse_instant,
 )
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 OPERATION_RE = re.compile(r"[A-Za-z][A-Za-z0-9\-]{0,63}")
 _CONDITIONS = {"ifNoneExist": ("POST",), "ifMatch": ("PUT", "PATCH", "DELETE"),
-               "ifNoneMatch": ("GET", "HEAD", "PUT", "PATCH", "DELETE")}
+               "ifNoneMatch": ("GET", "HEAD", "PUT", "PATCH", "DELETE"),
+               "ifModifiedSince": ("GET", "HEAD")}
 _PHASES = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 
 
@@ -79,6 +82,7 @@ class Entry:
     if_none_exist: list[tuple[str, str]] | None = None
     if_match: ETags | None = None
     if_none_match: ETags | None = None
+    if_modified_since: datetime | None = None
 
     @property
     def path(self) -> str:
@@ -151,7 +155,18 @@ def parse_entry(index: int, raw: Any, base_url: str) -> Entry:
     entry.if_none_exist = _query_param(request, "ifNoneExist", where)
     entry.if_match = _etag_param(request, "ifMatch", where)
     entry.if_none_match = _etag_param(request, "ifNoneMatch", where)
+    entry.if_modified_since = _instant_param(request, "ifModifiedSince", where)
     return entry
+
+
+def _instant_param(request: dict[str, Any], name: str, where: str) -> datetime | None:
+    value = request.get(name)
+    if value is None:
+        return None
+    problem = model.primitive_problem(f"Bundle.entry.request.{name}", value)
+    if problem is not None:
+        raise _bad(f"{where}.request.{name}: {problem}", f"{where}.request.{name}")
+    return parse_instant(value)
 
 
 def _etag_param(request: dict[str, Any], name: str, where: str) -> ETags | None:
@@ -552,7 +567,7 @@ def read(service: FhirService, ctx: RequestContext, entry: Entry, reader: Reader
         return service.vread(ctx, t.type, t.id, t.version)
     if t.id is not None:
         return service.read(ctx, t.type, t.id, if_none_match=entry.if_none_match,
-                            reader=reader)
+                            if_modified_since=entry.if_modified_since, reader=reader)
     return service.search(ctx, t.type, t.params or [], reader=reader)
 
 

@@ -69,7 +69,7 @@ def _resource(type_: str, params: dict[str, dict[str, SearchParam]],
         "readHistory": True,
         "updateCreate": True,
         "conditionalCreate": True,
-        "conditionalRead": "not-match",  # If-None-Match (not If-Modified-Since)
+        "conditionalRead": "full-support",  # If-None-Match and If-Modified-Since
         "conditionalUpdate": True,
         "conditionalDelete": "single",
         "searchInclude": sorted(f"{type_}:{p.code}" for p in own.values()

@@ -329,6 +329,16 @@ def _schema() -> _Schema:
     return _Compiler(elements, valuesets).compile(names)
 
 
+def primitive_problem(path: str, value: Any) -> str | None:
+    """What is wrong with ``value`` as the primitive element at the definition ``path``
+    (e.g. ``Bundle.entry.request.ifModifiedSince``); None when it is valid."""
+    parent, _, key = path.rpartition(".")
+    elem = _schema().nodes[parent].children[key]
+    assert elem.check is not None, f"{path} is not a primitive element"
+    problem = elem.check(value)
+    return None if problem is None else problem[1]
+
+
 def unenforced_bindings() -> tuple[str, ...]:
     """Value sets bound ``required`` in R4 that are not enumerable here, so not checked."""
     return _schema().unenforced

@@ -299,10 +299,22 @@ class Written:
     matched: bool = False
 
 
+def parse_instant(instant: str) -> datetime:
+    """A FHIR instant (time zone required) as an aware datetime."""
+    return datetime.fromisoformat(instant.replace("Z", "+00:00"))
+
+
 def http_date(instant: str) -> str:
     """A FHIR instant as an HTTP date (for Last-Modified)."""
-    parsed = datetime.fromisoformat(instant.replace("Z", "+00:00"))
-    return email.utils.format_datetime(parsed.astimezone(UTC), usegmt=True)
+    return email.utils.format_datetime(parse_instant(instant).astimezone(UTC), usegmt=True)
+
+
+def modified_since(version: Version, since: datetime) -> bool:
+    """Whether ``version`` was made after ``since``, at the precision ``since`` has: an HTTP
+    date (If-Modified-Since) has whole seconds, as Last-Modified, so a version made within
+    the second it names was not made after it."""
+    made = parse_instant(version.last_updated)
+    return (made.replace(microsecond=0) if since.microsecond == 0 else made) > since
 
 
 def version_headers(version: Version) -> dict[str, str]:
@@ -628,15 +640,22 @@ class FhirService:
 
     @observed("read")
     def read(self, ctx: RequestContext, type_: str, id_: str, *,
-             if_none_match: ETags | None = None, reader: Reader | None = None) -> Result:
-        """Read; 304 without the body when ``if_none_match`` matches the current version."""
+             if_none_match: ETags | None = None, if_modified_since: datetime | None = None,
+             reader: Reader | None = None) -> Result:
+        """Read; 304 without the body when ``if_none_match`` matches the current version,
+        or, without ``if_none_match`` (RFC 9110 13.1.3), when the current version was not
+        made after ``if_modified_since``."""
         self.guard.check(ctx, "read", type_)
         current = self._load(ctx, reader or self.store, type_, id_)
         self._permitted(ctx, reader or self.store, type_, id_, "r")
         headers = version_headers(current)
-        if if_none_match is not None and if_none_match.matches(current.version):
-            return Result(304, None, headers)
-        return Result(200, current.resource, headers)
+        if if_none_match is not None:
+            unchanged = if_none_match.matches(current.version)
+        else:
+            unchanged = if_modified_since is not None and not modified_since(
+                current, if_modified_since)
+        return Result(304, None, headers) if unchanged else Result(200, current.resource,
+                                                                   headers)
 
     @observed("vread")
     def vread(self, ctx: RequestContext, type_: str, id_: str, version_id: str) -> Result:

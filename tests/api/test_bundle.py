@@ -386,7 +386,9 @@ def test_request_conditions_must_fit_the_method(fhir: Fhir) -> None:
     body = {**patient(23), "id": "p23"}
     for request in ({"method": "PUT", "url": "Patient/p23", "ifNoneExist": "_id=p23"},
                     {"method": "POST", "url": "Patient", "ifMatch": 'W/"1"'},
-                    {"method": "PUT", "url": "Patient/p23", "ifMatch": "one"}):
+                    {"method": "PUT", "url": "Patient/p23", "ifMatch": "one"},
+                    {"method": "PUT", "url": "Patient/p23",
+                     "ifModifiedSince": "2020-01-01T00:00:00Z"}):
         response = fhir.post("", _bundle("transaction", {"resource": body,
                                                          "request": request}))
         assert response.status_code == 400, request
@@ -431,6 +433,17 @@ def test_entry_preconditions_read_like_the_headers(fhir: Fhir) -> None:
         "Bundle.entry[1].request.ifMatch"]
     assert entries[2]["response"]["outcome"]["issue"][0]["expression"] == [
         "Bundle.entry[2].request.ifNoneMatch"]
+    made = fhir.get(f"Patient/{pid}").json()["meta"]["lastUpdated"]
+    since = fhir.post("", _bundle(
+        "batch",
+        *({"request": {"method": "GET", "url": f"Patient/{pid}", "ifModifiedSince": value}}
+          for value in ("2099-01-01T00:00:00Z", made, "2000-01-01T00:00:00Z",
+                        "2000-01-01", "yesterday"))))
+    assert since.status_code == 200, since.text
+    assert _statuses(since.json()) == ["304 Not Modified", "304 Not Modified", "200 OK",
+                                       "400 Bad Request", "400 Bad Request"]
+    assert since.json()["entry"][4]["response"]["outcome"]["issue"][0]["expression"] == [
+        "Bundle.entry[4].request.ifModifiedSince"]
 
 
 def test_conditional_delete_in_transaction(fhir: Fhir) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from email.utils import parsedate_to_datetime
+from datetime import timedelta
+from email.utils import format_datetime, parsedate_to_datetime
 
 from .conftest import FHIR_JSON, Fhir, patient
 
@@ -50,6 +51,30 @@ def test_read_with_if_none_match(fhir: Fhir) -> None:
     pid = fhir.create(patient(3))["id"]
     assert fhir.get(f"Patient/{pid}", headers={"If-None-Match": 'W/"1"'}).status_code == 304
     assert fhir.get(f"Patient/{pid}", headers={"If-None-Match": 'W/"7"'}).status_code == 200
+
+
+def test_read_with_if_modified_since(fhir: Fhir) -> None:
+    pid = fhir.create(patient(5))["id"]
+    read = fhir.get(f"Patient/{pid}")
+    made = parsedate_to_datetime(read.headers["Last-Modified"])
+
+    def status(**headers: str) -> int:
+        return fhir.get(f"Patient/{pid}", headers=headers).status_code
+
+    # Last-Modified has whole seconds: a version made within that second is not newer.
+    assert status(**{"If-Modified-Since": read.headers["Last-Modified"]}) == 304
+    later = fhir.get(f"Patient/{pid}", headers={"If-Modified-Since": format_datetime(
+        made + timedelta(days=1), usegmt=True)})
+    assert later.status_code == 304 and later.headers["ETag"] == 'W/"1"' and not later.content
+    before = format_datetime(made - timedelta(seconds=1), usegmt=True)
+    assert status(**{"If-Modified-Since": before}) == 200
+    assert status(**{"If-Modified-Since": "not a date"}) == 200  # ignored (RFC 9110 13.1.3)
+    # If-None-Match decides alone when both are sent (RFC 9110 13.1.3).
+    assert status(**{"If-Modified-Since": before, "If-None-Match": 'W/"1"'}) == 304
+    assert status(**{"If-Modified-Since": read.headers["Last-Modified"],
+                     "If-None-Match": 'W/"7"'}) == 200
+    fhir.put(f"Patient/{pid}", {**read.json(), "gender": "female"})
+    assert status(**{"If-Modified-Since": before}) == 200
 
 
 def test_update_as_create_and_id_rules(fhir: Fhir) -> None:

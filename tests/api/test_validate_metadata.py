@@ -88,7 +88,7 @@ def test_metadata_lists_every_type_and_parameter(fhir: Fhir) -> None:
             "history-instance", "history-type"}
         assert resource["versioning"] == "versioned-update"
         assert resource["conditionalDelete"] == "single"
-        assert resource["conditionalRead"] == "not-match"
+        assert resource["conditionalRead"] == "full-support"
         assert resource["conditionalCreate"] and resource["conditionalUpdate"]
         assert resource["operation"][0]["name"] == "validate"
     assert "CarePlan:subject" in by_type["CarePlan"]["searchInclude"]
