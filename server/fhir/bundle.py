@@ -127,6 +127,8 @@ def _check_bundle(bundle: Any) -> tuple[str, list[Any]]:
     if not isinstance(entries, list):
         raise FhirError.of(400, "Bundle.entry must be an array", code="structure",
                            expression="Bundle.entry")
+    _check_structure(model.validate({k: v for k, v in bundle.items() if k != "entry"},
+                                    type_="Bundle"))
     return kind, entries
 
 
@@ -152,21 +154,27 @@ def parse_entry(index: int, raw: Any, base_url: str) -> Entry:
         if request.get(name) is not None and method not in methods:
             raise _bad(f"{where}: request.{name} does not apply to {method}",
                        f"{where}.request.{name}", "not-supported")
+    _check_structure(model.validate_element(
+        {k: v for k, v in raw.items() if k != "resource"}, "Bundle.entry", where))
     entry.if_none_exist = _query_param(request, "ifNoneExist", where)
     entry.if_match = _etag_param(request, "ifMatch", where)
     entry.if_none_match = _etag_param(request, "ifNoneMatch", where)
-    entry.if_modified_since = _instant_param(request, "ifModifiedSince", where)
+    entry.if_modified_since = _instant_param(request, "ifModifiedSince")
     return entry
 
 
-def _instant_param(request: dict[str, Any], name: str, where: str) -> datetime | None:
+def _instant_param(request: dict[str, Any], name: str) -> datetime | None:
+    """An instant of the request (already checked as one)."""
     value = request.get(name)
-    if value is None:
-        return None
-    problem = model.primitive_problem(f"Bundle.entry.request.{name}", value)
-    if problem is not None:
-        raise _bad(f"{where}.request.{name}: {problem}", f"{where}.request.{name}")
-    return parse_instant(value)
+    return None if value is None else parse_instant(value)
+
+
+def _check_structure(issues: list[Issue]) -> None:
+    """400 with the errors among ``issues`` (a part of the Bundle checked on its own: its
+    envelope, an entry without its resource, which is checked when it is written)."""
+    errors = [i for i in issues if i.severity in ("error", "fatal")]
+    if errors:
+        raise FhirError(400, errors)
 
 
 def _etag_param(request: dict[str, Any], name: str, where: str) -> ETags | None:

@@ -329,14 +329,18 @@ def _schema() -> _Schema:
     return _Compiler(elements, valuesets).compile(names)
 
 
-def primitive_problem(path: str, value: Any) -> str | None:
-    """What is wrong with ``value`` as the primitive element at the definition ``path``
-    (e.g. ``Bundle.entry.request.ifModifiedSince``); None when it is valid."""
-    parent, _, key = path.rpartition(".")
-    elem = _schema().nodes[parent].children[key]
-    assert elem.check is not None, f"{path} is not a primitive element"
-    problem = elem.check(value)
-    return None if problem is None else problem[1]
+def validate_element(value: dict[str, Any], definition: str, path: str) -> list[Issue]:
+    """The problems of ``value`` as the complex element ``definition`` (a backbone element or
+    data type, e.g. ``Bundle.entry``), each at its place under ``path`` (e.g.
+    ``Bundle.entry[2]``): a part of a resource checked on its own."""
+    schema = _schema()
+    walker = _Walker(schema)
+    try:
+        walker.object(value, schema.nodes[definition], path,
+                      _Container(definition.split(".")[0], {}))
+    except RecursionError:
+        walker.error("structure", path, "the element is nested too deeply")
+    return walker.issues
 
 
 def unenforced_bindings() -> tuple[str, ...]:

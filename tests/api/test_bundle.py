@@ -319,6 +319,14 @@ def test_batch_entries_are_independent(fhir: Fhir) -> None:
     assert result["entry"][3]["response"]["outcome"]["issue"][0]["expression"] == [
         "Bundle.entry[3].request.method"]
     assert len(fhir.ids("Patient")) == 2
+    # an entry whose request has an element R4 does not define fails alone, like any other
+    # malformed entry; it is not served as if that element were not there
+    unknown = fhir.post("", _bundle(
+        "batch", {"request": {"method": "GET", "url": "Patient", "ifUnchanged": "W/1"}},
+        _post(patient(90))))
+    assert _statuses(unknown.json()) == ["400 Bad Request", "201 Created"]
+    assert unknown.json()["entry"][0]["response"]["outcome"]["issue"][0]["expression"] == [
+        "Bundle.entry[0].request.ifUnchanged"]
 
 
 def test_bundle_itself_is_checked(fhir: Fhir) -> None:
@@ -335,6 +343,13 @@ def test_bundle_itself_is_checked(fhir: Fhir) -> None:
          "Bundle.entry[0].resource"),
         (_bundle("transaction", {"request": {"method": "GET", "url": "Patient/a/b/c/d"}}),
          "Bundle.entry[0].request.url"),
+        # the envelope is checked as the resources are: unknown elements, JSON types
+        ({**_bundle("transaction", _post(patient(18))), "note": "x"}, "Bundle.note"),
+        ({**_bundle("transaction", _post(patient(18))), "timestamp": 5}, "Bundle.timestamp"),
+        (_bundle("transaction", {"request": {"method": "GET", "url": "Patient", "when": 1}}),
+         "Bundle.entry[0].request.when"),
+        (_bundle("transaction", {**_post(patient(18)), "fullUrl": ["urn:uuid:x"]}),
+         "Bundle.entry[0].fullUrl"),
     ]
     for bundle, expression in cases:
         response = fhir.post("", bundle)
