@@ -381,8 +381,12 @@ def test_reads_inside_a_unit_of_work_see_its_writes(store: Store) -> None:
         assert uow.read("Patient", "p1").version == 1
         result = uow.search(SearchQuery("Patient", [c("Patient.gender", tok("female"))]))
         assert [r["id"] for r in result.resources] == ["p1"]
+        uow.update("Patient", "p1", {"resourceType": "Patient", "gender": "male"})
+        assert uow.vread("Patient", "p1", 2).resource["gender"] == "male"
+        assert uow.vread("Patient", "p1", 3) is None
         uow.delete("Patient", "p1")
         assert uow.read("Patient", "p1").deleted
+        assert uow.vread("Patient", "p1", 3).deleted
         assert uow.search(SearchQuery("Patient")).resources == []
 
 

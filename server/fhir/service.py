@@ -115,6 +115,8 @@ class Reader(Protocol):
 
     def read(self, type_: str, id_: str) -> Version | None: ...
 
+    def vread(self, type_: str, id_: str, version: int) -> Version | None: ...
+
     def search(self, query: SearchQuery) -> SearchResult: ...
 
 
@@ -518,7 +520,8 @@ class FhirService:
                              for r in self._execute(ctx, reader or self.store, query).resources)
         for type_, id_, version in refs:
             if version and (type_ not in searched or (type_, id_, "") in found):
-                past = self.store.vread(type_, id_, int(version)) if version.isdigit() else None
+                past = (reader or self.store).vread(type_, id_, int(version)) \
+                    if version.isdigit() else None
                 if past is not None and past.resource is not None:
                     found[(type_, id_, version)] = self.access.shown(ctx, past.resource)
         return {ref: found[ref] for ref in refs if ref in found}

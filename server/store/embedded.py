@@ -518,6 +518,12 @@ class _EmbeddedUnitOfWork(UnitOfWork):
             self.catch_up()
         return self._reader.read(type_, id_)
 
+    def vread(self, type_: str, id_: str, version: int) -> Version | None:
+        self._check_open()
+        if type_ in RECORD_TYPES:
+            self.catch_up()
+        return self._reader.vread(type_, id_, version)
+
     def search(self, query: SearchQuery) -> SearchResult:
         self._check_open()
         if types_read(query) & RECORD_TYPES:

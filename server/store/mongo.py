@@ -332,7 +332,11 @@ class MongoStore(Store):
         return None if doc is None else _version(doc)
 
     def vread(self, type_: str, id_: str, version: int) -> Version | None:
-        doc = self._history.find_one({"_id": f"{type_}/{id_}/{version}"})
+        return self.vread_in(type_, id_, version, None)
+
+    def vread_in(self, type_: str, id_: str, version: int,
+                 session: ClientSession | None) -> Version | None:
+        doc = self._history.find_one({"_id": f"{type_}/{id_}/{version}"}, session=session)
         return None if doc is None else _version(doc)
 
     def read_many(self, refs: list[tuple[str, str]]) -> list[Version]:
@@ -534,6 +538,10 @@ class _MongoUnitOfWork(UnitOfWork):
     @_guarded
     def read(self, type_: str, id_: str) -> Version | None:
         return self._store.read_in(type_, id_, self._session)
+
+    @_guarded
+    def vread(self, type_: str, id_: str, version: int) -> Version | None:
+        return self._store.vread_in(type_, id_, version, self._session)
 
     @_guarded
     def search(self, query: SearchQuery) -> SearchResult:

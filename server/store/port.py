@@ -210,6 +210,10 @@ class UnitOfWork(abc.ABC):
         """The current version (a tombstone if deleted), or None if it never existed."""
 
     @abc.abstractmethod
+    def vread(self, type_: str, id_: str, version: int) -> Version | None:
+        """One version, or None; a version this unit of work wrote included."""
+
+    @abc.abstractmethod
     def search(self, query: SearchQuery) -> SearchResult:
         """Search current, non-deleted resources, seeing this unit of work's own writes."""
 

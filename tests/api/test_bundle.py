@@ -202,6 +202,28 @@ def test_transaction_reads_include_what_it_wrote(fhir: Fhir) -> None:
             ("Patient", pid, "include" if found is entries[0]["resource"] else "match")])
 
 
+def test_transaction_reads_include_the_versions_it_wrote(fhir: Fhir) -> None:
+    """A versioned reference in a GET entry's _include names a version the transaction
+    writes: that version comes (R4 search 3.1.1.4.13), as the transaction wrote it."""
+    pid = fhir.create(patient(27))["id"]
+    goal = fhir.create(_goal(f"Patient/{pid}"))
+    plan = {"resourceType": "CarePlan", "id": "versioned-plan", "status": "draft",
+            "intent": "plan", "subject": {"reference": f"Patient/{pid}"},
+            "goal": [{"reference": f"Goal/{goal['id']}/_history/2"}]}
+    response = fhir.post("", _bundle(
+        "transaction",
+        {"request": {"method": "GET",
+                     "url": "CarePlan?_id=versioned-plan&_include=CarePlan:goal"}},
+        {"resource": {**goal, "lifecycleStatus": "completed"},
+         "request": {"method": "PUT", "url": f"Goal/{goal['id']}"}},
+        {"resource": plan, "request": {"method": "PUT", "url": "CarePlan/versioned-plan"}}))
+    assert response.status_code == 200, response.text
+    found = response.json()["entry"][0]["resource"]["entry"]
+    assert sorted((e["search"]["mode"], e["resource"]["id"], e["resource"]["meta"]["versionId"],
+                   e["resource"].get("lifecycleStatus")) for e in found) == [
+        ("include", goal["id"], "2", "completed"), ("match", "versioned-plan", "1", None)]
+
+
 def test_transaction_reads_count_what_it_wrote_for_an_ambiguous_id(fhir: Fhir) -> None:
     """An id without a type that the transaction's own writes make ambiguous is refused in
     its GET entry (R4 search 3.1.1.4.12), and nothing of the transaction is stored."""
