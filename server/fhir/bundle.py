@@ -572,7 +572,7 @@ def read(service: FhirService, ctx: RequestContext, entry: Entry, reader: Reader
                    f"{entry.path}.request.url", "not-supported")
     if t.version is not None:
         assert t.id is not None
-        return service.vread(ctx, t.type, t.id, t.version)
+        return service.vread(ctx, t.type, t.id, t.version, reader=reader)
     if t.id is not None:
         return service.read(ctx, t.type, t.id, if_none_match=entry.if_none_match,
                             if_modified_since=entry.if_modified_since, reader=reader)

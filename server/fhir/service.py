@@ -661,17 +661,20 @@ class FhirService:
                                                                    headers)
 
     @observed("vread")
-    def vread(self, ctx: RequestContext, type_: str, id_: str, version_id: str) -> Result:
+    def vread(self, ctx: RequestContext, type_: str, id_: str, version_id: str, *,
+              reader: Reader | None = None) -> Result:
+        """One version; ``reader``: a unit of work whose versions are read as well."""
         self.check_type(type_)
         self.check_id(id_)
         self.guard.check(ctx, "vread", type_)
-        self._permitted(ctx, self.store, type_, id_, "r")
+        reader = reader or self.store
+        self._permitted(ctx, reader, type_, id_, "r")
         if self.access.conditions(ctx, type_) is not None:
-            self._load(ctx, self.store, type_, id_)  # only versions of what the caller sees
+            self._load(ctx, reader, type_, id_)  # only versions of what the caller sees
         if not version_id.isdigit():
             raise FhirError.of(404, f"{type_}/{id_} has no version '{version_id}'",
                                code="not-found")
-        found = self.store.vread(type_, id_, int(version_id))
+        found = reader.vread(type_, id_, int(version_id))
         if found is None:
             raise FhirError.of(404, f"{type_}/{id_} has no version {version_id}",
                                code="not-found")

@@ -203,8 +203,8 @@ def test_transaction_reads_include_what_it_wrote(fhir: Fhir) -> None:
 
 
 def test_transaction_reads_include_the_versions_it_wrote(fhir: Fhir) -> None:
-    """A versioned reference in a GET entry's _include names a version the transaction
-    writes: that version comes (R4 search 3.1.1.4.13), as the transaction wrote it."""
+    """A GET entry reads the versions the transaction writes: a vread, and the version a
+    versioned reference in an _include names (R4 search 3.1.1.4.13)."""
     pid = fhir.create(patient(27))["id"]
     goal = fhir.create(_goal(f"Patient/{pid}"))
     plan = {"resourceType": "CarePlan", "id": "versioned-plan", "status": "draft",
@@ -216,8 +216,10 @@ def test_transaction_reads_include_the_versions_it_wrote(fhir: Fhir) -> None:
                      "url": "CarePlan?_id=versioned-plan&_include=CarePlan:goal"}},
         {"resource": {**goal, "lifecycleStatus": "completed"},
          "request": {"method": "PUT", "url": f"Goal/{goal['id']}"}},
-        {"resource": plan, "request": {"method": "PUT", "url": "CarePlan/versioned-plan"}}))
+        {"resource": plan, "request": {"method": "PUT", "url": "CarePlan/versioned-plan"}},
+        {"request": {"method": "GET", "url": f"Goal/{goal['id']}/_history/2"}}))
     assert response.status_code == 200, response.text
+    assert response.json()["entry"][3]["resource"]["lifecycleStatus"] == "completed"
     found = response.json()["entry"][0]["resource"]["entry"]
     assert sorted((e["search"]["mode"], e["resource"]["id"], e["resource"]["meta"]["versionId"],
                    e["resource"].get("lifecycleStatus")) for e in found) == [
