@@ -12,13 +12,13 @@ decides which errors there are, logs them and closes the connection after them.
 
 from __future__ import annotations
 
-import json
 import socket
 from typing import Any
 
 from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 
+from .fhir import jsonio
 from .fhir.outcome import issue, outcome
 
 _CODES = {400: "structure", 403: "forbidden", 414: "too-long", 417: "not-supported",
@@ -32,7 +32,7 @@ def outcome_page(status: int, reason: str, message: str) -> bytes:
     """The HTTP response gunicorn's refusal ``status`` gets: an OperationOutcome that says
     ``message`` (or ``reason`` when gunicorn gives no message, as for its own 500)."""
     text = (message or reason) + _HINTS.get(status, "")
-    body = json.dumps(outcome([issue(text, code=_CODES.get(status, "exception"))])).encode()
+    body = jsonio.dumps(outcome([issue(text, code=_CODES.get(status, "exception"))])).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
             f"Content-Type: application/fhir+json; charset=utf-8\r\n"
             f"Content-Length: {len(body)}\r\n\r\n")
