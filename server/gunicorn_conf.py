@@ -17,14 +17,14 @@ request line of any length); a header field may be twice the application's limit
 
 from __future__ import annotations
 
+from gunicorn.http.message import MAX_REQUEST_LINE  # its largest bound (8,190 bytes)
+
 from .config import Config
 
 MIN_FIELD_BYTES = 64 * 1024
 """The smallest header field limit gunicorn is given (as ``http.server``'s line limit)."""
 
 
-MAX_REQUEST_LINE = 8190
-"""gunicorn's largest bound of a request line (a larger one is read as this one)."""
 WORKER_CLASS = "server.gunicorn_worker.OutcomeWorker"
 
 
