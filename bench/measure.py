@@ -149,6 +149,10 @@ class Stats:
     """CPU time the server's processes spent per operation (all of them: it does not
     depend on how the work was spread over them), the work they deferred included: it is
     counted until they are quiet again (:func:`settle`)."""
+    machine_busy_pct: float | None = None
+    """How busy the machine's CPUs were while the operations ran, in percent of all of them
+    (every process: the server's, the clients' and others'). Well below 100 with several
+    clients, the operation waits for something other than CPU time (a lock, a disk)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,6 +172,25 @@ def _processes() -> dict[int, tuple[int, int]]:
             continue
         found[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
     return found
+
+
+def machine_ticks() -> tuple[int, int] | None:
+    """The machine's CPU time so far, in ticks of all its CPUs: (busy, total), from Linux's
+    /proc/stat (None elsewhere). Busy is every state but idle and waiting for I/O."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(t) for t in f.readline().split()[1:]]
+    except OSError:
+        return None
+    total = sum(ticks[:8])  # user nice system idle iowait irq softirq steal (guests are in user)
+    return total - ticks[3] - ticks[4], total
+
+
+def busy_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of the machine's CPU time that was busy between two :func:`machine_ticks`."""
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return round(100 * (after[0] - before[0]) / (after[1] - before[1]), 1)
 
 
 def _tree(root: int, processes: dict[int, tuple[int, int]]) -> set[int]:
@@ -283,14 +306,14 @@ def run(name: str, operation: Operation, *, concurrency: int, duration: float,
                 continue
             mine.append((time.perf_counter() - t0) * 1000)
 
-    begin = time.perf_counter()
+    begin, ticks_before = time.perf_counter(), machine_ticks()
     threads = [threading.Thread(target=worker, args=(i,), daemon=True)
                for i in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    seconds = time.perf_counter() - begin
+    seconds, busy = time.perf_counter() - begin, busy_pct(ticks_before, machine_ticks())
     cpu_after = None if server is None else settle(server)
     merged = sorted(ms for per_thread in latencies for ms in per_thread)
     server_cpu_ms = None
@@ -301,4 +324,5 @@ def run(name: str, operation: Operation, *, concurrency: int, duration: float,
                  p50_ms=round(percentile(merged, 0.50), 2),
                  p95_ms=round(percentile(merged, 0.95), 2),
                  p99_ms=round(percentile(merged, 0.99), 2),
-                 first_error=errors[0] if errors else None, server_cpu_ms=server_cpu_ms)
+                 first_error=errors[0] if errors else None, server_cpu_ms=server_cpu_ms,
+                 machine_busy_pct=busy)

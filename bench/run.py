@@ -307,6 +307,8 @@ def measure_all(make: Callable[[int], dict[str, measure.Operation]],
                 f"p50 {stats.p50_ms:.2f} ms"
                 + (f"  server CPU {stats.server_cpu_ms:.2f} ms/op"
                    if stats.server_cpu_ms is not None else "")
+                + (f"  machine busy {stats.machine_busy_pct:.0f}%"
+                   if stats.machine_busy_pct is not None else "")
                 + (f"  {stats.errors} errors, first: {stats.first_error}"
                    if stats.errors else ""))
             out[label][name] = stats
@@ -426,6 +428,10 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.1f}x" if b else "-"
 
@@ -463,11 +469,12 @@ def report(result: dict[str, Any]) -> None:
             f"{_ratio(h['p50_ms'], d['p50_ms']):>10}"
             for name, h, d in _pairs(http["latency"], direct["latency"])])
     _table(f"Throughput, {cfg['concurrency']} concurrent clients (operations/s, ms; server "
-           "CPU = CPU time of all the server's processes per operation):",
+           "CPU = CPU time of all the server's processes per operation; busy = share of the "
+           "machine's CPUs in use meanwhile):",
            f"{'operation':<32} {'HTTP/s':>9} {'p50':>7} {'p99':>8} {'server CPU':>10} "
-           f"{'store/s':>9} {'p50':>7} {'p99':>8} {'store/HTTP':>10} {'errors':>6}",
+           f"{'busy':>5} {'store/s':>9} {'p50':>7} {'p99':>8} {'store/HTTP':>10} {'errors':>6}",
            [f"{name:<32} {h['per_second']:>9,.1f} {h['p50_ms']:>7.2f} {h['p99_ms']:>8.2f} "
-            f"{_ms(h['server_cpu_ms']):>10} "
+            f"{_ms(h['server_cpu_ms']):>10} {_pct(h.get('machine_busy_pct')):>5} "
             f"{d['per_second']:>9,.1f} {d['p50_ms']:>7.2f} {d['p99_ms']:>8.2f} "
             f"{_ratio(d['per_second'], h['per_second']):>10} {_errors(http, direct, name):>6}"
             for name, h, d in _pairs(http["throughput"], direct["throughput"])])

@@ -70,3 +70,19 @@ def test_calibration_times_a_fixed_workload_in_milliseconds() -> None:
                                                   for i in range(50)]}
     ms = measure.calibrate(sample)
     assert isinstance(ms, float) and 0 < ms < 60_000
+
+
+def test_machine_busy_share_counts_every_process() -> None:
+    assert measure.busy_pct((100, 1000), (150, 1100)) == 50.0
+    assert measure.busy_pct(None, (150, 1100)) is None
+    assert measure.busy_pct((100, 1000), (100, 1000)) is None
+    before = measure.machine_ticks()
+    start = time.process_time()
+    while time.process_time() - start < 0.3:  # this process keeps one CPU busy
+        pass
+    after = measure.machine_ticks()
+    assert before is not None and after is not None
+    busy_ticks = after[0] - before[0]
+    assert busy_ticks >= 0.25 * os.sysconf("SC_CLK_TCK"), (before, after)
+    share = measure.busy_pct(before, after)
+    assert share is not None and 100 / (os.cpu_count() or 1) * 0.8 <= share <= 100
