@@ -6,6 +6,7 @@ is served."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -124,3 +125,21 @@ def test_requests_gunicorn_refuses_get_an_operation_outcome(served: str) -> None
     _outcome(_raw(served, f"POST {path}/Patient HTTP/1.1\r\nHost: x\r\n"
                   "Transfer-Encoding: br, chunked\r\n\r\n0\r\n\r\n".encode()),
              501, None, code="not-supported")
+
+
+def test_gunicorns_own_500_is_an_operation_outcome_too() -> None:
+    """gunicorn answers 500 itself when the application fails outside its own error handling
+    (it then gives no message): the page says the reason, as an OperationOutcome."""
+    pytest.importorskip("gunicorn")
+    from server.gunicorn_worker import outcome_page
+
+    head, _, body = outcome_page(500, "Internal Server Error", "").partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0] == "HTTP/1.1 500 Internal Server Error"
+    fields = dict(line.split(": ", 1) for line in lines[1:])
+    assert fields["Content-Type"].startswith(FHIR_JSON)
+    assert int(fields["Content-Length"]) == len(body)
+    assert fields["Connection"] == "close"
+    issue = json.loads(body)["issue"][0]
+    assert (issue["severity"], issue["code"], issue["diagnostics"]) == (
+        "error", "exception", "Internal Server Error")
