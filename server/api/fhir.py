@@ -346,9 +346,10 @@ def instance(rtype: str, rid: str) -> Response:
     svc.check_type(rtype)
     svc.check_id(rid)
     if request.method in _READS:
+        # an HTTP date (UTC); one that is not is ignored (None: RFC 9110 13.1.3)
+        since = request.if_modified_since
         return _respond(svc.read(ctx(), rtype, rid, if_none_match=_etags("If-None-Match"),
-                                 # an HTTP date, or None (one that is not: RFC 9110 13.1.3)
-                                 if_modified_since=request.if_modified_since))
+                                 if_modified_since=since.isoformat() if since else None))
     if request.method == "PUT":
         return _respond(svc.update(ctx(), rtype, rid, _resource_body(), if_match=_precondition()))
     if request.method == "PATCH":

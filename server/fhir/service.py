@@ -301,22 +301,18 @@ class Written:
     matched: bool = False
 
 
-def parse_instant(instant: str) -> datetime:
-    """A FHIR instant (time zone required) as an aware datetime."""
-    return datetime.fromisoformat(instant.replace("Z", "+00:00"))
-
-
 def http_date(instant: str) -> str:
     """A FHIR instant as an HTTP date (for Last-Modified)."""
-    return email.utils.format_datetime(parse_instant(instant).astimezone(UTC), usegmt=True)
+    parsed = datetime.fromisoformat(instant.replace("Z", "+00:00"))
+    return email.utils.format_datetime(parsed.astimezone(UTC), usegmt=True)
 
 
-def modified_since(version: Version, since: datetime) -> bool:
-    """Whether ``version`` was made after ``since``, at the precision ``since`` has: an HTTP
-    date (If-Modified-Since) has whole seconds, as Last-Modified, so a version made within
-    the second it names was not made after it."""
-    made = parse_instant(version.last_updated)
-    return (made.replace(microsecond=0) if since.microsecond == 0 else made) > since
+def modified_since(version: Version, since: str) -> bool:
+    """Whether ``version`` was made after the FHIR instant or dateTime ``since``, at the
+    precision ``since`` has (:func:`~.search.normalize.date_range`): an HTTP date
+    (If-Modified-Since) has whole seconds, as Last-Modified, so a version made within the
+    second it names was not made after it."""
+    return date_range(version.last_updated)[0] > date_range(since)[1]
 
 
 def version_headers(version: Version) -> dict[str, str]:
@@ -643,11 +639,11 @@ class FhirService:
 
     @observed("read")
     def read(self, ctx: RequestContext, type_: str, id_: str, *,
-             if_none_match: ETags | None = None, if_modified_since: datetime | None = None,
+             if_none_match: ETags | None = None, if_modified_since: str | None = None,
              reader: Reader | None = None) -> Result:
         """Read; 304 without the body when ``if_none_match`` matches the current version,
         or, without ``if_none_match`` (RFC 9110 13.1.3), when the current version was not
-        made after ``if_modified_since``."""
+        made after ``if_modified_since`` (a FHIR instant or dateTime)."""
         self.guard.check(ctx, "read", type_)
         current = self._load(ctx, reader or self.store, type_, id_)
         self._permitted(ctx, reader or self.store, type_, id_, "r")
