@@ -474,7 +474,7 @@ def report(result: dict[str, Any]) -> None:
            f"{'operation':<32} {'HTTP/s':>9} {'p50':>7} {'p99':>8} {'server CPU':>10} "
            f"{'busy':>5} {'store/s':>9} {'p50':>7} {'p99':>8} {'store/HTTP':>10} {'errors':>6}",
            [f"{name:<32} {h['per_second']:>9,.1f} {h['p50_ms']:>7.2f} {h['p99_ms']:>8.2f} "
-            f"{_ms(h['server_cpu_ms']):>10} {_pct(h.get('machine_busy_pct')):>5} "
+            f"{_ms(h['server_cpu_ms']):>10} {_pct(h['machine_busy_pct']):>5} "
             f"{d['per_second']:>9,.1f} {d['p50_ms']:>7.2f} {d['p99_ms']:>8.2f} "
             f"{_ratio(d['per_second'], h['per_second']):>10} {_errors(http, direct, name):>6}"
             for name, h, d in _pairs(http["throughput"], direct["throughput"])])
@@ -548,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data = Path(tempfile.mkdtemp(prefix="planbro-bench-"))
     log(f"data folder: {data}")
-    calibration = {"start": measure.calibrate(demo_bundle())}
+    sample = demo_bundle()  # the calibration workload's data
+    calibration = {"start": measure.calibrate(sample)}
     log(f"machine speed: {calibration['start']} ms for the calibration workload")
     try:
         if args.source is not None:
@@ -566,17 +567,17 @@ def main(argv: list[str] | None = None) -> int:
                 loaded_info = load_info
             log("measuring over HTTP")
             measure.settle(pid)
-            calibration["before_http"] = measure.calibrate(demo_bundle())
+            calibration["before_http"] = measure.calibrate(sample)
             http, http_sizes = http_phase(port, pid, loaded, args)
             measure.settle(pid)
-            calibration["after_http"] = measure.calibrate(demo_bundle())
+            calibration["after_http"] = measure.calibrate(sample)
         log("measuring the cost of auditing (the same server without its audit layer)")
         audit_cost = audit_cost_phase(data, loaded, args, http)
         log("measuring the HTTP floor (an app that answers at once, under the same gunicorn)")
         floor = floor_phase(data, args)
         log("measuring directly on the store")
         direct, direct_sizes = direct_phase(data, loaded, args)
-        calibration["end"] = measure.calibrate(demo_bundle())
+        calibration["end"] = measure.calibrate(sample)
         if args.keep:  # for --from: the people, and the number the next new one gets
             loaded.save(data / WORKLOAD_FILE, loaded_info)
     finally:
