@@ -45,9 +45,23 @@ def write_outcome(sock: socket.socket, status_int: int, reason: str, mesg: str) 
 
 
 class OutcomeWorker(ThreadWorker):
-    """gunicorn's ``gthread`` worker whose error pages are OperationOutcomes."""
+    """gunicorn's ``gthread`` worker whose error pages are OperationOutcomes, and which
+    quits once however many quit signals it gets."""
+
+    _quitting = False
 
     def init_process(self) -> Any:
         # Set in the worker process only (after the fork), before it serves a request.
         util.write_error = write_outcome
         return super().init_process()
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        """SIGINT / SIGQUIT: quit now. Ctrl+C reaches the workers as well as the master,
+        which passes SIGQUIT on, so a second signal may come while the first one's handler
+        shuts the thread pool down under the pool's lock; handled again, it would wait for
+        that lock forever (until the master kills the worker, after its graceful timeout).
+        The worker is quitting already: the second is let be."""
+        if self._quitting:
+            return
+        self._quitting = True
+        super().handle_quit(sig, frame)

@@ -144,3 +144,44 @@ def test_gunicorns_own_500_is_an_operation_outcome_too() -> None:
     assert response.headers["Connection"] == "close"
     said = _outcome(response, 500, None, code="exception")
     assert said == "Internal Server Error"
+
+
+def test_a_second_quit_signal_while_quitting_does_not_hang_the_worker() -> None:
+    """Ctrl+C reaches the workers as well as gunicorn's master, which passes SIGQUIT on: a
+    worker may get its second quit signal while the first one's handler shuts its thread
+    pool down, under the pool's lock. Simulated here: the second signal arrives inside that
+    lock. The worker still exits (gunicorn's own would wait for the lock forever, until the
+    master kills it after its graceful timeout)."""
+    pytest.importorskip("gunicorn")
+    import queue
+    import signal
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from server.gunicorn_worker import OutcomeWorker
+
+    worker = OutcomeWorker.__new__(OutcomeWorker)  # the signal handling alone
+    worker.cfg = SimpleNamespace(worker_int=lambda _worker: None)
+    worker.tpool = ThreadPoolExecutor(max_workers=1)
+
+    class SecondSignalInside(queue.SimpleQueue):  # put(None) is made under the pool's lock
+        def put(self, item: object, block: bool = True, timeout: float | None = None) -> None:
+            if item is None:
+                worker.handle_quit(signal.SIGQUIT, None)
+            super().put(item)
+
+    worker.tpool._work_queue = SecondSignalInside()  # type: ignore[assignment]
+    exited: list[int] = []
+
+    def first_signal() -> None:
+        try:
+            worker.handle_quit(signal.SIGINT, None)
+        except SystemExit as exc:
+            exited.append(int(exc.code or 0))
+
+    handler = threading.Thread(target=first_signal, daemon=True)
+    handler.start()
+    handler.join(timeout=10)
+    assert not handler.is_alive(), "the worker hangs in its second quit signal"
+    assert exited == [0] and worker.alive is False
