@@ -44,6 +44,7 @@ from server.fhir.search.ast import SearchQuery  # noqa: E402
 from server.fhir.search.parse import parse_search  # noqa: E402
 from server.fhir.search.registry import Registry  # noqa: E402
 from server.fhir.types import STORED_TYPES  # noqa: E402
+from server.gunicorn_conf import THREADS, default_workers  # noqa: E402
 from server.store.embedded import EmbeddedStore  # noqa: E402
 from server.store.journal import end_process  # noqa: E402
 from server.store.port import RECORD_TYPES  # noqa: E402
@@ -70,9 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=4,
                    help="client threads while loading and for the throughput figures "
                         "(default 4)")
-    p.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
-    p.add_argument("--threads", type=int, default=4,
-                   help="gunicorn threads per worker (default 4)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="gunicorn workers (default: as in production, "
+                        "server/gunicorn_conf.py: 2 per CPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="gunicorn threads per worker (default: as in production, 1)")
     p.add_argument("--batch", type=int, default=5,
                    help="people per load transaction (default 5: 50 entries)")
     p.add_argument("--base-path", default="/fhir", help="FHIR base path (default /fhir)")
@@ -84,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true",
                    help="print the results as JSON on stdout (progress goes to stderr)")
     args = p.parse_args(argv)
+    args.workers = default_workers() if args.workers is None else args.workers
+    args.threads = THREADS if args.threads is None else args.threads
     if min(args.people, args.concurrency, args.workers, args.threads, args.batch) < 1:
         p.error("--people, --concurrency, --workers, --threads and --batch must be >= 1")
     if args.source is not None and not (args.source / WORKLOAD_FILE).is_file():
@@ -129,9 +134,8 @@ def server(data: Path, args: argparse.Namespace, app: str = AUDITED_APP,
     if planbro:
         client_id, key = register_bench_client(data)
     command = [sys.executable, "-m", "gunicorn", "-c", "python:server.gunicorn_conf",
-               "-w", str(args.workers),
-               "--threads", str(args.threads), "-b", f"{HOST}:{port}",
-               "--log-level", "warning", app]
+               "-w", str(args.workers), "--threads", str(args.threads),
+               "-b", f"{HOST}:{port}", "--log-level", "warning", app]
     log_path = data / "gunicorn.log"
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file,

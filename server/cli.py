@@ -99,16 +99,17 @@ def _add_serve(commands: Any) -> None:
     _data_argument(p)
     p.add_argument("--demo", action="store_true",
                    help="load the synthetic demo data first (safe to repeat)")
-    p.add_argument("--workers", type=int, default=2,
-                   help="gunicorn worker processes (default 2); 0 serves in this process "
-                        "with werkzeug's threaded server")
-    p.add_argument("--threads", type=int, default=4,
-                   help="threads per gunicorn worker (default 4)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="gunicorn worker processes (default: WEB_CONCURRENCY, else 2 per "
+                        "CPU); 0 serves in this process with werkzeug's threaded server")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads per gunicorn worker (default 1)")
     p.set_defaults(run=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    if args.workers < 0 or args.threads < 1 or not 0 < args.port < 65536:
+    if (args.workers is not None and args.workers < 0
+            or args.threads is not None and args.threads < 1 or not 0 < args.port < 65536):
         raise ValueError("--workers must be >= 0, --threads >= 1, --port 1-65535")
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
     config = _config(args, demo=args.demo)
@@ -140,10 +141,11 @@ def _serve_werkzeug(config: Config, host: str, port: int) -> None:
     run_simple(host, port, create_app(config), threaded=True)
 
 
-def _serve_gunicorn(config: Config, host: str, port: int, workers: int, threads: int) -> None:
+def _serve_gunicorn(config: Config, host: str, port: int, workers: int | None,
+                    threads: int | None) -> None:
     from gunicorn.app.base import BaseApplication  # not importable on Windows
 
-    from .gunicorn_conf import settings
+    from .gunicorn_conf import THREADS, default_workers, settings
 
     class Server(BaseApplication):
         """gunicorn with our options (and the worker class and request limits of
@@ -152,7 +154,9 @@ def _serve_gunicorn(config: Config, host: str, port: int, workers: int, threads:
 
         def load_config(self) -> None:
             bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            options = {"bind": bind, "workers": workers, "threads": threads,
+            options = {"bind": bind,
+                       "workers": default_workers() if workers is None else workers,
+                       "threads": THREADS if threads is None else threads,
                        **settings(config)}
             for key, value in options.items():
                 self.cfg.set(key, value)

@@ -56,7 +56,8 @@ def test_dockerfile_builds_the_package_and_runs_gunicorn(compose: dict[str, Any]
     assert "FROM python:3.11-slim" in lines
     # installed in place: the server reads profiles/ and mappings/ from the source tree
     assert any(line.startswith("RUN pip install -e .") for line in lines)
-    assert ('CMD ["gunicorn", "-c", "python:server.gunicorn_conf", "-w", "2", "-b", '
+    # the workers as server/gunicorn_conf.py says (WEB_CONCURRENCY, else 2 per CPU)
+    assert ('CMD ["gunicorn", "-c", "python:server.gunicorn_conf", "-b", '
             '"0.0.0.0:8080", "server.app:create_app()"]' in lines)
     ignore = (ROOT / build["context"] / f"{build['dockerfile']}.dockerignore").read_text(
         encoding="utf-8").split()

@@ -185,3 +185,14 @@ def test_a_second_quit_signal_while_quitting_does_not_hang_the_worker() -> None:
     handler.join(timeout=10)
     assert not handler.is_alive(), "the worker hangs in its second quit signal"
     assert exited == [0] and worker.alive is False
+
+
+def test_workers_two_per_cpu_unless_web_concurrency_says(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.gunicorn_conf import THREADS, default_workers
+
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    assert default_workers() == 2 * len(os.sched_getaffinity(0))
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    assert default_workers() == 3
+    assert THREADS == 1
