@@ -39,6 +39,8 @@ import measure  # noqa: E402
 import people  # noqa: E402
 import workload  # noqa: E402
 
+from server.app import prepare_store  # noqa: E402
+from server.config import Config  # noqa: E402
 from server.demo import demo_bundle  # noqa: E402
 from server.fhir.search.ast import SearchQuery  # noqa: E402
 from server.fhir.search.parse import parse_search  # noqa: E402
@@ -559,6 +561,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.source is not None:
             log(f"copying {args.source}")
             shutil.copytree(args.source, data, dirs_exist_ok=True)
+            # A copy of an older run's data may be indexed by other rules: it is brought up
+            # to this server's first, not while the run waits (a minute) for the server to
+            # answer. The workload holds no absolute references: any base URL reads it.
+            prepare_store(Config(data_dir=data, base_url=f"http://{HOST}{args.base_path}"),
+                          log=log)
             loaded, loaded_info = workload.Loaded.read(data / WORKLOAD_FILE)
             load_info = {**loaded_info, "copied_from": str(args.source),
                          "loaded_resources": loaded_info["resources"],

@@ -7,6 +7,8 @@ settings from the environment.
 from __future__ import annotations
 
 import atexit
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Flask
@@ -18,14 +20,18 @@ from .auth import AuthConfig, AuthServer, init_app
 from .auth.guard import ScopeGuard
 from .auth.metadata import capability_security
 from .config import Config
+from .fhir.search.normalize import serving
 from .fhir.search.registry import Registry
 from .fhir.service import FhirService
 from .plans import rules as plan_rules
 from .plans import workflow as plan_workflow
 from .plans.people import listed_people, patient_by_national_id
+from .plans.rules import search_registry
 from .plans.workflow import Workflow
 from .store import open_store
 from .store.port import Store
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,35 @@ class Planbro:
         run on a closed store)."""
         self.workflow.stop()
         self.store.close()
+
+
+def prepare_store(config: Config, log: Callable[[str], None] = print) -> int | None:
+    """Before the server's processes start: bring the store's search index up to this
+    server's search parameters and rules (after an upgrade that changed them, every resource
+    is indexed again, which may take minutes). Returns how many resources were indexed, or
+    None when the index was current. Each app checks it again as it starts
+    (:func:`create_app`); done here first, the workers find it current."""
+    registry = search_registry()
+    store = open_store(config, store_indexer(registry))
+    try:
+        return ensure_indexed(store, registry, config, log=log)
+    finally:
+        store.close()
+
+
+def ensure_indexed(store: Store, registry: Registry, config: Config, *, force: bool = False,
+                   log: Callable[[str], None] = print) -> int | None:
+    """:meth:`Store.ensure_indexed` by ``registry``'s parameters, with absolute references
+    below ``config.base_url`` read as references to resources here (as requests read them)."""
+    serving(config.base_url)
+    try:
+        count = store.ensure_indexed(registry.fingerprint(), force=force, log=log)
+    finally:
+        serving(None)
+    if count and not config.base_url:
+        log("PLANBRO_BASE_URL is not set: absolute references to this server were indexed as "
+            "references to another server")
+    return count
 
 
 def create_app(config: Config | None = None) -> Flask:
@@ -69,6 +104,7 @@ def create_app(config: Config | None = None) -> Flask:
     service.security = capability_security(auth.config)
     app.extensions["planbro.access"] = access_control = access.install(service, auth)
     app.extensions["planbro.audit"] = audit.install(service, access_control)
+    ensure_indexed(store, registry, config, log=_log.warning)  # now every parameter is in
     app.extensions["planbro"] = planbro = Planbro(config, store, registry, service, auth,
                                                   workflow)
     atexit.register(planbro.close)

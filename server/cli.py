@@ -25,15 +25,15 @@ from urllib.parse import quote
 
 from werkzeug.serving import run_simple
 
-from .app import create_app
+from .app import create_app, ensure_indexed, prepare_store
 from .audit import store_indexer
 from .auth import cli as auth_cli
 from .auth.demo import demo_token, ensure_demo_system_clients
 from .config import Config
 from .demo import KARI_FNR, ORGNR, load_demo
-from .fhir.search.normalize import serving
 from .fhir.search.registry import Registry
 from .plans.identifiers import FNR_SYSTEM
+from .plans.rules import search_registry
 from .store import open_store
 
 Run = Callable[[argparse.Namespace], int]
@@ -117,6 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = dataclasses.replace(
         config, base_url=config.base_url or f"http://{host}:{args.port}/fhir")
     base_url = str(config.base_url)
+    prepare_store(config, log=lambda text: print(text, file=sys.stderr, flush=True))
     if args.demo:
         _load_demo(config, base_url)
     print(next_steps(base_url, config), flush=True)
@@ -279,13 +280,13 @@ def _reindex(args: argparse.Namespace) -> int:
         raise ValueError("reindex needs the server's public FHIR base URL (--base-url or "
                          "PLANBRO_BASE_URL): absolute references under it name resources "
                          "here")
-    serving(base_url)
-    store = open_store(config, store_indexer(Registry.load_default()))
+    config = dataclasses.replace(config, base_url=base_url)
+    registry = search_registry()
+    store = open_store(config, store_indexer(registry))
     try:
-        count = store.reindex()
+        ensure_indexed(store, registry, config, force=True)  # it tells what it did
     finally:
         store.close()
-    print(f"Reindexed {count} resources.", flush=True)
     return 0
 
 

@@ -19,12 +19,12 @@ COMMAND = (sys.executable, "-m", "server.mover")
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .audit import store_indexer
-    from .fhir.search.registry import Registry
+    from .plans.rules import search_registry
     from .store.embedded import EmbeddedStore
 
     path, parent = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    store = EmbeddedStore(store_indexer(Registry.load_default()), path)
+    store = EmbeddedStore(store_indexer(search_registry()), path)
     return store.serve_records(int(parent))
 
 

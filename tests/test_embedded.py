@@ -1113,7 +1113,39 @@ def test_planbro_reindex_reads_references_anew_under_the_base_url(
     assert refused.value.code == 2 and "base URL" in capsys.readouterr().err
     assert cli.main(["reindex", "--data", str(tmp_path),
                      "--base-url", "https://planbro.test/fhir"]) == 0
-    assert "Reindexed 1 resources" in capsys.readouterr().out
+    assert "Search index rebuilt: 1 resources indexed" in capsys.readouterr().out
     assert tasks("owner", "Practitioner/x") == []
     assert tasks("subject", "Patient/p") == ["t"]
     assert tasks("owner", "https://other.example.org/fhir/Practitioner/x") == ["t"]
+
+
+def test_planbro_reindex_keeps_the_values_of_our_profiles_search_parameters(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``CarePlan?evaluation-date`` is ours (profiles/): indexed again, it is still found."""
+    from server.plans.rules import search_registry
+
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    registry = search_registry()
+    config = Config(data_dir=tmp_path)
+    store = open_store(config, store_indexer(registry))
+    try:
+        with store.unit_of_work() as uow:
+            uow.update("CarePlan", "p", {
+                "resourceType": "CarePlan", "status": "draft", "intent": "plan",
+                "subject": {"reference": "Patient/x"}, "extension": [{
+                    "url": "http://planbro.no/fhir/StructureDefinition/ip-evaluation-date",
+                    "valueDate": "2026-12-01"}]})
+    finally:
+        store.close()
+    query = parse_search(registry, "CarePlan", [("evaluation-date", "2026-12")]).query
+
+    def found() -> list[str]:
+        reader = open_store(config, store_indexer(registry))
+        try:
+            return [r["id"] for r in reader.search(query).resources]
+        finally:
+            reader.close()
+
+    assert found() == ["p"]
+    assert cli.main(["reindex", "--data", str(tmp_path), "--base-url", "https://x.test/fhir"]) == 0
+    assert found() == ["p"]

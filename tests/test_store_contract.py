@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -36,6 +37,7 @@ from server.fhir.search.ast import (
     page_order,
 )
 from server.store.port import (
+    INDEX_NS,
     ETags,
     Precondition,
     Store,
@@ -1099,6 +1101,53 @@ def test_reindex_replaces_the_stored_search_values(store: Store) -> None:
     assert store.reindex() == 2
     assert found(store, "Patient", female) == {"a", "b"}
     assert store.read("Patient", "a").version == 1  # the resources themselves are as they were
+
+
+def test_ensure_indexed_rebuilds_what_other_rules_built(store: Store) -> None:
+    indexer = store.indexer
+    female = c("Patient.gender", tok("female"))
+
+    def without_gender(resource: dict[str, Any]) -> Any:  # the rules of an older server
+        values = indexer(resource)
+        values.tokens = [t for t in values.tokens if t.param != "gender"]
+        return values
+
+    assert store.ensure_indexed("old") == 0  # a new store: nothing to index, the rules noted
+    assert store.ensure_indexed("old") is None
+    store.indexer = without_gender
+    put(store, "Patient", "a", {"gender": "female"})
+    put(store, "Patient", "b", {"gender": "female"})
+    assert found(store, "Patient", female) == set()
+    told: list[str] = []
+    store.indexer = indexer  # an upgrade: other rules
+    assert store.ensure_indexed("new", log=told.append) == 2
+    assert found(store, "Patient", female) == {"a", "b"}
+    assert "indexing every resource again" in told[0] and "2 resources indexed" in told[-1]
+    assert store.ensure_indexed("new") is None  # current: nothing done
+    assert store.ensure_indexed("new", force=True) == 2
+    assert store.kv_get(INDEX_NS, "rebuilding") is None  # the lease is given back
+
+
+def test_ensure_indexed_waits_for_another_process_and_takes_over_a_lapsed_lease(
+        store: Store) -> None:
+    put(store, "Patient", "a", {"gender": "female"})
+    store.kv_put(INDEX_NS, "built-with", {"fingerprint": "old"})
+    # another process indexes (or died doing so): its lease lapses in 0.4 s
+    assert store.kv_put(INDEX_NS, "rebuilding", {"pid": -1}, only_if_absent=True,
+                        expires_ms=now_instant()[1] + 400)
+    started = time.monotonic()
+    assert store.ensure_indexed("new") == 1
+    assert time.monotonic() - started >= 0.35
+    assert store.kv_get(INDEX_NS, "built-with")["fingerprint"] == "new"  # type: ignore[index]
+
+
+def test_ensure_indexed_by_one_process_at_a_time(store: Store) -> None:
+    """Threads stand in for processes: each store call is its own; only one indexes."""
+    put(store, "Patient", "a", {"gender": "female"})
+    store.kv_put(INDEX_NS, "built-with", {"fingerprint": "old"})
+    with ThreadPoolExecutor(4) as pool:
+        counts = list(pool.map(lambda _i: store.ensure_indexed("new"), range(4)))
+    assert sorted(counts, key=str) == [1, None, None, None]
 
 
 # -- server records (key-value) ---------------------------------------------------------------

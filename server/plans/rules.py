@@ -17,6 +17,7 @@ from typing import Any
 
 from ..fhir.conformance import PROFILES_DIR, Conformance
 from ..fhir.outcome import FhirError, Issue, issue
+from ..fhir.search.registry import Registry
 from ..fhir.service import FhirService, Reader, RequestContext, Result, WriteContext
 from .completeness import completeness, gather_related
 from .invariants import INDIVIDUAL_PLAN, activation_problems, plan_kind
@@ -26,8 +27,7 @@ def install(service: FhirService, conformance: Conformance | None = None) -> Con
     """Load the profiles, add their search parameters to the registry and register the
     checks, hooks and operations on ``service``."""
     conformance = conformance or Conformance.load(PROFILES_DIR)
-    for search_parameter in conformance.search_parameters():
-        service.registry.add(search_parameter)
+    add_search_parameters(service.registry, conformance)
     service.validators.append(conformance.validate)
     service.profiles.update(conformance.profiles_by_type())
     service.before_write.append(lambda w: _check_plan(service, w))
@@ -36,6 +36,20 @@ def install(service: FhirService, conformance: Conformance | None = None) -> Con
     service.report_hooks.append(lambda ctx, reader, resource:
                                 _completeness_issues(service, ctx, reader, resource))
     return conformance
+
+
+def add_search_parameters(registry: Registry, conformance: Conformance) -> None:
+    """Offer the search parameters our profiles define (their values are indexed too)."""
+    for search_parameter in conformance.search_parameters():
+        registry.add(search_parameter)
+
+
+def search_registry() -> Registry:
+    """The search parameters the server offers and indexes: the official R4 ones and our
+    profiles' (as :func:`install` leaves the service's registry)."""
+    registry = Registry.load_default()
+    add_search_parameters(registry, Conformance.load(PROFILES_DIR))
+    return registry
 
 
 def _lookup(service: FhirService, reader: Reader,  # type: ignore[no-untyped-def]

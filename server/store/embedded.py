@@ -86,6 +86,7 @@ from .journal import (
 )
 from .port import (
     RECORD_TYPES,
+    REINDEX_BATCH,
     Expected,
     Indexer,
     Store,
@@ -1160,7 +1161,8 @@ class EmbeddedStore(Store):
         self._catch_up(types_read(query))
         return self._reader().search(query)
 
-    def reindex(self, batch: int = 500) -> int:
+    def reindex(self, batch: int = REINDEX_BATCH,
+                progress: Callable[[int], None] | None = None) -> int:
         done, after = 0, 0
         while True:
             with self._unit_of_work() as uow:
@@ -1169,6 +1171,8 @@ class EmbeddedStore(Store):
             if not count:
                 return done
             done += count
+            if progress is not None:
+                progress(done)
 
     def explain(self, query: SearchQuery) -> list[str]:
         """SQLite's plan for the search ``query`` (``EXPLAIN QUERY PLAN`` details) by the

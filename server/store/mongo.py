@@ -66,6 +66,7 @@ from ..fhir.outcome import FhirError, conflict, issue
 from ..fhir.search.ast import SearchQuery, SearchResult
 from .mongo_query import RESOURCE_INDEXES, compile_query, index_document, scope_filter
 from .port import (
+    REINDEX_BATCH,
     Expected,
     Indexer,
     Store,
@@ -393,7 +394,8 @@ class MongoStore(Store):
         docs = self._history.find(filter_, sort=sort, skip=offset, limit=count)
         return [_version(doc) for doc in docs], total
 
-    def reindex(self, batch: int = 500) -> int:
+    def reindex(self, batch: int = REINDEX_BATCH,
+                progress: Callable[[int], None] | None = None) -> int:
         done, after = 0, ""
         while True:
             docs = list(self._resources.find(
@@ -408,6 +410,8 @@ class MongoStore(Store):
                 for doc in docs], ordered=False)
             done += len(docs)
             after = docs[-1]["_id"]
+            if progress is not None:
+                progress(done)
 
     def search(self, query: SearchQuery) -> SearchResult:
         return self.search_in(query, None)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import abc
 import datetime as _dt
 import functools
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -158,6 +159,20 @@ class UniqueConflict(FhirError):
         self.owner_id = owner_id
         super().__init__(409, [issue(
             f"{owner_type}/{owner_id} already holds the unique key '{key}'", code="duplicate")])
+
+
+INDEX_NS = "search-index"
+"""The key-value namespace of what the search index was built by (:meth:`Store.ensure_indexed`)."""
+_BUILT_WITH, _REBUILDING = "built-with", "rebuilding"
+INDEX_LEASE_MS = 120_000
+"""How long a process that indexes every resource again holds the others off without a sign of
+life (it renews the lease after every batch)."""
+INDEX_WAIT_S = 0.5
+"""How often a process that waits for another's indexing looks again."""
+REINDEX_BATCH = 500
+"""Resources indexed again per transaction."""
+INDEX_LOG_EVERY = 10_000
+"""Progress of a rebuilt index is told every this many resources."""
 
 
 def new_id() -> str:
@@ -329,12 +344,59 @@ class Store(abc.ABC):
         """Search current, non-deleted resources."""
 
     @abc.abstractmethod
-    def reindex(self, batch: int = 500) -> int:
+    def reindex(self, batch: int = REINDEX_BATCH,
+                progress: Callable[[int], None] | None = None) -> int:
         """Extract the search values of every current resource again with the store's
         indexer and replace what is stored for it (after the search parameters or their
         extraction changed, or an upgrade says so). Batch by batch, each in a transaction
         of its own, so that the server goes on serving; a resource written meanwhile keeps
-        the values its write stored. Returns how many resources were indexed."""
+        the values its write stored. ``progress`` is called with the count done after each
+        batch. Returns how many resources were indexed."""
+
+    def ensure_indexed(self, fingerprint: str, *, force: bool = False,
+                       log: Callable[[str], None] | None = None) -> int | None:
+        """Make the stored search values those of the indexer ``fingerprint`` names (the
+        search parameters and the rules that read their values): when they were stored by
+        another (an upgrade changed them) or ``force``, :meth:`reindex` and record
+        ``fingerprint``. Returns how many resources were indexed, or None when the index was
+        current.
+
+        One process indexes at a time, across all that share the store: it holds a lease
+        (:data:`INDEX_LEASE_MS`, renewed after every batch); the others wait until it is
+        done, or until its lease lapses (the process died) and they take over."""
+        while True:
+            built = self.kv_get(INDEX_NS, _BUILT_WITH)
+            current = built is not None and built.get("fingerprint") == fingerprint
+            if current and not force:
+                return None
+            holder = {"pid": os.getpid(), "fingerprint": fingerprint}
+            if self.kv_put(INDEX_NS, _REBUILDING, holder, only_if_absent=True,
+                           expires_ms=now_instant()[1] + INDEX_LEASE_MS):
+                break
+            time.sleep(INDEX_WAIT_S)  # another process is indexing
+        say = log or (lambda _text: None)
+
+        def renew(done: int) -> None:
+            self.kv_put(INDEX_NS, _REBUILDING, holder,
+                        expires_ms=now_instant()[1] + INDEX_LEASE_MS)
+            if done <= REINDEX_BATCH:
+                say("Search index: indexing every resource again, by this server's search "
+                    "parameters and rules")
+            if done // INDEX_LOG_EVERY > (done - REINDEX_BATCH) // INDEX_LOG_EVERY:
+                say(f"  {done:,} resources indexed")
+
+        try:
+            built = self.kv_get(INDEX_NS, _BUILT_WITH)  # another may have finished meanwhile
+            if not force and built is not None and built.get("fingerprint") == fingerprint:
+                return None
+            count = self.reindex(REINDEX_BATCH, renew)
+            self.kv_put(INDEX_NS, _BUILT_WITH, {"fingerprint": fingerprint, "resources": count,
+                                                "at": now_instant()[0]})
+            if count or force:
+                say(f"Search index rebuilt: {count:,} resources indexed")
+            return count
+        finally:
+            self.kv_delete(INDEX_NS, _REBUILDING)
 
     # -- server records that are not FHIR resources ------------------------------------------
     # OAuth clients, authorisation codes, refresh tokens, replay caches (jti), outbox entries.

@@ -13,6 +13,7 @@ with an empty expression and never extracted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -120,6 +121,14 @@ def _definition_problem(definition: Mapping[str, Any]) -> str | None:
     return None
 
 
+INDEX_RULES = 1
+"""The version of the rules that turn a resource into index values beside its search
+parameters' expressions: extraction (:mod:`.extract`), normalisation (:mod:`.normalize`), and
+the values the access and audit layers add (:func:`server.audit.store_indexer`). Bump it with
+any change to them that changes a stored value: a store built by other rules is indexed again
+when the server starts (:meth:`server.store.port.Store.ensure_indexed`)."""
+
+
 class Registry:
     """Search parameters by resource type, each with its compiled extractor."""
 
@@ -211,6 +220,16 @@ class Registry:
         """Every searchable parameter of ``type_`` (incl. ``_id``, ``_lastUpdated``, ``_tag``,
         ``_profile``, ``_security``, ``_source``), by code."""
         return dict(self._params.get(type_, {}))
+
+    def fingerprint(self) -> str:
+        """What the index values of this registry depend on: :data:`INDEX_RULES` and every
+        parameter's type, expression and targets (a digest: equal when nothing changed).
+        Not the server's base URL (:func:`.normalize.serving`): after it changes,
+        ``planbro reindex`` reads absolute references by the new one."""
+        params = sorted((t, p.code, p.type, p.expression, p.targets)
+                        for t, by_code in self._params.items() for p in by_code.values())
+        text = json.dumps([INDEX_RULES, params], separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def coverage(self) -> Coverage:
         extractors = [e for by_code in self._extractors.values() for e in by_code.values()]
