@@ -289,12 +289,12 @@ def test_careplan(registry: Registry) -> None:
 def test_patient(registry: Registry) -> None:
     values = registry.extract(PATIENT)
     assert of(values, "identifier") == [
-        TokenValue("identifier", FNR_SYSTEM, FNR, "fødselsnummer")]
-    assert of(values, "family") == [StringValue("family", "ødegard", "Ødegård")]
+        TokenValue("identifier", FNR_SYSTEM, FNR, "fodselsnummer")]
+    assert of(values, "family") == [StringValue("family", "odegard", "Ødegård")]
     assert of(values, "given") == [StringValue("given", "kari", "Kari"),
                                    StringValue("given", "ase", "Åse")]
     assert [s.norm for s in of(values, "name")] == [  # type: ignore[attr-defined]
-        "ødegard", "kari", "ase", "fru", "kari ase ødegard"]
+        "odegard", "kari", "ase", "fru", "kari ase odegard"]
     assert [s.norm for s in of(values, "address")] == [  # type: ignore[attr-defined]
         "storgata 1", "h0101", "kongsvinger", "2211", "no"]
     assert of(values, "address-city") == [StringValue("address-city", "kongsvinger",
@@ -366,7 +366,7 @@ def test_task(registry: Registry) -> None:
         "based-on", "", "", "urn:uuid:0b0e2b6e-7a3c-4f51-9f5e-3a9c2d1e1f00")]
     assert of(values, "part-of") == []  # contained references are not indexed
     assert of(values, "business-status") == [
-        TokenValue("business-status", "", "", "venter pa grønt skjema")]
+        TokenValue("business-status", "", "", "venter pa gront skjema")]
     assert of(values, "modified") == [DateValue(
         "modified", ms("2024-05-03T12:30:15.250+00:00"), ms("2024-05-03T12:30:15.250+00:00"))]
     assert of(values, "period") == [DateValue("period", ms("2024-05-02T00:00:00+00:00"),
@@ -579,7 +579,7 @@ def test_add_uses_fhirpathpy_for_other_forms() -> None:
     coverage = registry.coverage()
     assert coverage.fallback == 1
     assert of(registry.extract(PATIENT), "family-select") == [
-        StringValue("family-select", "ødegard", "Ødegård")]
+        StringValue("family-select", "odegard", "Ødegård")]
     registry.add({"code": "rank", "type": "number", "base": ["Patient"],
                   "expression": "Patient.extension.select(value).count()"})
     assert of(registry.extract(PATIENT), "rank") == [NumberValue("rank", Decimal(1))]
@@ -601,9 +601,9 @@ def test_add_indexer_and_is() -> None:
 
 @pytest.mark.parametrize(("param_type", "expression", "expected"), [
     ("token", "Patient.identifier.select(type)",
-     [TokenValue("x", "", "", "fødselsnummer")]),
+     [TokenValue("x", "", "", "fodselsnummer")]),
     ("token", "Patient.identifier.select($this)",
-     [TokenValue("x", FNR_SYSTEM, FNR, "fødselsnummer")]),
+     [TokenValue("x", FNR_SYSTEM, FNR, "fodselsnummer")]),
     ("token", "Patient.telecom.select($this)",
      [TokenValue("x", "", "+47 99 99 99 99"), TokenValue("x", "", "kari@example.no")]),
     ("token", "Patient.meta.tag.select($this)", [TokenValue("x", "urn:t", "vip", "vip")]),
@@ -703,7 +703,10 @@ def test_date_range_rejects(text: str) -> None:
 
 
 def test_normalize_string() -> None:
-    assert normalize_string("  Kari\tÅse  ØDEGÅRD ") == "kari ase ødegard"
+    assert normalize_string("  Kari\tÅse  ØDEGÅRD ") == "kari ase odegard"
+    # letters Unicode does not decompose, read as their base letters (root collation order)
+    assert normalize_string("Sørensen Bærum STRAẞE Łódź Þórður Œuvre") == \
+        "sorensen baerum strasse lodz thordur oeuvre"
     assert normalize_string("Ñoño Müller-Lüdenscheidt") == "nono muller-ludenscheidt"
     assert normalize_string("Plain Text") == "plain text"
 

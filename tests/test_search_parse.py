@@ -334,7 +334,7 @@ def test_bad_quantities(registry: Registry, value: str) -> None:
 
 
 def test_strings(registry: Registry) -> None:
-    assert clause(registry, "Patient", "family", "ØDEGÅRD").values == (StringQuery("ødegard"),)
+    assert clause(registry, "Patient", "family", "ØDEGÅRD").values == (StringQuery("odegard"),)
     c = clause(registry, "Patient", "family:exact", "Ødegård")
     assert (c.modifier, c.values) == ("exact", (StringQuery("Ødegård"),))
     c = clause(registry, "Patient", "name:contains", "  Åse ")

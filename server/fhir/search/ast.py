@@ -15,7 +15,8 @@ Normalisation rules, so that extraction and query parsing agree:
   ``hi`` inclusive (the last millisecond of the period). ``2024`` is
   [2024-01-01T00:00:00.000Z, 2024-12-31T23:59:59.999Z]. A date or dateTime without a time zone
   is taken as UTC. A Period with no end has ``hi = MAX_MS``; with no start ``lo = MIN_MS``.
-* Strings are stored twice: ``norm`` (lower case, accents removed, whitespace collapsed) for
+* Strings are stored twice: ``norm`` (lower case, accents removed, letters such as ø, æ and ß
+  read as their base letters, whitespace collapsed: :func:`.normalize.normalize_string`) for
   the default starts-with and ``:contains`` searches, and ``exact`` as written for ``:exact``.
 * Tokens: ``system`` is ``""`` when the data has none; ``code`` is the code/value;
   ``text`` is the normalised display/text for ``:text``. Booleans index as code ``true``/``false``.

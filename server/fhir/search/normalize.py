@@ -121,13 +121,23 @@ def period_range(start: str | None, end: str | None) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 
 
+_BASE_LETTERS = str.maketrans({
+    "ø": "o", "æ": "ae", "œ": "oe", "ß": "ss", "đ": "d", "ð": "d", "ł": "l", "þ": "th",
+    "ŧ": "t", "ħ": "h"})
+"""Letters that Unicode does not decompose into a base letter and an accent but that Unicode
+collation compares as their base letters at primary strength (the root order, without a
+language's tailoring): ``sorensen`` finds Sørensen as ``asa`` finds Åsa, ``baerum`` Bærum.
+Lower case only: the text is lower-cased first."""
+
+
 def normalize_string(text: str) -> str:
-    """Lower case, accents removed, whitespace collapsed: the form string search compares."""
+    """Lower case, accents removed, whitespace collapsed: the form string search compares.
+    Changing it changes stored index values: bump :data:`.registry.INDEX_RULES`."""
     if text.isascii():
         return " ".join(text.lower().split())
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return " ".join(stripped.lower().split())
+    return " ".join(stripped.lower().translate(_BASE_LETTERS).split())
 
 
 def decimal_range(value: Decimal) -> tuple[Decimal, Decimal]:

@@ -121,12 +121,13 @@ def _definition_problem(definition: Mapping[str, Any]) -> str | None:
     return None
 
 
-INDEX_RULES = 1
+INDEX_RULES = 2
 """The version of the rules that turn a resource into index values beside its search
 parameters' expressions: extraction (:mod:`.extract`), normalisation (:mod:`.normalize`), and
 the values the access and audit layers add (:func:`server.audit.store_indexer`). Bump it with
 any change to them that changes a stored value: a store built by other rules is indexed again
-when the server starts (:meth:`server.store.port.Store.ensure_indexed`)."""
+when the server starts (:meth:`server.store.port.Store.ensure_indexed`). 2: string values fold
+the letters Unicode collation reads as base letters (ø, æ, ß ...)."""
 
 
 class Registry:
