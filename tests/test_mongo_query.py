@@ -61,6 +61,7 @@ from server.store.mongo_query import (
     approx_margin,
     compile_clause,
     compile_query,
+    history_at_pipeline,
     id_pipeline,
     index_document,
     match_filter,
@@ -1007,3 +1008,21 @@ def test_index_declarations() -> None:
     assert ("type", "lum", "id") in _INDEX_KEYS  # serves the default order
     with pytest.raises(AssertionError):  # the check itself can fail
         assert_index_backed({"ix.tok": {"$elemMatch": {"p": "x", "x2": "y"}}, "lu": 1})
+
+
+def test_history_at_pipeline() -> None:
+    """Versions current at some time in each period: written by its end, and the next
+    version of the resource (by type, id and version + 1) none or written after its start."""
+    pipeline = history_at_pipeline({"type": "Patient"}, [(10, 20), (15, 30)], "history")
+    match, lookup, current = pipeline
+    assert match == {"$match": {"$and": [{"type": "Patient"}, {"lum": {"$lte": 20}},
+                                         {"lum": {"$lte": 30}}]}}
+    assert lookup["$lookup"]["from"] == "history"
+    assert lookup["$lookup"]["let"] == {"type": "$type", "id": "$id",
+                                        "next": {"$add": ["$version", 1]}}
+    assert lookup["$lookup"]["pipeline"][0] == {"$match": {"$expr": {"$and": [
+        {"$eq": ["$type", "$$type"]}, {"$eq": ["$id", "$$id"]},
+        {"$eq": ["$version", "$$next"]}]}}}
+    assert current == {"$match": {"$and": [
+        {"$or": [{"later": {"$size": 0}}, {"later.0.lum": {"$gt": 10}}]},
+        {"$or": [{"later": {"$size": 0}}, {"later.0.lum": {"$gt": 15}}]}]}}

@@ -301,6 +301,19 @@ class Written:
     matched: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class HistoryParams:
+    """A history's parameters: ``_since``, ``_count``, ``_offset``, ``_page`` (the first
+    page's time), ``_at`` (periods, epoch ms), and those the paging links repeat."""
+
+    since_ms: int | None
+    count: int
+    offset: int
+    until_ms: int | None
+    at: list[tuple[int, int]]
+    kept: list[tuple[str, str]]
+
+
 def http_date(instant: str) -> str:
     """A FHIR instant as an HTTP date (for Last-Modified)."""
     parsed = datetime.fromisoformat(instant.replace("Z", "+00:00"))
@@ -524,18 +537,18 @@ class FhirService:
 
     def _history(self, ctx: RequestContext, type_: str | None, id_: str | None,
                  since_ms: int | None, count: int, offset: int,
-                 until_ms: int) -> tuple[list[Version], int]:
-        """Versions (newest first, written by ``until_ms``) of what the caller may see, and
-        their total: of one resource the caller may see now, or of the resources of a type
-        (or of every type but the server's records) whose current version the caller may
-        see."""
+                 until_ms: int, at: list[tuple[int, int]]) -> tuple[list[Version], int]:
+        """Versions (newest first, written by ``until_ms``; current at some time in each
+        period of ``at``) of what the caller may see, and their total: of one resource the
+        caller may see now, or of the resources of a type (or of every type but the server's
+        records) whose current version the caller may see."""
         if type_ is not None and id_ is not None:
             if self.access.conditions(ctx, type_) is not None:
                 self._load(ctx, self.store, type_, id_)
             elif self.store.read(type_, id_) is None:
                 raise not_found(type_, id_)
             versions, total = self.store.history(type_, id_, since_ms=since_ms, count=count,
-                                                 offset=offset, until_ms=until_ms)
+                                                 offset=offset, until_ms=until_ms, at=at)
         else:
             listed = [type_] if type_ is not None else [
                 t for t in STORED_TYPES if t not in self.server_records]
@@ -546,7 +559,7 @@ class FhirService:
             versions, total = self.store.history(
                 type_, None, since_ms=since_ms, count=count, offset=offset,
                 types=open_types if narrowed else None, within=within if narrowed else None,
-                until_ms=until_ms)
+                until_ms=until_ms, at=at)
         return [self._shown(ctx, v) for v in versions], total
 
     def _parse(self, ctx: RequestContext, type_: str, params: list[tuple[str, str]], *,
@@ -1138,11 +1151,16 @@ class FhirService:
             self.check_type(type_)
         if id_ is not None and type_ is not None:
             self.check_id(id_)
-        since_ms, count, offset, until_ms, kept = self._history_params(ctx, params)
+        asked = self._history_params(ctx, params)
+        count, offset, until_ms, kept = asked.count, asked.offset, asked.until_ms, asked.kept
         # Pages after the first are of the versions up to the first page's time, which
         # never change: later writes shift nothing (``_page``).
         snapshot = until_ms if until_ms is not None else now_instant()[1]
-        versions, total = self._history(ctx, type_, id_, since_ms, count, offset, snapshot)
+        if any(lo > snapshot for lo, _hi in asked.at):
+            versions, total = [], 0  # a period after now: no version known to be current
+        else:
+            versions, total = self._history(ctx, type_, id_, asked.since_ms, count, offset,
+                                            snapshot, asked.at)
         path = "/".join(p for p in (type_, id_) if p)
         base = f"{ctx.base_url}/{path}/_history" if path else f"{ctx.base_url}/_history"
 
@@ -1179,18 +1197,23 @@ class FhirService:
         return created
 
     def _history_params(self, ctx: RequestContext, params: list[tuple[str, str]]
-                        ) -> tuple[int | None, int, int, int | None, list[tuple[str, str]]]:
+                        ) -> HistoryParams:
         since_ms: int | None = None
         until_ms: int | None = None
+        at: list[tuple[int, int]] = []
         count, offset = self.config.default_count, 0
         kept: list[tuple[str, str]] = []
         for name, value in params:
-            if name == "_since":
+            if name in ("_since", "_at"):
                 try:
-                    since_ms = date_range(value)[0]
+                    lo, hi = date_range(value)
                 except ValueError as exc:
-                    raise FhirError.of(400, f"_since: {exc}", code="value",
-                                       expression="_since") from exc
+                    raise FhirError.of(400, f"{name}: {exc}", code="value",
+                                       expression=name) from exc
+                if name == "_since":
+                    since_ms = lo
+                else:
+                    at.append((lo, hi))
                 kept.append((name, value))
             elif name == "_count":
                 count = min(_non_negative(name, value), self.config.max_count)
@@ -1201,7 +1224,7 @@ class FhirService:
             elif not ctx.lenient:
                 raise FhirError.of(400, f"Unknown history parameter '{name}'",
                                    code="not-supported", expression=name)
-        return since_ms, count, offset, until_ms, kept
+        return HistoryParams(since_ms, count, offset, until_ms, at, kept)
 
     def _history_entry(self, ctx: RequestContext, version: Version,
                        created: bool) -> dict[str, Any]:

@@ -390,7 +390,8 @@ class _Reader:
     def history(self, type_: str | None, id_: str | None, since_ms: int | None, count: int,
                 offset: int, types: Sequence[str] | None = None,
                 within: Sequence[SearchQuery] | None = None,
-                until_ms: int | None = None) -> tuple[list[Version], int]:
+                until_ms: int | None = None,
+                at: Sequence[tuple[int, int]] = ()) -> tuple[list[Version], int]:
         if id_ is not None and type_ is None:
             raise ValueError("the history of one resource needs its type")
         where: list[str] = []
@@ -401,6 +402,12 @@ class _Reader:
             if value is not None:
                 where.append(test)
                 params[column] = value
+        for n, (lo, hi) in enumerate(at):  # current at some time in [lo, hi]
+            where.append(f"last_updated_ms <= :at_hi{n} AND NOT EXISTS (SELECT 1 FROM history "
+                         "AS later WHERE later.type = history.type AND later.id = history.id "
+                         f"AND later.version = history.version + 1 "
+                         f"AND later.last_updated_ms <= :at_lo{n})")
+            params[f"at_lo{n}"], params[f"at_hi{n}"] = lo, hi
         ctes = ""
         if types is not None or within is not None:
             ctes, scope, scope_params = compile_scope(types or (), within or (),
@@ -1147,7 +1154,8 @@ class EmbeddedStore(Store):
                 since_ms: int | None = None, count: int = 20, offset: int = 0,
                 types: Sequence[str] | None = None,
                 within: Sequence[SearchQuery] | None = None,
-                until_ms: int | None = None) -> tuple[list[Version], int]:
+                until_ms: int | None = None,
+                at: Sequence[tuple[int, int]] = ()) -> tuple[list[Version], int]:
         if type_ is not None:
             self._catch_up({type_})
         elif types is None and within is None:
@@ -1155,7 +1163,7 @@ class EmbeddedStore(Store):
         else:
             self._catch_up(set(types or ()).union(*(types_read(q) for q in within or ())))
         return self._reader().history(type_, id_, since_ms, count, offset, types, within,
-                                      until_ms)
+                                      until_ms, at)
 
     def search(self, query: SearchQuery) -> SearchResult:
         self._catch_up(types_read(query))

@@ -64,7 +64,13 @@ from pymongo.write_concern import WriteConcern
 from ..fhir.jsonio import dumps, loads
 from ..fhir.outcome import FhirError, conflict, issue
 from ..fhir.search.ast import SearchQuery, SearchResult
-from .mongo_query import RESOURCE_INDEXES, compile_query, index_document, scope_filter
+from .mongo_query import (
+    RESOURCE_INDEXES,
+    compile_query,
+    history_at_pipeline,
+    index_document,
+    scope_filter,
+)
 from .port import (
     REINDEX_BATCH,
     Expected,
@@ -369,6 +375,7 @@ class MongoStore(Store):
         types: Sequence[str] | None = None,
         within: Sequence[SearchQuery] | None = None,
         until_ms: int | None = None,
+        at: Sequence[tuple[int, int]] = (),
     ) -> tuple[list[Version], int]:
         if id_ is not None and type_ is None:
             raise ValueError("the history of one resource needs its type")
@@ -388,11 +395,28 @@ class MongoStore(Store):
             sort = [("version", -1)]
         else:
             sort = [("lum", -1), ("version", -1), ("_id", 1)]
+        if at:
+            return self._history_at(filter_, at, sort, count, offset)
         total = self._history.count_documents(filter_)
         if count <= 0:
             return [], total
         docs = self._history.find(filter_, sort=sort, skip=offset, limit=count)
         return [_version(doc) for doc in docs], total
+
+    def _history_at(self, filter_: Document, at: Sequence[tuple[int, int]],
+                    sort: list[tuple[str, int]], count: int,
+                    offset: int) -> tuple[list[Version], int]:
+        """:meth:`history` of the versions matching ``filter_`` that were current at some
+        time in each period of ``at``: written by its end, and the next version (looked up
+        by ``type_id_version``) not written by its start."""
+        pipeline = history_at_pipeline(filter_, at, self._history.name)
+        facet = {"total": [{"$count": "n"}],
+                 "page": [{"$sort": dict(sort)}, {"$skip": offset},
+                          {"$limit": max(count, 1)}, {"$project": {"later": 0}}]}
+        found = next(self._history.aggregate([*pipeline, {"$facet": facet}]))
+        total = found["total"][0]["n"] if found["total"] else 0
+        page = found["page"] if count > 0 else []
+        return [_version(doc) for doc in page], total
 
     def reindex(self, batch: int = REINDEX_BATCH,
                 progress: Callable[[int], None] | None = None) -> int:

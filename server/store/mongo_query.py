@@ -354,6 +354,28 @@ def scope_filter(types: Sequence[str], within: Sequence[SearchQuery], resolve: R
     return _any(ways)
 
 
+def history_at_pipeline(filter_: Filter, at: Sequence[tuple[int, int]],
+                        collection: str) -> Pipeline:
+    """The ``history`` documents matching ``filter_`` that were current at some time in
+    each period of ``at`` (epoch ms, both ends inclusive): written by the period's end
+    (``lum``), and the next version of the resource (``later``, found by the
+    ``type_id_version`` index of ``collection``) none or written after the period's start."""
+    return [
+        {"$match": {"$and": [filter_, *({"lum": {"$lte": hi}} for _lo, hi in at)]}},
+        {"$lookup": {
+            "from": collection,
+            "let": {"type": "$type", "id": "$id", "next": {"$add": ["$version", 1]}},
+            "pipeline": [
+                {"$match": {"$expr": {"$and": [{"$eq": ["$type", "$$type"]},
+                                               {"$eq": ["$id", "$$id"]},
+                                               {"$eq": ["$version", "$$next"]}]}}},
+                {"$project": {"_id": 0, "lum": 1}}],
+            "as": "later"}},
+        {"$match": {"$and": [{"$or": [{"later": {"$size": 0}}, {"later.0.lum": {"$gt": lo}}]}
+                             for lo, _hi in at]}},
+    ]
+
+
 def match_filter(type_: str, parts: Sequence[Filter]) -> Filter:
     """Current, non-deleted resources of ``type_`` matching every part."""
     out: Filter = {"type": type_, "deleted": False}

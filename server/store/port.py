@@ -328,10 +328,14 @@ class Store(abc.ABC):
         types: Sequence[str] | None = None,
         within: Sequence[SearchQuery] | None = None,
         until_ms: int | None = None,
+        at: Sequence[tuple[int, int]] = (),
     ) -> tuple[list[Version], int]:
         """Versions newest first (of one resource, one type, or everything), and the total;
         with ``since_ms`` / ``until_ms`` only those written at or after / at or before then
         (versions are never changed, so the pages of a history up to a time stay put).
+        ``at``: only versions that were current at some time in each of these periods (epoch
+        ms, both ends inclusive): written by its end, and not replaced by the next version
+        (a deletion included) by its start.
 
         ``types`` / ``within`` (either given) narrow the versions further, inside the query
         so that the total and the paging stay right: a version is listed when its type is one

@@ -225,6 +225,41 @@ def test_history_paging_and_since(fhir: Fhir) -> None:
     assert _outcome(bad)["issue"][0]["expression"] == ["_since"]
 
 
+def test_history_at_lists_the_versions_current_then(fhir: Fhir) -> None:
+    """``_at``: the versions that were current at some time in the period - written by its
+    end, not replaced by its start (a deletion is the version current after it)."""
+    first = fhir.create(patient(40))
+    pid = first["id"]
+    time.sleep(0.01)
+    second = fhir.put(f"Patient/{pid}", patient(40, active=False) | {"id": pid}).json()
+    time.sleep(0.01)
+    assert fhir.delete(f"Patient/{pid}").status_code in (200, 204)
+    gone = fhir.search(f"Patient/{pid}/_history")["entry"][0]
+    assert gone["request"]["method"] == "DELETE"
+    time.sleep(0.01)
+    other = fhir.create(patient(41))
+
+    def at(path: str, *values: str) -> list[tuple[str, str]]:
+        query = "&".join(f"_at={v}" for v in values)
+        return [(i, etag) for i, etag in _history_ids(fhir.search(f"{path}?{query}"))]
+
+    one, two = first["meta"]["lastUpdated"], second["meta"]["lastUpdated"]
+    assert at(f"Patient/{pid}/_history", one) == [(pid, 'W/"1"')]
+    assert at(f"Patient/{pid}/_history", two) == [(pid, 'W/"2"')]
+    assert at("Patient/_history", two) == [(pid, 'W/"2"')]  # the other Patient came later
+    now = other["meta"]["lastUpdated"]
+    assert at("Patient/_history", now) == [(other["id"], 'W/"1"'), (pid, 'W/"3"')]
+    day = one[:10]  # a whole day: every version current at some time in it
+    assert len(at(f"Patient/{pid}/_history", day)) == 3
+    assert at(f"Patient/{pid}/_history", day, two) == [(pid, 'W/"2"')]  # each period
+    assert fhir.search("_history?_at=2999-01-01")["total"] == 0
+    paged = fhir.search(f"Patient/_history?_at={day}&_count=1")
+    assert "_at=" in next(link["url"] for link in paged["link"] if link["relation"] == "next")
+    bad = fhir.get("Patient/_history?_at=yesterday")
+    assert bad.status_code == 400
+    assert _outcome(bad)["issue"][0]["expression"] == ["_at"]
+
+
 def test_history_pages_stay_put_while_versions_are_added(fhir: Fhir) -> None:
     """The pages after the first are of the versions there were when it was made: new
     versions written between pages neither repeat a version nor make the paging endless."""
