@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FHIR_JSON = "application/fhir+json"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -43,7 +43,7 @@ def _start(kind: str, data: Path, port: int) -> list[str]:
 def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The base URL of a server started as ``request.param`` on a free port."""
     pytest.importorskip("gunicorn")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANBRO_", "MONGODB_"))}
     env.update(PLANBRO_DATA=str(tmp_path / "data"),
                PLANBRO_BASE_URL=f"http://127.0.0.1:{port}/fhir")
@@ -53,19 +53,25 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
                                    env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/fhir"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if requests.get(f"{base}/metadata", timeout=5).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        wait_answering(process, base, log)
         yield base
     finally:
         end_process(process, timeout=30)
+
+
+def wait_answering(process: subprocess.Popen[bytes], base: str, log: Path) -> None:
+    """Until the server ``process`` (its output in ``log``) answers ``base/metadata``; fails
+    when it exits first, or after a minute."""
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            if requests.get(f"{base}/metadata", timeout=5).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
 
 
 def _outcome(response: requests.Response, status: int, expression: list[str] | None,

@@ -8,13 +8,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import requests
 from live import ADMIN_SCOPE, FHIR_JSON, LiveServer, system_token
-from test_gunicorn import ROOT, _free_port
+from test_gunicorn import ROOT, free_port, wait_answering
 
 from server.app import create_app
 from server.audit import store_indexer
@@ -71,7 +70,7 @@ def test_the_app_indexes_again_what_other_rules_indexed(tmp_path: Path) -> None:
 
 def test_gunicorn_indexes_again_before_its_workers_start(tmp_path: Path) -> None:
     _stored_by_an_older_server(tmp_path)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANBRO_", "MONGODB_"))}
     env.update(PLANBRO_DATA=str(tmp_path), PLANBRO_BASE_URL=f"http://127.0.0.1:{port}/fhir")
     log = tmp_path / "server.log"
@@ -81,16 +80,7 @@ def test_gunicorn_indexes_again_before_its_workers_start(tmp_path: Path) -> None
              "-b", f"127.0.0.1:{port}", "server.app:create_app()"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=5).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        wait_answering(process, f"http://127.0.0.1:{port}/fhir", log)
     finally:
         end_process(process, timeout=30)
     text = log.read_text()
