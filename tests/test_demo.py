@@ -15,6 +15,7 @@ from server.demo import KARI_FNR, ORGNR, SIP_PLAN, demo_bundle, examples, load_d
 from server.fhir.service import FhirService, RequestContext
 from server.plans.identifiers import FNR_SYSTEM, identifier_problems, parse_person_number
 from server.plans.invariants import plan_kind
+from server.store.port import HistoryQuery
 
 CTX = RequestContext(base_url="http://localhost/fhir")
 
@@ -47,9 +48,9 @@ def test_identifiers_are_valid_and_synthetic() -> None:
 def test_loading_twice_creates_nothing_new(service: FhirService) -> None:
     first = load_demo(service)
     assert first == {"created": len(examples()), "existing": 0}
-    versions = service.store.history(count=0)[1]
+    versions = service.store.history(HistoryQuery(count=0))[1]
     assert load_demo(service) == {"created": 0, "existing": len(examples())}
-    assert service.store.history(count=0)[1] == versions
+    assert service.store.history(HistoryQuery(count=0))[1] == versions
 
 
 def test_the_plans_are_found_and_conform(service: FhirService) -> None:

@@ -42,7 +42,7 @@ from server.fhir.search.registry import Registry
 from server.store import embedded as embedded_engine
 from server.store import journal, open_store
 from server.store.embedded import SCHEMA_VERSION, EmbeddedStore
-from server.store.port import UniqueConflict
+from server.store.port import HistoryQuery, UniqueConflict
 from server.store.sql_query import compile_search
 
 REPO = Path(__file__).resolve().parents[1]
@@ -369,7 +369,7 @@ def test_a_failed_write_leaves_nothing_when_the_unit_of_work_goes_on(
                        keys=("k2", "k"))
         uow.create("Task", {"resourceType": "Task"}, id_="c", keys=("k2",))
     assert embedded.read("Task", "b") is None
-    assert embedded.history("Task")[1] == 2
+    assert embedded.history(HistoryQuery("Task"))[1] == 2
     draft = _clause("Task.status", TokenQuery(None, "draft"))
     assert embedded.search(SearchQuery("Task", [draft])).resources == []
 
@@ -578,7 +578,7 @@ def test_a_record_is_stored_once_and_its_history_shows_it(
     for event in found:
         version = embedded.vread("AuditEvent", event["id"], 1)
         assert version is not None and version.resource == event and not version.deleted
-    listed, total = embedded.history("AuditEvent")
+    listed, total = embedded.history(HistoryQuery("AuditEvent"))
     assert total == 2 and sorted(v.resource["outcome"] for v in listed) == ["0", "4"]
     first, second = found
     changed = {**first, "outcome": "8"}
@@ -589,7 +589,7 @@ def test_a_record_is_stored_once_and_its_history_shows_it(
     assert embedded.vread("AuditEvent", first["id"], 2).resource["outcome"] == "8"
     assert embedded.vread("AuditEvent", second["id"], 1).resource == second
     assert embedded.vread("AuditEvent", second["id"], 2).deleted
-    history, _ = embedded.history("AuditEvent", first["id"])
+    history, _ = embedded.history(HistoryQuery("AuditEvent", first["id"]))
     assert [v.resource["outcome"] for v in history] == ["8", "0"]
 
 
@@ -604,7 +604,7 @@ def test_a_read_moves_what_the_background_has_not(embedded: EmbeddedStore,
     result = embedded.search(SearchQuery("AuditEvent", count=0, total=True))
     assert result.total == 30 and (_journalled(embedded), _stored_events(embedded)) == (0, 30)
     _record(embedded, 2)
-    assert embedded.history()[1] == 1 + 32  # a system history concerns records too
+    assert embedded.history(HistoryQuery())[1] == 1 + 32  # a system history concerns records too
     assert _journalled(embedded) == 0
 
 

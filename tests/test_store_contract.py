@@ -39,6 +39,7 @@ from server.fhir.search.ast import (
 from server.store.port import (
     INDEX_NS,
     ETags,
+    HistoryQuery,
     Precondition,
     Store,
     UniqueConflict,
@@ -228,7 +229,7 @@ def test_delete_writes_a_tombstone(store: Store) -> None:
     assert store.read("Patient", "p1") == tombstone
     assert store.vread("Patient", "p1", 2) == tombstone
     assert store.vread("Patient", "p1", 1).resource["name"] == [{"family": "Dahl"}]
-    versions, total = store.history("Patient", "p1")
+    versions, total = store.history(HistoryQuery("Patient", "p1"))
     assert total == 2 and [v.version for v in versions] == [2, 1]
     assert versions[0].deleted
     assert find(store, "Patient") == []
@@ -356,7 +357,7 @@ def test_unique_keys(store: Store) -> None:
 
 def test_unit_of_work_rolls_back_on_error(store: Store) -> None:
     put(store, "Patient", "kept", {"name": [{"family": "Berg"}]})
-    _, before = store.history()
+    _, before = store.history(HistoryQuery())
 
     class Boom(Exception):
         pass
@@ -373,7 +374,7 @@ def test_unit_of_work_rolls_back_on_error(store: Store) -> None:
     assert found(store, "Patient", c("Patient.name", StringQuery("lie"))) == set()
     assert found(store, "Patient", c("Patient.name", StringQuery("moe"))) == set()
     assert found(store, "Patient", c("Patient.name", StringQuery("berg"))) == {"kept"}
-    assert store.history()[1] == before
+    assert store.history(HistoryQuery())[1] == before
     create(store, "Patient", keys=("k1",))  # the key was never taken
 
 
@@ -390,6 +391,20 @@ def test_reads_inside_a_unit_of_work_see_its_writes(store: Store) -> None:
         assert uow.read("Patient", "p1").deleted
         assert uow.vread("Patient", "p1", 3).deleted
         assert uow.search(SearchQuery("Patient")).resources == []
+
+
+def test_history_inside_a_unit_of_work_lists_its_versions(store: Store) -> None:
+    put(store, "Patient", "a")
+    with store.unit_of_work() as uow:
+        uow.update("Patient", "a", {"resourceType": "Patient", "active": True})
+        assert uow.delete("Patient", "a") is not None
+        uow.update("Patient", "a", {"resourceType": "Patient"})
+        versions, total = uow.history(HistoryQuery("Patient", "a"))
+        assert ([v.version for v in versions], total) == ([4, 3, 2, 1], 4)
+        assert uow.history(HistoryQuery("Patient"))[1] == 4
+        assert uow.deleted_versions([("Patient", "a", 2), ("Patient", "a", 3)]) == {
+            ("Patient", "a", 3)}
+    assert store.history(HistoryQuery("Patient", "a"))[1] == 4
 
 
 def test_read_many(store: Store) -> None:
@@ -445,7 +460,7 @@ def test_records_are_in_every_read_once_committed(store: Store) -> None:
                                        c("_id", tok(events[0]["id"])))) == {"p1"}
     assert {v.id for v in store.read_many([("AuditEvent", e["id"]) for e in events])} == {
         e["id"] for e in events}
-    assert store.history("AuditEvent")[1] == 2
+    assert store.history(HistoryQuery("AuditEvent"))[1] == 2
     assert store.search(SearchQuery("Provenance", count=0, total=True)).total == 1
 
 
@@ -457,7 +472,7 @@ def test_records_roll_back_with_their_unit_of_work(store: Store) -> None:
         uow.record("AuditEvent", _event("p1"))
         raise Boom
     assert _events_of(store, "p1") == []
-    assert store.history("AuditEvent")[1] == 0
+    assert store.history(HistoryQuery("AuditEvent"))[1] == 0
 
 
 # -- history ---------------------------------------------------------------------------------
@@ -474,11 +489,11 @@ def test_history(store: Store) -> None:
     time.sleep(0.003)
     put(store, "Patient", "a", {"active": False})
 
-    versions, total = store.history("Patient", "a")
+    versions, total = store.history(HistoryQuery("Patient", "a"))
     assert total == 3 and [v.version for v in versions] == [3, 2, 1]
     assert versions[0].resource["active"] is False and versions[2].method == "PUT"
 
-    versions, total = store.history("Patient")
+    versions, total = store.history(HistoryQuery("Patient"))
     assert total == 5
     assert [(v.id, v.version) for v in versions][:2] == [("a", 3), ("b", 2)]
     assert {(v.id, v.version) for v in versions} == {("a", 1), ("a", 2), ("a", 3),
@@ -486,29 +501,30 @@ def test_history(store: Store) -> None:
     stamps = [v.last_updated for v in versions]
     assert stamps == sorted(stamps, reverse=True)
 
-    everything, total = store.history()
+    everything, total = store.history(HistoryQuery())
     assert total == 6 and len(everything) == 6
 
     ms = date_range(since.last_updated)[0]
-    recent, total = store.history(since_ms=ms)
+    recent, total = store.history(HistoryQuery(since_ms=ms))
     assert total == 3
     assert {(v.type, v.id, v.version) for v in recent} == {
         ("Practitioner", "d", 1), ("Patient", "b", 2), ("Patient", "a", 3)}
-    assert store.history("Patient", since_ms=ms)[1] == 2
+    assert store.history(HistoryQuery("Patient", since_ms=ms))[1] == 2
     before = ms - 1  # up to a time: what was written by then, for one resource and all
-    assert {(v.type, v.id, v.version) for v in store.history(until_ms=before)[0]} == {
+    assert {(v.type, v.id, v.version) for v in store.history(HistoryQuery(until_ms=before))[0]} == {
         ("Patient", "a", 1), ("Patient", "a", 2), ("Patient", "b", 1)}
-    assert [v.version for v in store.history("Patient", "a", until_ms=before)[0]] == [2, 1]
-    assert store.history("Patient", since_ms=ms, until_ms=ms + 10**6)[1] == 2
+    upto, _ = store.history(HistoryQuery("Patient", "a", until_ms=before))
+    assert [v.version for v in upto] == [2, 1]
+    assert store.history(HistoryQuery("Patient", since_ms=ms, until_ms=ms + 10**6))[1] == 2
 
-    page1, total1 = store.history("Patient", count=2)
-    page2, _ = store.history("Patient", count=2, offset=2)
-    page3, _ = store.history("Patient", count=2, offset=4)
+    page1, total1 = store.history(HistoryQuery("Patient", count=2))
+    page2, _ = store.history(HistoryQuery("Patient", count=2, offset=2))
+    page3, _ = store.history(HistoryQuery("Patient", count=2, offset=4))
     assert total1 == 5 and [len(page1), len(page2), len(page3)] == [2, 2, 1]
     assert [(v.id, v.version) for v in page1 + page2 + page3] == [
         (v.id, v.version) for v in versions]
-    assert store.history("Patient", count=0) == ([], 5)
-    assert store.history("Goal") == ([], 0)
+    assert store.history(HistoryQuery("Patient", count=0)) == ([], 5)
+    assert store.history(HistoryQuery("Goal")) == ([], 0)
 
 
 # -- search: tokens --------------------------------------------------------------------------

@@ -558,7 +558,7 @@ def read(service: FhirService, ctx: RequestContext, entry: Entry, reader: Reader
     if t.metadata:
         return service.capabilities(ctx)
     if t.history:
-        return service.history(ctx, t.params or [], t.type, t.id)
+        return service.history(ctx, t.params or [], t.type, t.id, reader=reader)
     if t.type is None:
         raise _bad(f"{entry.path}: system-level search is not supported",
                    f"{entry.path}.request.url", "not-supported")

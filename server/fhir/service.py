@@ -49,7 +49,7 @@ import functools
 import inspect
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -62,6 +62,7 @@ from ..config import Config
 from ..store.port import (
     ETags,
     Expected,
+    HistoryQuery,
     Store,
     UnitOfWork,
     Version,
@@ -118,6 +119,11 @@ class Reader(Protocol):
     def vread(self, type_: str, id_: str, version: int) -> Version | None: ...
 
     def search(self, query: SearchQuery) -> SearchResult: ...
+
+    def history(self, query: HistoryQuery) -> tuple[list[Version], int]: ...
+
+    def deleted_versions(self, versions: Sequence[tuple[str, str, int]]
+                         ) -> set[tuple[str, str, int]]: ...
 
 
 class Guard(Protocol):
@@ -535,8 +541,8 @@ class FhirService:
                     found[(type_, id_, version)] = self.access.shown(ctx, past.resource)
         return {ref: found[ref] for ref in refs if ref in found}
 
-    def _history(self, ctx: RequestContext, type_: str | None, id_: str | None,
-                 since_ms: int | None, count: int, offset: int,
+    def _history(self, ctx: RequestContext, reader: Reader, type_: str | None,
+                 id_: str | None, since_ms: int | None, count: int, offset: int,
                  until_ms: int, at: list[tuple[int, int]]) -> tuple[list[Version], int]:
         """Versions (newest first, written by ``until_ms``; current at some time in each
         period of ``at``) of what the caller may see, and their total: of one resource the
@@ -544,11 +550,12 @@ class FhirService:
         records) whose current version the caller may see."""
         if type_ is not None and id_ is not None:
             if self.access.conditions(ctx, type_) is not None:
-                self._load(ctx, self.store, type_, id_)
-            elif self.store.read(type_, id_) is None:
+                self._load(ctx, reader, type_, id_)
+            elif reader.read(type_, id_) is None:
                 raise not_found(type_, id_)
-            versions, total = self.store.history(type_, id_, since_ms=since_ms, count=count,
-                                                 offset=offset, until_ms=until_ms, at=at)
+            versions, total = reader.history(HistoryQuery(
+                type_, id_, since_ms=since_ms, until_ms=until_ms, at=at, count=count,
+                offset=offset))
         else:
             listed = [type_] if type_ is not None else [
                 t for t in STORED_TYPES if t not in self.server_records]
@@ -556,10 +563,10 @@ class FhirService:
             within = [self.access.restrict(ctx, SearchQuery(type=t))
                       for t in listed if t not in open_types]
             narrowed = type_ is None or bool(within)
-            versions, total = self.store.history(
-                type_, None, since_ms=since_ms, count=count, offset=offset,
+            versions, total = reader.history(HistoryQuery(
+                type_, since_ms=since_ms, until_ms=until_ms, at=at,
                 types=open_types if narrowed else None, within=within if narrowed else None,
-                until_ms=until_ms, at=at)
+                count=count, offset=offset))
         return [self._shown(ctx, v) for v in versions], total
 
     def _parse(self, ctx: RequestContext, type_: str, params: list[tuple[str, str]], *,
@@ -1143,8 +1150,11 @@ class FhirService:
 
     @observed(_history_name)
     def history(self, ctx: RequestContext, params: list[tuple[str, str]],
-                type_: str | None = None, id_: str | None = None) -> Result:
-        """History of one resource, one type, or the whole server, newest first."""
+                type_: str | None = None, id_: str | None = None, *,
+                reader: Reader | None = None) -> Result:
+        """History of one resource, one type, or the whole server, newest first;
+        ``reader``: a unit of work whose versions are listed as well."""
+        reader = reader or self.store
         self.guard.check(ctx, "history-system" if type_ is None else
                          "history-type" if id_ is None else "history-instance", type_)
         if type_ is not None:
@@ -1159,8 +1169,8 @@ class FhirService:
         if any(lo > snapshot for lo, _hi in asked.at):
             versions, total = [], 0  # a period after now: no version known to be current
         else:
-            versions, total = self._history(ctx, type_, id_, asked.since_ms, count, offset,
-                                            snapshot, asked.at)
+            versions, total = self._history(ctx, reader, type_, id_, asked.since_ms, count,
+                                            offset, snapshot, asked.at)
         path = "/".join(p for p in (type_, id_) if p)
         base = f"{ctx.base_url}/{path}/_history" if path else f"{ctx.base_url}/_history"
 
@@ -1180,12 +1190,13 @@ class FhirService:
             "resourceType": "Bundle", "id": new_id(), "meta": {"lastUpdated": _now()},
             "type": "history", "total": total, "link": links}
         if versions:
-            created = self._created(versions)
+            created = self._created(reader, versions)
             bundle["entry"] = [self._history_entry(ctx, v, (v.type, v.id, v.version) in created)
                                for v in versions]
         return Result(200, bundle)
 
-    def _created(self, versions: list[Version]) -> set[tuple[str, str, int]]:
+    @staticmethod
+    def _created(reader: Reader, versions: list[Version]) -> set[tuple[str, str, int]]:
         """(type, id, version) of those ``versions`` that created their resource: a POST,
         a version 1, and a PUT after a deletion (update as create answered 201)."""
         created = {(v.type, v.id, v.version) for v in versions
@@ -1193,7 +1204,7 @@ class FhirService:
         before = [(v.type, v.id, v.version - 1) for v in versions
                   if not v.deleted and v.method == "PUT" and v.version > 1]
         if before:  # the versions before these PUTs: which were deletions
-            created.update((t, i, n + 1) for t, i, n in self.store.deleted_versions(before))
+            created.update((t, i, n + 1) for t, i, n in reader.deleted_versions(before))
         return created
 
     def _history_params(self, ctx: RequestContext, params: list[tuple[str, str]]

@@ -88,6 +88,7 @@ from .port import (
     RECORD_TYPES,
     REINDEX_BATCH,
     Expected,
+    HistoryQuery,
     Indexer,
     Store,
     UniqueConflict,
@@ -265,6 +266,15 @@ _H_VERSION_COLUMNS = _VERSION_COLUMNS.replace(
 (a row of a deletion has none)."""
 
 
+def _history_types(query: HistoryQuery) -> set[str | None]:
+    """The types a history lists (None: every type)."""
+    if query.type is not None:
+        return {query.type}
+    if query.types is None and query.within is None:
+        return {None}
+    return set(query.types or ()).union(*(types_read(q) for q in query.within or ()))
+
+
 def _index_rows(values: IndexValues) -> dict[str, list[tuple[Any, ...]]]:
     """The rows (without pk and type) each index table gets for ``values``; duplicates
     are dropped."""
@@ -387,44 +397,39 @@ class _Reader:
                     "AND h.version = v.column3 WHERE h.deleted = 1", params))
         return found
 
-    def history(self, type_: str | None, id_: str | None, since_ms: int | None, count: int,
-                offset: int, types: Sequence[str] | None = None,
-                within: Sequence[SearchQuery] | None = None,
-                until_ms: int | None = None,
-                at: Sequence[tuple[int, int]] = ()) -> tuple[list[Version], int]:
-        if id_ is not None and type_ is None:
-            raise ValueError("the history of one resource needs its type")
+    def history(self, query: HistoryQuery) -> tuple[list[Version], int]:
         where: list[str] = []
         params: dict[str, Any] = {}
-        for column, test, value in (("type", "type = :type", type_), ("id", "id = :id", id_),
-                                    ("since", "last_updated_ms >= :since", since_ms),
-                                    ("until", "last_updated_ms <= :until", until_ms)):
+        for column, test, value in (
+                ("type", "type = :type", query.type), ("id", "id = :id", query.id),
+                ("since", "last_updated_ms >= :since", query.since_ms),
+                ("until", "last_updated_ms <= :until", query.until_ms)):
             if value is not None:
                 where.append(test)
                 params[column] = value
-        for n, (lo, hi) in enumerate(at):  # current at some time in [lo, hi]
+        for n, (lo, hi) in enumerate(query.at):  # current at some time in [lo, hi]
             where.append(f"last_updated_ms <= :at_hi{n} AND NOT EXISTS (SELECT 1 FROM history "
                          "AS later WHERE later.type = history.type AND later.id = history.id "
                          f"AND later.version = history.version + 1 "
                          f"AND later.last_updated_ms <= :at_lo{n})")
             params[f"at_lo{n}"], params[f"at_hi{n}"] = lo, hi
         ctes = ""
-        if types is not None or within is not None:
-            ctes, scope, scope_params = compile_scope(types or (), within or (),
+        if query.types is not None or query.within is not None:
+            ctes, scope, scope_params = compile_scope(query.types or (), query.within or (),
                                                       now_instant()[1])
             where.append(scope)
             params.update(scope_params)
         condition = " AND ".join(where) or "1"
         # Newest first; ``seq`` (the rowid, which every index ends with) orders versions
         # written in the same millisecond.
-        order = "version DESC" if id_ is not None else "last_updated_ms DESC, seq DESC"
+        order = "version DESC" if query.id is not None else "last_updated_ms DESC, seq DESC"
         with self.snapshot():
             total = self.conn.execute(
                 f"{ctes}SELECT count(*) FROM history WHERE {condition}", params).fetchone()[0]
             rows = self.conn.execute(
                 f"{ctes}SELECT {_H_VERSION_COLUMNS} FROM history WHERE {condition} "
                 f"ORDER BY {order} LIMIT :count OFFSET :offset",
-                {**params, "count": count, "offset": offset}).fetchall()
+                {**params, "count": query.count, "offset": query.offset}).fetchall()
         return [_version(row) for row in rows], total
 
     def search(self, query: SearchQuery) -> SearchResult:
@@ -537,6 +542,17 @@ class _EmbeddedUnitOfWork(UnitOfWork):
         if types_read(query) & RECORD_TYPES:
             self.catch_up()
         return self._reader.search(query)
+
+    def history(self, query: HistoryQuery) -> tuple[list[Version], int]:
+        self._check_open()
+        if _history_types(query) & {None, *RECORD_TYPES}:
+            self.catch_up()
+        return self._reader.history(query)
+
+    def deleted_versions(self, versions: Sequence[tuple[str, str, int]]
+                         ) -> set[tuple[str, str, int]]:
+        self._check_open()
+        return self._reader.deleted_versions(versions)
 
     # -- records ---------------------------------------------------------------------------------
 
@@ -1150,20 +1166,9 @@ class EmbeddedStore(Store):
         self._catch_up({type_ for type_, _, _ in versions})
         return self._reader().deleted_versions(versions)
 
-    def history(self, type_: str | None = None, id_: str | None = None, *,
-                since_ms: int | None = None, count: int = 20, offset: int = 0,
-                types: Sequence[str] | None = None,
-                within: Sequence[SearchQuery] | None = None,
-                until_ms: int | None = None,
-                at: Sequence[tuple[int, int]] = ()) -> tuple[list[Version], int]:
-        if type_ is not None:
-            self._catch_up({type_})
-        elif types is None and within is None:
-            self._catch_up({None})
-        else:
-            self._catch_up(set(types or ()).union(*(types_read(q) for q in within or ())))
-        return self._reader().history(type_, id_, since_ms, count, offset, types, within,
-                                      until_ms, at)
+    def history(self, query: HistoryQuery) -> tuple[list[Version], int]:
+        self._catch_up(_history_types(query))
+        return self._reader().history(query)
 
     def search(self, query: SearchQuery) -> SearchResult:
         self._catch_up(types_read(query))

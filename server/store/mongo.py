@@ -74,6 +74,7 @@ from .mongo_query import (
 from .port import (
     REINDEX_BATCH,
     Expected,
+    HistoryQuery,
     Indexer,
     Store,
     UniqueConflict,
@@ -356,66 +357,63 @@ class MongoStore(Store):
 
     def deleted_versions(self, versions: Sequence[tuple[str, str, int]]
                          ) -> set[tuple[str, str, int]]:
+        return self.deleted_versions_in(versions, None)
+
+    def deleted_versions_in(self, versions: Sequence[tuple[str, str, int]],
+                            session: ClientSession | None) -> set[tuple[str, str, int]]:
         wanted = list(dict.fromkeys(f"{type_}/{id_}/{number}" for type_, id_, number in versions))
         found: set[tuple[str, str, int]] = set()
         for chunk in iter_chunks(wanted, CHUNK):
             for doc in self._history.find({"_id": {"$in": chunk}, "deleted": True},
-                                          projection=["type", "id", "version"]):
+                                          projection=["type", "id", "version"],
+                                          session=session):
                 found.add((doc["type"], doc["id"], int(doc["version"])))
         return found
 
-    def history(
-        self,
-        type_: str | None = None,
-        id_: str | None = None,
-        *,
-        since_ms: int | None = None,
-        count: int = 20,
-        offset: int = 0,
-        types: Sequence[str] | None = None,
-        within: Sequence[SearchQuery] | None = None,
-        until_ms: int | None = None,
-        at: Sequence[tuple[int, int]] = (),
-    ) -> tuple[list[Version], int]:
-        if id_ is not None and type_ is None:
-            raise ValueError("the history of one resource needs its type")
+    def history(self, query: HistoryQuery) -> tuple[list[Version], int]:
+        return self.history_in(query, None)
+
+    def history_in(self, query: HistoryQuery,
+                   session: ClientSession | None) -> tuple[list[Version], int]:
+        """:meth:`history`, inside ``session`` when given."""
         filter_: Document = {}
-        if type_ is not None:
-            filter_["type"] = type_
-        if id_ is not None:
-            filter_["id"] = id_
-        written = {op: ms for op, ms in (("$gte", since_ms), ("$lte", until_ms))
+        if query.type is not None:
+            filter_["type"] = query.type
+        if query.id is not None:
+            filter_["id"] = query.id
+        written = {op: ms for op, ms in (("$gte", query.since_ms), ("$lte", query.until_ms))
                    if ms is not None}
         if written:
             filter_["lum"] = written
-        if types is not None or within is not None:
-            filter_ = {"$and": [filter_, scope_filter(types or (), within or (),
-                                                      self._resolver(None), _now_ms())]}
-        if id_ is not None:
+        if query.types is not None or query.within is not None:
+            filter_ = {"$and": [filter_, scope_filter(query.types or (), query.within or (),
+                                                      self._resolver(session), _now_ms())]}
+        if query.id is not None:
             sort = [("version", -1)]
         else:
             sort = [("lum", -1), ("version", -1), ("_id", 1)]
-        if at:
-            return self._history_at(filter_, at, sort, count, offset)
-        total = self._history.count_documents(filter_)
-        if count <= 0:
+        if query.at:
+            return self._history_at(filter_, query, sort, session)
+        total = self._history.count_documents(filter_, session=session)
+        if query.count <= 0:
             return [], total
-        docs = self._history.find(filter_, sort=sort, skip=offset, limit=count)
+        docs = self._history.find(filter_, sort=sort, skip=query.offset, limit=query.count,
+                                  session=session)
         return [_version(doc) for doc in docs], total
 
-    def _history_at(self, filter_: Document, at: Sequence[tuple[int, int]],
-                    sort: list[tuple[str, int]], count: int,
-                    offset: int) -> tuple[list[Version], int]:
+    def _history_at(self, filter_: Document, query: HistoryQuery,
+                    sort: list[tuple[str, int]],
+                    session: ClientSession | None) -> tuple[list[Version], int]:
         """:meth:`history` of the versions matching ``filter_`` that were current at some
-        time in each period of ``at``: written by its end, and the next version (looked up
-        by ``type_id_version``) not written by its start."""
-        pipeline = history_at_pipeline(filter_, at, self._history.name)
+        time in each period of ``query.at``: written by its end, and the next version
+        (looked up by ``type_id_version``) not written by its start."""
+        pipeline = history_at_pipeline(filter_, query.at, self._history.name)
         facet = {"total": [{"$count": "n"}],
-                 "page": [{"$sort": dict(sort)}, {"$skip": offset},
-                          {"$limit": max(count, 1)}, {"$project": {"later": 0}}]}
-        found = next(self._history.aggregate([*pipeline, {"$facet": facet}]))
+                 "page": [{"$sort": dict(sort)}, {"$skip": query.offset},
+                          {"$limit": max(query.count, 1)}, {"$project": {"later": 0}}]}
+        found = next(self._history.aggregate([*pipeline, {"$facet": facet}], session=session))
         total = found["total"][0]["n"] if found["total"] else 0
-        page = found["page"] if count > 0 else []
+        page = found["page"] if query.count > 0 else []
         return [_version(doc) for doc in page], total
 
     def reindex(self, batch: int = REINDEX_BATCH,
@@ -574,6 +572,15 @@ class _MongoUnitOfWork(UnitOfWork):
     @_guarded
     def search(self, query: SearchQuery) -> SearchResult:
         return self._store.search_in(query, self._session)
+
+    @_guarded
+    def history(self, query: HistoryQuery) -> tuple[list[Version], int]:
+        return self._store.history_in(query, self._session)
+
+    @_guarded
+    def deleted_versions(self, versions: Sequence[tuple[str, str, int]]
+                         ) -> set[tuple[str, str, int]]:
+        return self._store.deleted_versions_in(versions, self._session)
 
     # -- writes ---------------------------------------------------------------------------------
 

@@ -217,6 +217,38 @@ def stamp(resource: dict[str, Any], type_: str, id_: str, version: int, instant:
     return out
 
 
+@dataclass(frozen=True)
+class HistoryQuery:
+    """Which versions a history lists, newest first, and which page of them.
+
+    Of one resource (``type`` and ``id``), one type, or everything. ``since_ms`` /
+    ``until_ms``: only those written at or after / at or before then (versions are never
+    changed, so the pages of a history up to a time stay put). ``at``: only versions that
+    were current at some time in each of these periods (epoch ms, both ends inclusive):
+    written by its end, and not replaced by the next version (a deletion included) by its
+    start.
+
+    ``types`` / ``within`` (either given) narrow the versions further, inside the query so
+    that the total and the paging stay right: a version is listed when its type is one of
+    ``types``, or when the CURRENT version of its resource matches one of the ``within``
+    searches (each of one type; the access layer's view of that type). Both None: no
+    narrowing; both empty: nothing."""
+
+    type: str | None = None
+    id: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    at: Sequence[tuple[int, int]] = ()
+    types: Sequence[str] | None = None
+    within: Sequence[SearchQuery] | None = None
+    count: int = 20
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if self.id is not None and self.type is None:
+            raise ValueError("the history of one resource needs its type")
+
+
 class UnitOfWork(abc.ABC):
     """An atomic group of reads and writes. Obtain one from :meth:`Store.unit_of_work`."""
 
@@ -227,6 +259,15 @@ class UnitOfWork(abc.ABC):
     @abc.abstractmethod
     def vread(self, type_: str, id_: str, version: int) -> Version | None:
         """One version, or None; a version this unit of work wrote included."""
+
+    @abc.abstractmethod
+    def history(self, query: HistoryQuery) -> tuple[list[Version], int]:
+        """:meth:`Store.history`, the versions this unit of work wrote included."""
+
+    @abc.abstractmethod
+    def deleted_versions(self, versions: Sequence[tuple[str, str, int]]
+                         ) -> set[tuple[str, str, int]]:
+        """:meth:`Store.deleted_versions`, the versions this unit of work wrote included."""
 
     @abc.abstractmethod
     def search(self, query: SearchQuery) -> SearchResult:
@@ -317,31 +358,8 @@ class Store(abc.ABC):
         (tombstones)."""
 
     @abc.abstractmethod
-    def history(
-        self,
-        type_: str | None = None,
-        id_: str | None = None,
-        *,
-        since_ms: int | None = None,
-        count: int = 20,
-        offset: int = 0,
-        types: Sequence[str] | None = None,
-        within: Sequence[SearchQuery] | None = None,
-        until_ms: int | None = None,
-        at: Sequence[tuple[int, int]] = (),
-    ) -> tuple[list[Version], int]:
-        """Versions newest first (of one resource, one type, or everything), and the total;
-        with ``since_ms`` / ``until_ms`` only those written at or after / at or before then
-        (versions are never changed, so the pages of a history up to a time stay put).
-        ``at``: only versions that were current at some time in each of these periods (epoch
-        ms, both ends inclusive): written by its end, and not replaced by the next version
-        (a deletion included) by its start.
-
-        ``types`` / ``within`` (either given) narrow the versions further, inside the query
-        so that the total and the paging stay right: a version is listed when its type is one
-        of ``types``, or when the CURRENT version of its resource matches one of the
-        ``within`` searches (each of one type; the access layer's view of that type). Both
-        None: no narrowing; both empty: nothing."""
+    def history(self, query: HistoryQuery) -> tuple[list[Version], int]:
+        """The page of versions ``query`` asks for, newest first, and their total."""
 
     @abc.abstractmethod
     def search(self, query: SearchQuery) -> SearchResult:

@@ -25,7 +25,7 @@ from server.fhir.search.ast import (
     TokenQuery,
 )
 from server.store.mongo_query import scope_filter
-from server.store.port import Store
+from server.store.port import HistoryQuery, Store
 
 NAME, GENDER = PARAMS["Patient.name"], PARAMS["Patient.gender"]
 TASK_STATUS, TASK_FOR = PARAMS["Task.status"], PARAMS["Task.for"]
@@ -127,7 +127,7 @@ def test_history_narrowed_to_a_view(store: Store) -> None:
         uow.delete("Goal", "g2")
 
     def listed(**scope: Any) -> tuple[set[tuple[str, str, int]], int]:
-        versions, total = store.history(count=100, **scope)
+        versions, total = store.history(HistoryQuery(count=100, **scope))
         return {(v.type, v.id, v.version) for v in versions}, total
 
     everything, total = listed()
@@ -139,7 +139,7 @@ def test_history_narrowed_to_a_view(store: Store) -> None:
                               ("Goal", "g2", 1), ("Goal", "g2", 2)}
     assert total == 5
     assert listed(types=[], within=[])[1] == 0
-    task_only, total = store.history("Task", None, within=[ready_now], types=[])
+    task_only, total = store.history(HistoryQuery("Task", None, within=[ready_now], types=[]))
     assert {(v.id, v.version) for v in task_only} == {("t1", 1), ("t1", 2)} and total == 2
 
 

@@ -226,6 +226,23 @@ def test_transaction_reads_include_the_versions_it_wrote(fhir: Fhir) -> None:
         ("include", goal["id"], "2", "completed"), ("match", "versioned-plan", "1", None)]
 
 
+def test_transaction_history_entries_list_the_versions_it_wrote(fhir: Fhir) -> None:
+    """A history GET entry is processed after the writes (R4 transaction order), and lists
+    the versions the transaction wrote: a deletion and a re-creation included."""
+    pid = fhir.create(patient(28))["id"]
+    response = fhir.post("", _bundle(
+        "transaction",
+        {"request": {"method": "GET", "url": f"Patient/{pid}/_history"}},
+        {"request": {"method": "GET", "url": "Patient/_history?_count=1"}},
+        {"resource": {**patient(28, active=False), "id": pid},
+         "request": {"method": "PUT", "url": f"Patient/{pid}"}}))
+    assert response.status_code == 200, response.text
+    instance, of_type = (response.json()["entry"][i]["resource"] for i in (0, 1))
+    assert [(e["response"]["etag"], e["request"]["method"]) for e in instance["entry"]] == [
+        ('W/"2"', "PUT"), ('W/"1"', "POST")]
+    assert of_type["total"] == 2 and of_type["entry"][0]["response"]["etag"] == 'W/"2"'
+
+
 def test_transaction_reads_count_what_it_wrote_for_an_ambiguous_id(fhir: Fhir) -> None:
     """An id without a type that the transaction's own writes make ambiguous is refused in
     its GET entry (R4 search 3.1.1.4.12), and nothing of the transaction is stored."""
