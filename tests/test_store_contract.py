@@ -36,6 +36,7 @@ from server.fhir.search.ast import (
     UriQuery,
     page_order,
 )
+from server.store import port
 from server.store.port import (
     INDEX_NS,
     ETags,
@@ -1155,6 +1156,39 @@ def test_ensure_indexed_waits_for_another_process_and_takes_over_a_lapsed_lease(
     assert store.ensure_indexed("new") == 1
     assert time.monotonic() - started >= 0.35
     assert store.kv_get(INDEX_NS, "built-with")["fingerprint"] == "new"  # type: ignore[index]
+
+
+def test_ensure_indexed_goes_on_where_a_killed_process_stopped(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that dies while it indexes (gunicorn kills a worker that is slow to start)
+    loses its current batch only: the next one goes on after the last batch done."""
+    for id_ in ("a", "b", "c"):
+        put(store, "Patient", id_)
+    store.kv_put(INDEX_NS, "built-with", {"fingerprint": "old"})
+    monkeypatch.setattr(port, "REINDEX_BATCH", 1)
+    indexer, seen = store.indexer, []
+
+    def dies_at_b(resource: dict[str, Any]) -> Any:
+        if resource["id"] == "b":
+            raise KeyboardInterrupt("killed")
+        return indexer(resource)
+
+    def noting(resource: dict[str, Any]) -> Any:
+        seen.append(resource["id"])
+        return indexer(resource)
+
+    store.indexer = dies_at_b
+    with pytest.raises(KeyboardInterrupt):
+        store.ensure_indexed("new")
+    assert store.kv_get(INDEX_NS, "built-with") == {"fingerprint": "old"}
+    store.indexer = noting
+    told: list[str] = []
+    assert store.ensure_indexed("new", log=told.append) == 3  # "a" counted, not done again
+    assert seen == ["b", "c"]
+    assert "going on after 1" in told[0]
+    assert store.kv_get(INDEX_NS, "progress") is None  # done: nothing left to go on from
+    seen.clear()
+    assert store.ensure_indexed("new", force=True) == 3 and seen == ["a", "b", "c"]
 
 
 def test_ensure_indexed_by_one_process_at_a_time(store: Store) -> None:

@@ -1175,17 +1175,18 @@ class EmbeddedStore(Store):
         return self._reader().search(query)
 
     def reindex(self, batch: int = REINDEX_BATCH,
-                progress: Callable[[int], None] | None = None) -> int:
-        done, after = 0, 0
+                progress: Callable[[int, Any], None] | None = None,
+                after: Any = None) -> int:
+        done, at = 0, int(after or 0)  # the last pk done
         while True:
             with self._unit_of_work() as uow:
                 assert isinstance(uow, _EmbeddedUnitOfWork)
-                count, after = uow.reindex(after, batch)
+                count, at = uow.reindex(at, batch)
             if not count:
                 return done
             done += count
             if progress is not None:
-                progress(done)
+                progress(done, at)
 
     def explain(self, query: SearchQuery) -> list[str]:
         """SQLite's plan for the search ``query`` (``EXPLAIN QUERY PLAN`` details) by the

@@ -417,8 +417,9 @@ class MongoStore(Store):
         return [_version(doc) for doc in page], total
 
     def reindex(self, batch: int = REINDEX_BATCH,
-                progress: Callable[[int], None] | None = None) -> int:
-        done, after = 0, ""
+                progress: Callable[[int, Any], None] | None = None,
+                after: Any = None) -> int:
+        done, after = 0, str(after or "")  # the last _id done
         while True:
             docs = list(self._resources.find(
                 {"_id": {"$gt": after}, "deleted": False}, {"json": 1, "version": 1},
@@ -433,7 +434,7 @@ class MongoStore(Store):
             done += len(docs)
             after = docs[-1]["_id"]
             if progress is not None:
-                progress(done)
+                progress(done, after)
 
     def search(self, query: SearchQuery) -> SearchResult:
         return self.search_in(query, None)

@@ -163,7 +163,7 @@ class UniqueConflict(FhirError):
 
 INDEX_NS = "search-index"
 """The key-value namespace of what the search index was built by (:meth:`Store.ensure_indexed`)."""
-_BUILT_WITH, _REBUILDING = "built-with", "rebuilding"
+_BUILT_WITH, _REBUILDING, _PROGRESS = "built-with", "rebuilding", "progress"
 INDEX_LEASE_MS = 120_000
 """How long a process that indexes every resource again holds the others off without a sign of
 life (it renews the lease after every batch)."""
@@ -367,13 +367,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def reindex(self, batch: int = REINDEX_BATCH,
-                progress: Callable[[int], None] | None = None) -> int:
+                progress: Callable[[int, Any], None] | None = None,
+                after: Any = None) -> int:
         """Extract the search values of every current resource again with the store's
         indexer and replace what is stored for it (after the search parameters or their
         extraction changed, or an upgrade says so). Batch by batch, each in a transaction
         of its own, so that the server goes on serving; a resource written meanwhile keeps
-        the values its write stored. ``progress`` is called with the count done after each
-        batch. Returns how many resources were indexed."""
+        the values its write stored. ``progress`` is called after each batch with the count
+        done and where the batch ended (a JSON value); ``after``: such a place, to go on from
+        there. Returns how many resources were indexed."""
 
     def ensure_indexed(self, fingerprint: str, *, force: bool = False,
                        log: Callable[[str], None] | None = None) -> int | None:
@@ -385,7 +387,9 @@ class Store(abc.ABC):
 
         One process indexes at a time, across all that share the store: it holds a lease
         (:data:`INDEX_LEASE_MS`, renewed after every batch); the others wait until it is
-        done, or until its lease lapses (the process died) and they take over."""
+        done, or until its lease lapses (the process died) and they take over, going on from
+        the last batch it finished (a process killed while it indexes, as gunicorn kills a
+        worker slow to start, loses one batch, not the work done)."""
         while True:
             built = self.kv_get(INDEX_NS, _BUILT_WITH)
             current = built is not None and built.get("fingerprint") == fingerprint
@@ -397,23 +401,32 @@ class Store(abc.ABC):
                 break
             time.sleep(INDEX_WAIT_S)  # another process is indexing
         say = log or (lambda _text: None)
-
-        def renew(done: int) -> None:
-            self.kv_put(INDEX_NS, _REBUILDING, holder,
-                        expires_ms=now_instant()[1] + INDEX_LEASE_MS)
-            if done <= REINDEX_BATCH:
-                say("Search index: indexing every resource again, by this server's search "
-                    "parameters and rules")
-            if done // INDEX_LOG_EVERY > (done - REINDEX_BATCH) // INDEX_LOG_EVERY:
-                say(f"  {done:,} resources indexed")
-
+        batch = REINDEX_BATCH
         try:
             built = self.kv_get(INDEX_NS, _BUILT_WITH)  # another may have finished meanwhile
             if not force and built is not None and built.get("fingerprint") == fingerprint:
                 return None
-            count = self.reindex(REINDEX_BATCH, renew)
+            left = self.kv_get(INDEX_NS, _PROGRESS)
+            if force or left is None or left.get("fingerprint") != fingerprint:
+                left = {"fingerprint": fingerprint, "after": None, "done": 0}
+            before = int(left["done"])
+
+            def renew(done: int, after: Any) -> None:
+                self.kv_put(INDEX_NS, _PROGRESS, {**left, "after": after, "done": before + done})
+                self.kv_put(INDEX_NS, _REBUILDING, holder,
+                            expires_ms=now_instant()[1] + INDEX_LEASE_MS)
+                if done <= batch:
+                    again = f", going on after {before:,}" if before else ""
+                    say("Search index: indexing every resource again, by this server's search "
+                        f"parameters and rules{again}")
+                total = before + done
+                if total // INDEX_LOG_EVERY > (total - batch) // INDEX_LOG_EVERY:
+                    say(f"  {total:,} resources indexed")
+
+            count = before + self.reindex(batch, renew, left["after"])
             self.kv_put(INDEX_NS, _BUILT_WITH, {"fingerprint": fingerprint, "resources": count,
                                                 "at": now_instant()[0]})
+            self.kv_delete(INDEX_NS, _PROGRESS)
             if count or force:
                 say(f"Search index rebuilt: {count:,} resources indexed")
             return count
