@@ -164,9 +164,9 @@ class UniqueConflict(FhirError):
 INDEX_NS = "search-index"
 """The key-value namespace of what the search index was built by (:meth:`Store.ensure_indexed`)."""
 _BUILT_WITH, _REBUILDING, _PROGRESS = "built-with", "rebuilding", "progress"
-INDEX_LEASE_MS = 120_000
+INDEX_LEASE_MS = 30_000
 """How long a process that indexes every resource again holds the others off without a sign of
-life (it renews the lease after every batch)."""
+life (it renews the lease after every batch, a fraction of a second)."""
 INDEX_WAIT_S = 0.5
 """How often a process that waits for another's indexing looks again."""
 REINDEX_BATCH = 500
