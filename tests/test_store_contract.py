@@ -1140,6 +1140,7 @@ def test_ensure_indexed_rebuilds_what_other_rules_built(store: Store) -> None:
     assert store.ensure_indexed("new", log=told.append) == 2
     assert found(store, "Patient", female) == {"a", "b"}
     assert "indexing every resource again" in told[0] and "2 resources indexed" in told[-1]
+    assert len(told) == 2  # progress is told every 10,000
     assert store.ensure_indexed("new") is None  # current: nothing done
     assert store.ensure_indexed("new", force=True) == 2
     assert store.kv_get(INDEX_NS, "rebuilding") is None  # the lease is given back

@@ -410,6 +410,7 @@ class Store(abc.ABC):
             if force or left is None or left.get("fingerprint") != fingerprint:
                 left = {"fingerprint": fingerprint, "after": None, "done": 0}
             before = int(left["done"])
+            told = [before]  # the count last told
 
             def renew(done: int, after: Any) -> None:
                 self.kv_put(INDEX_NS, _PROGRESS, {**left, "after": after, "done": before + done})
@@ -420,8 +421,9 @@ class Store(abc.ABC):
                     say("Search index: indexing every resource again, by this server's search "
                         f"parameters and rules{again}")
                 total = before + done
-                if total // INDEX_LOG_EVERY > (total - batch) // INDEX_LOG_EVERY:
+                if total // INDEX_LOG_EVERY > told[0] // INDEX_LOG_EVERY:
                     say(f"  {total:,} resources indexed")
+                told[0] = total
 
             count = before + self.reindex(batch, renew, left["after"])
             self.kv_put(INDEX_NS, _BUILT_WITH, {"fingerprint": fingerprint, "resources": count,
