@@ -39,6 +39,9 @@ def test_mongo_is_an_initiated_single_node_replica_set(compose: dict[str, Any]) 
 def test_server_uses_the_replica_set_and_waits_for_it(compose: dict[str, Any]) -> None:
     server = compose["services"]["planbro"]
     mongo_command = compose["services"]["mongo"]["command"]
+    # the public URL the port is published at, unless the environment names another
+    assert server["environment"]["PLANBRO_BASE_URL"] == (
+        "${PLANBRO_BASE_URL:-http://localhost:8080/fhir}")
     uri = urlsplit(server["environment"]["MONGODB_URI"])
     assert uri.scheme == "mongodb" and uri.netloc == "mongo:27017"
     assert parse_qs(uri.query)["replicaSet"] == [mongo_command[mongo_command.index("--replSet")
