@@ -353,7 +353,13 @@ def test_unique_keys(store: Store) -> None:
     assert store.read("Task", "new-one") is None
     # deleting releases the keys
     delete(store, "Task", plan.id)
-    assert create(store, "Task", keys=("plan:p1",)).version == 1
+    taker = create(store, "Task", keys=("plan:p1",))
+    with store.unit_of_work() as uow:  # who holds a key, as the unit of work sees it
+        assert uow.key_holder("plan:p1") == ("Task", taker.id)
+        assert uow.key_holder("open:p1") == ("Task", other.id)
+        uow.update("Task", taker.id, {"resourceType": "Task", "status": "completed"}, keys=())
+        assert uow.key_holder("plan:p1") is None
+        assert uow.key_holder("no-such-key") is None
 
 
 def test_unit_of_work_rolls_back_on_error(store: Store) -> None:

@@ -144,12 +144,16 @@ def check_plan_write(service: FhirService, write: WriteContext) -> None:
 
 def _check_no_other_open_plan(service: FhirService, write: WriteContext, kind: str,
                               patient_id: str) -> None:
-    others = [p for p in open_plans(service, write.uow, patient_id, kind) if p["id"] != write.id]
-    if not others:
+    """The person's open plan of ``kind`` holds the key (the store keeps it unique; this
+    names the plan that holds it)."""
+    holder = write.uow.key_holder(plan_key(kind, patient_id))
+    if holder is None or holder == ("CarePlan", write.id):
         return
-    other = others[0]
-    named = (f"CarePlan/{other['id']} ({other.get('status')})"
-             if _visible(service, write.ctx, "CarePlan", str(other["id"])) else "one")
+    other_id = holder[1]
+    other = write.uow.read("CarePlan", other_id)
+    status = other.resource.get("status") if other is not None and other.resource else None
+    named = (f"CarePlan/{other_id} ({status})"
+             if _visible(service, write.ctx, "CarePlan", other_id) else "one")
     raise FhirError.of(
         409, f"Patient/{patient_id} already has an open {_KIND_TEXT[kind]}: {named}. A "
         "person has one plan; add to that plan instead", code="duplicate",

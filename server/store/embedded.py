@@ -658,6 +658,12 @@ class _EmbeddedUnitOfWork(UnitOfWork):
         """Nothing to do: the unit of work already holds the database's write lock
         (``BEGIN IMMEDIATE``), which serialises it against every other one."""
 
+    def key_holder(self, key: str) -> tuple[str, str] | None:
+        self._check_open()
+        row = self._conn.execute("SELECT owner_type, owner_id FROM unique_key WHERE key = ?",
+                                 (key,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _current(self, type_: str, id_: str) -> _Current | None:

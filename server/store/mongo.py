@@ -579,6 +579,11 @@ class _MongoUnitOfWork(UnitOfWork):
         return self._store.history_in(query, self._session)
 
     @_guarded
+    def key_holder(self, key: str) -> tuple[str, str] | None:
+        holder = self._store.unique_keys.find_one({"_id": key}, session=self._session)
+        return None if holder is None else (holder["type"], holder["id"])
+
+    @_guarded
     def deleted_versions(self, versions: Sequence[tuple[str, str, int]]
                          ) -> set[tuple[str, str, int]]:
         return self._store.deleted_versions_in(versions, self._session)

@@ -325,6 +325,11 @@ class UnitOfWork(abc.ABC):
         """Serialise this unit of work against every other one that locks the same key
         (used by conditional create/update/delete so that search-then-write is race-free)."""
 
+    @abc.abstractmethod
+    def key_holder(self, key: str) -> tuple[str, str] | None:
+        """The (type, id) of the resource that holds unique key ``key`` as this unit of work
+        sees it, or None."""
+
 
 class Store(abc.ABC):
     """A storage engine. Thread-safe: one instance serves all requests of a process."""
