@@ -307,19 +307,6 @@ class Written:
     matched: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
-class HistoryParams:
-    """A history's parameters: ``_since``, ``_count``, ``_offset``, ``_page`` (the first
-    page's time), ``_at`` (periods, epoch ms), and those the paging links repeat."""
-
-    since_ms: int | None
-    count: int
-    offset: int
-    until_ms: int | None
-    at: list[tuple[int, int]]
-    kept: list[tuple[str, str]]
-
-
 def http_date(instant: str) -> str:
     """A FHIR instant as an HTTP date (for Last-Modified)."""
     parsed = datetime.fromisoformat(instant.replace("Z", "+00:00"))
@@ -541,21 +528,18 @@ class FhirService:
                     found[(type_, id_, version)] = self.access.shown(ctx, past.resource)
         return {ref: found[ref] for ref in refs if ref in found}
 
-    def _history(self, ctx: RequestContext, reader: Reader, type_: str | None,
-                 id_: str | None, since_ms: int | None, count: int, offset: int,
-                 until_ms: int, at: list[tuple[int, int]]) -> tuple[list[Version], int]:
-        """Versions (newest first, written by ``until_ms``; current at some time in each
-        period of ``at``) of what the caller may see, and their total: of one resource the
-        caller may see now, or of the resources of a type (or of every type but the server's
-        records) whose current version the caller may see."""
+    def _history(self, ctx: RequestContext, reader: Reader,
+                 query: HistoryQuery) -> tuple[list[Version], int]:
+        """The versions ``query`` asks for of what the caller may see, and their total: of
+        one resource the caller may see now, or of the resources of a type (or of every type
+        but the server's records) whose current version the caller may see."""
+        type_, id_ = query.type, query.id
         if type_ is not None and id_ is not None:
             if self.access.conditions(ctx, type_) is not None:
                 self._load(ctx, reader, type_, id_)
             elif reader.read(type_, id_) is None:
                 raise not_found(type_, id_)
-            versions, total = reader.history(HistoryQuery(
-                type_, id_, since_ms=since_ms, until_ms=until_ms, at=at, count=count,
-                offset=offset))
+            versions, total = reader.history(query)
         else:
             listed = [type_] if type_ is not None else [
                 t for t in STORED_TYPES if t not in self.server_records]
@@ -563,10 +547,9 @@ class FhirService:
             within = [self.access.restrict(ctx, SearchQuery(type=t))
                       for t in listed if t not in open_types]
             narrowed = type_ is None or bool(within)
-            versions, total = reader.history(HistoryQuery(
-                type_, since_ms=since_ms, until_ms=until_ms, at=at,
-                types=open_types if narrowed else None, within=within if narrowed else None,
-                count=count, offset=offset))
+            versions, total = reader.history(dataclasses.replace(
+                query, types=open_types if narrowed else None,
+                within=within if narrowed else None))
         return [self._shown(ctx, v) for v in versions], total
 
     def _parse(self, ctx: RequestContext, type_: str, params: list[tuple[str, str]], *,
@@ -1161,16 +1144,16 @@ class FhirService:
             self.check_type(type_)
         if id_ is not None and type_ is not None:
             self.check_id(id_)
-        asked = self._history_params(ctx, params)
-        count, offset, until_ms, kept = asked.count, asked.offset, asked.until_ms, asked.kept
+        asked, kept = self._history_params(ctx, params)
+        count, offset, until_ms = asked.count, asked.offset, asked.until_ms
         # Pages after the first are of the versions up to the first page's time, which
         # never change: later writes shift nothing (``_page``).
         snapshot = until_ms if until_ms is not None else now_instant()[1]
         if any(lo > snapshot for lo, _hi in asked.at):
             versions, total = [], 0  # a period after now: no version known to be current
         else:
-            versions, total = self._history(ctx, reader, type_, id_, asked.since_ms, count,
-                                            offset, snapshot, asked.at)
+            versions, total = self._history(ctx, reader, dataclasses.replace(
+                asked, type=type_, id=id_, until_ms=snapshot))
         path = "/".join(p for p in (type_, id_) if p)
         base = f"{ctx.base_url}/{path}/_history" if path else f"{ctx.base_url}/_history"
 
@@ -1208,7 +1191,9 @@ class FhirService:
         return created
 
     def _history_params(self, ctx: RequestContext, params: list[tuple[str, str]]
-                        ) -> HistoryParams:
+                        ) -> tuple[HistoryQuery, list[tuple[str, str]]]:
+        """What ``_since``, ``_at``, ``_count``, ``_offset`` and ``_page`` (the first page's
+        time: ``until_ms``) ask for, and the parameters the paging links repeat."""
         since_ms: int | None = None
         until_ms: int | None = None
         at: list[tuple[int, int]] = []
@@ -1235,7 +1220,8 @@ class FhirService:
             elif not ctx.lenient:
                 raise FhirError.of(400, f"Unknown history parameter '{name}'",
                                    code="not-supported", expression=name)
-        return HistoryParams(since_ms, count, offset, until_ms, at, kept)
+        return HistoryQuery(since_ms=since_ms, until_ms=until_ms, at=at, count=count,
+                            offset=offset), kept
 
     def _history_entry(self, ctx: RequestContext, version: Version,
                        created: bool) -> dict[str, Any]:
