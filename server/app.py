@@ -20,6 +20,7 @@ from .auth import AuthConfig, AuthServer, init_app
 from .auth.guard import ScopeGuard
 from .auth.metadata import capability_security
 from .config import Config
+from .fhir.conformance import PROFILES_DIR, Conformance
 from .fhir.search.normalize import serving
 from .fhir.search.registry import Registry
 from .fhir.service import FhirService
@@ -85,8 +86,10 @@ def create_app(config: Config | None = None) -> Flask:
     """A Flask app serving FHIR at ``/fhir`` (``Config.from_env()`` when no config given)."""
     config = config or Config.from_env()
     config.validate()
-    registry = Registry.load_default()
+    conformance = Conformance.load(PROFILES_DIR)
+    registry = search_registry(conformance)
     store = open_store(config, store_indexer(registry), records_process=mover.COMMAND)
+    ensure_indexed(store, registry, config, log=_log.warning)
 
     app = Flask(__name__)
     # One byte more than allowed: a streamed body that is too large is then detectable
@@ -94,7 +97,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes + 1
     service = FhirService(store, registry, config)
     service.guard = ScopeGuard()
-    plan_rules.install(service)
+    plan_rules.install(service, conformance)
     app.extensions["planbro.workflow"] = workflow = plan_workflow.install(service)
     auth = init_app(
         app, store,
@@ -104,7 +107,6 @@ def create_app(config: Config | None = None) -> Flask:
     service.security = capability_security(auth.config)
     app.extensions["planbro.access"] = access_control = access.install(service, auth)
     app.extensions["planbro.audit"] = audit.install(service, access_control)
-    ensure_indexed(store, registry, config, log=_log.warning)  # now every parameter is in
     app.extensions["planbro"] = planbro = Planbro(config, store, registry, service, auth,
                                                   workflow)
     atexit.register(planbro.close)

@@ -24,8 +24,9 @@ from .invariants import INDIVIDUAL_PLAN, activation_problems, plan_kind
 
 
 def install(service: FhirService, conformance: Conformance | None = None) -> Conformance:
-    """Load the profiles, add their search parameters to the registry and register the
-    checks, hooks and operations on ``service``."""
+    """Load the profiles, add their search parameters to the registry (a registry from
+    :func:`search_registry` has them already: added again, they stay as they are) and register
+    the checks, hooks and operations on ``service``."""
     conformance = conformance or Conformance.load(PROFILES_DIR)
     add_search_parameters(service.registry, conformance)
     service.validators.append(conformance.validate)
@@ -44,11 +45,12 @@ def add_search_parameters(registry: Registry, conformance: Conformance) -> None:
         registry.add(search_parameter)
 
 
-def search_registry() -> Registry:
+def search_registry(conformance: Conformance | None = None) -> Registry:
     """The search parameters the server offers and indexes: the official R4 ones and our
-    profiles' (as :func:`install` leaves the service's registry)."""
+    profiles' (``conformance``, loaded when not given; as :func:`install` leaves the
+    service's registry)."""
     registry = Registry.load_default()
-    add_search_parameters(registry, Conformance.load(PROFILES_DIR))
+    add_search_parameters(registry, conformance or Conformance.load(PROFILES_DIR))
     return registry
 
 

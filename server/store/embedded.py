@@ -410,7 +410,7 @@ class _Reader:
         for n, (lo, hi) in enumerate(query.at):  # current at some time in [lo, hi]
             where.append(f"last_updated_ms <= :at_hi{n} AND NOT EXISTS (SELECT 1 FROM history "
                          "AS later WHERE later.type = history.type AND later.id = history.id "
-                         f"AND later.version = history.version + 1 "
+                         "AND later.version = history.version + 1 "
                          f"AND later.last_updated_ms <= :at_lo{n})")
             params[f"at_lo{n}"], params[f"at_hi{n}"] = lo, hi
         ctes = ""
