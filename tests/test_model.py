@@ -461,6 +461,26 @@ def test_walker_wins_where_r4_and_r4b_differ() -> None:
     assert validate(data) == []
 
 
+def test_r4b_net_runs_only_where_the_walker_has_no_definition(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    checked: list[str] = []
+    r4b_class = model._r4b_class
+
+    def spy(rtype: str) -> Any:
+        checked.append(rtype)
+        return r4b_class(rtype)
+
+    monkeypatch.setattr(model, "_r4b_class", spy)
+    assert validate(careplan(lambda d: None)) == []
+    assert validate(careplan(lambda d: d.update(foo=1)))
+    assert checked == []
+    validate(careplan(lambda d: [
+        d["contained"].append({"resourceType": "Medication", "id": "med"}),
+        detail(d).update(productReference={"reference": "#med"}),
+    ]))
+    assert "CarePlan" in checked
+
+
 def test_no_duplicate_issue_from_the_r4b_net() -> None:
     assert found(careplan(lambda d: d.update(foo=1, _bar={"id": "1"}))) == [
         ("CarePlan.foo", "structure"), ("CarePlan._bar", "structure")]

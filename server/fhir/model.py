@@ -15,8 +15,11 @@ location of what was wrong:
 
 The fhir.resources R4B models run afterwards as a second net. R4 is what we serve, so the
 walker wins: an R4B error is reported only where the walker found nothing and the location is
-not an element R4 defines (in practice: inside contained or bundled resources of types the R4
-definitions here do not cover). Skipped R4B errors are logged at debug level.
+not an element R4 defines, that is, inside contained or bundled resources of types the R4
+definitions here do not cover (every other location is an element R4 defines, or an unknown
+or malformed one the walker reports itself). So the net runs when the walker met such a
+resource, and not otherwise, where it could not change the answer: on a 5 KB CarePlan it
+took 0.87 ms, four times the walker. Skipped R4B errors are logged at debug level.
 
 Every issue produced here means HTTP 400.
 """
@@ -404,6 +407,7 @@ class _Walker:
     def __init__(self, schema: _Schema) -> None:
         self.schema = schema
         self.issues: list[Issue] = []
+        self.unjudged = False  # it met a resource it has no R4 definition of (the R4B net's)
 
     def error(self, code: str, path: str, message: str, severity: str = "error") -> None:
         self.issues.append(issue(f"{path}: {message}", code=code, severity=severity,
@@ -446,6 +450,8 @@ class _Walker:
             supported = ", ".join(STORED_TYPES)
             self.error("not-supported", f"{path}.resourceType",
                        f"resource type {_show(rtype)} is not supported (supported: {supported})")
+        else:
+            self.unjudged = True
 
     def _contained_ids(self, value: dict[str, Any]) -> dict[str, tuple[str, int]]:
         out: dict[str, tuple[str, int]] = {}
@@ -824,7 +830,7 @@ def validate(resource: Any, *, type_: str | None = None, id_: str | None = None,
         _update_id(walker, resource.get("id"), id_, root)
     try:
         walker.resource(resource, root, root=True)
-        if rtype in STORED_TYPES:
+        if rtype in STORED_TYPES and walker.unjudged:
             taken = [e for i in out if i.severity == "error" for e in i.expression]
             out.extend(_r4b_issues(schema, resource, root, taken))
     except RecursionError:
