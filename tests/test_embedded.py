@@ -423,6 +423,42 @@ def test_readers_are_not_blocked_by_a_writer(embedded: EmbeddedStore) -> None:
     assert embedded.read("Patient", "slow").version == 1
 
 
+def _log_frames(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+    finally:
+        conn.close()
+
+
+def test_a_checkpoint_beside_a_writer_rewinds_the_log(
+        embedded: EmbeddedStore, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(journal, "REWIND_FRAMES", 1, raising=False)
+    for i in range(100):
+        _put(embedded, "Patient", f"p{i}", gender="female")
+    began, commit = threading.Event(), threading.Event()
+
+    def writer() -> None:  # a commit that began before the checkpoint ended
+        with embedded.unit_of_work() as uow:
+            uow.create("Patient", {"resourceType": "Patient"}, id_="during")
+            began.set()
+            commit.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert began.wait(10)
+    checkpoint = threading.Thread(target=embedded._checkpoint)
+    checkpoint.start()
+    time.sleep(0.2)  # its copy is done; the rewind waits for the writer lock
+    commit.set()
+    thread.join(10)
+    checkpoint.join(10)
+    _put(embedded, "Patient", "after", gender="male")
+    # Without the rewind the log would go on from the 100 writes before (over 200 frames).
+    assert _log_frames(db) < 20
+    assert embedded.read("Patient", "during") is not None
+
+
 def test_large_id_restrictions(embedded: EmbeddedStore) -> None:
     with embedded.unit_of_work() as uow:
         for n in range(50):

@@ -92,6 +92,36 @@ def begin_immediate(conn: sqlite3.Connection) -> None:
         raise busy() from exc
 
 
+REWIND_FRAMES = 65536
+"""A write-ahead log this long (256 MiB of 4 KiB pages) is rewound by :func:`checkpoint`."""
+REWIND_WAIT_MS = 20
+"""How long a rewind waits for readers of the old log (it holds the writer lock meanwhile);
+when they take longer, the next checkpoint tries again."""
+
+
+def checkpoint(conn: sqlite3.Connection, lock: WriterLock, busy_timeout_s: float) -> None:
+    """Copy the write-ahead log of ``conn``'s file into the file (PASSIVE: it neither waits
+    for nor blocks readers and writers) and, when the log holds :data:`REWIND_FRAMES`,
+    rewind it.
+
+    A log is written from its start again only by a commit that finds all of it copied into
+    the file, which a checkpoint beside writers that keep committing never leaves behind: the
+    log would grow until a commit checkpoints it itself (``wal_autocheckpoint``), inside the
+    writer lock, again at each commit until one succeeds. So a rewind holds ``lock`` (no
+    commit adds to the log), copies what the passive checkpoint left and waits up to
+    :data:`REWIND_WAIT_MS` for readers of the log to finish (RESTART); the next commit then
+    writes the log from its start. ``busy_timeout_s``: the connection's usual busy wait."""
+    frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+    if frames < REWIND_FRAMES:
+        return
+    with lock.hold():
+        conn.execute(f"PRAGMA busy_timeout = {REWIND_WAIT_MS}")
+        try:
+            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+
+
 def enable_wal(conn: sqlite3.Connection, path: Path, timeout: float) -> None:
     """Switch the file to WAL (a lasting property of the file). Processes that open a new
     file together may see ``database is locked`` here without SQLite's busy wait, so this
@@ -182,6 +212,7 @@ class RecordFile:
                  timeout: Callable[[], float]) -> None:
         self.path = path
         self._connect = connect
+        self._timeout = timeout
         self._local = threading.local()
         self._lock = WriterLock(path, timeout)
         conn = self.connection()
@@ -225,6 +256,10 @@ class RecordFile:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+
+    def checkpoint(self) -> None:
+        """Copy the records file's write-ahead log into it (:func:`checkpoint`)."""
+        checkpoint(self.connection(), self._lock, self._timeout())
 
     def last(self) -> int:
         """The newest record's number (0 when the journal is empty)."""
