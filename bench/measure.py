@@ -153,6 +153,10 @@ class Stats:
     """How busy the machine's CPUs were while the operations ran, in percent of all of them
     (every process: the server's, the clients' and others'). Well below 100 with several
     clients, the operation waits for something other than CPU time (a lock, a disk)."""
+    speed_ms: tuple[float, float] | None = None
+    """The machine's speed (:func:`calibrate`, lower is faster) right before and right after
+    the operations ran. Where the CPUs are shared with other machines it changes from one
+    minute to the next, and a figure compares with another only as far as these do."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -273,13 +277,18 @@ def percentile(sorted_ms: list[float], fraction: float) -> float:
 
 
 def run(name: str, operation: Operation, *, concurrency: int, duration: float,
-        max_count: int, server: int | None = None) -> Stats:
+        max_count: int, server: int | None = None,
+        speed: Callable[[], float] | None = None) -> Stats:
     """Run ``operation`` from ``concurrency`` threads until ``duration`` seconds have passed
     or ``max_count`` operations have started, whichever comes first. ``server``: the id of
     the server's (first) process, for :attr:`Stats.server_cpu_ms`; the run then starts once
     the server is quiet, and its CPU time is counted until it is quiet again
-    (:func:`settle`)."""
+    (:func:`settle`). ``speed``: measures the machine's speed (:attr:`Stats.speed_ms`),
+    while the server is quiet."""
     cpu_before = None if server is None else settle(server)
+    speed_before = None if speed is None else speed()
+    if speed is not None and server is not None:
+        cpu_before = tree_cpu_seconds(server)
     lock = threading.Lock()
     started = 0
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
@@ -315,6 +324,7 @@ def run(name: str, operation: Operation, *, concurrency: int, duration: float,
         t.join()
     seconds, busy = time.perf_counter() - begin, busy_pct(ticks_before, machine_ticks())
     cpu_after = None if server is None else settle(server)
+    speed_ms = None if speed is None or speed_before is None else (speed_before, speed())
     merged = sorted(ms for per_thread in latencies for ms in per_thread)
     server_cpu_ms = None
     if cpu_before is not None and cpu_after is not None and merged:
@@ -325,4 +335,4 @@ def run(name: str, operation: Operation, *, concurrency: int, duration: float,
                  p95_ms=round(percentile(merged, 0.95), 2),
                  p99_ms=round(percentile(merged, 0.99), 2),
                  first_error=errors[0] if errors else None, server_cpu_ms=server_cpu_ms,
-                 machine_busy_pct=busy)
+                 machine_busy_pct=busy, speed_ms=speed_ms)

@@ -297,6 +297,14 @@ def load(port: int, args: argparse.Namespace) -> tuple[workload.Loaded, dict[str
 Phase = dict[str, dict[str, measure.Stats]]  # "latency" | "throughput" -> operation -> stats
 
 
+def machine_speed() -> float:
+    """:func:`measure.calibrate` on the demo data (ms, lower is faster)."""
+    return measure.calibrate(_CALIBRATION_SAMPLE)
+
+
+_CALIBRATION_SAMPLE = demo_bundle()
+
+
 def measure_all(make: Callable[[int], dict[str, measure.Operation]],
                 args: argparse.Namespace, side: str, server_pid: int | None = None) -> Phase:
     """Each operation twice: from one client (latency without queueing) and from
@@ -308,7 +316,8 @@ def measure_all(make: Callable[[int], dict[str, measure.Operation]],
         out[label] = {}
         for name, operation in make(threads).items():
             stats = measure.run(name, operation, concurrency=threads, duration=args.duration,
-                                max_count=args.max_requests, server=server_pid)
+                                max_count=args.max_requests, server=server_pid,
+                                speed=machine_speed if label == "throughput" else None)
             log(f"  {side} x{threads}: {name:<32} {stats.per_second:>9,.1f}/s  "
                 f"p50 {stats.p50_ms:.2f} ms"
                 + (f"  server CPU {stats.server_cpu_ms:.2f} ms/op"
@@ -434,6 +443,10 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _speed(value: list[float] | tuple[float, float] | None) -> str:
+    return "-" if not value else f"{value[0]:.1f}-{value[1]:.1f}"
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}%"
 
@@ -476,11 +489,14 @@ def report(result: dict[str, Any]) -> None:
             for name, h, d in _pairs(http["latency"], direct["latency"])])
     _table(f"Throughput, {cfg['concurrency']} concurrent clients (operations/s, ms; server "
            "CPU = CPU time of all the server's processes per operation; busy = share of the "
-           "machine's CPUs in use meanwhile):",
+           "machine's CPUs in use meanwhile; speed = the machine's speed right before and "
+           "after, as below):",
            f"{'operation':<32} {'HTTP/s':>9} {'p50':>7} {'p99':>8} {'server CPU':>10} "
-           f"{'busy':>5} {'store/s':>9} {'p50':>7} {'p99':>8} {'store/HTTP':>10} {'errors':>6}",
+           f"{'busy':>5} {'speed':>11} {'store/s':>9} {'p50':>7} {'p99':>8} {'store/HTTP':>10} "
+           f"{'errors':>6}",
            [f"{name:<32} {h['per_second']:>9,.1f} {h['p50_ms']:>7.2f} {h['p99_ms']:>8.2f} "
             f"{_ms(h['server_cpu_ms']):>10} {_pct(h['machine_busy_pct']):>5} "
+            f"{_speed(h['speed_ms']):>11} "
             f"{d['per_second']:>9,.1f} {d['p50_ms']:>7.2f} {d['p99_ms']:>8.2f} "
             f"{_ratio(d['per_second'], h['per_second']):>10} {_errors(http, direct, name):>6}"
             for name, h, d in _pairs(http["throughput"], direct["throughput"])])
@@ -517,8 +533,10 @@ def report(result: dict[str, Any]) -> None:
     for row in result["targets"]:
         unit = "/s" if row["figure"] == "per_second" else " ms p50"
         clients = f"{cfg['concurrency']} clients" if row["run"] == "throughput" else "1 client"
+        speed = result["http"][row["run"]][row["operation"]].get("speed_ms")
+        at = f"; machine speed {_speed(speed)} ms" if speed else ""
         print(f"  {'MET ' if row['met'] else 'MISS'} {row['operation']:<32} "
-              f"{row['value']:>9,.2f}{unit} (target {row['target']}{unit}, {clients})")
+              f"{row['value']:>9,.2f}{unit} (target {row['target']}{unit}, {clients}{at})")
 
 
 def _pairs(http: dict[str, Any], direct: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -554,8 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data = Path(tempfile.mkdtemp(prefix="planbro-bench-"))
     log(f"data folder: {data}")
-    sample = demo_bundle()  # the calibration workload's data
-    calibration = {"start": measure.calibrate(sample)}
+    calibration = {"start": machine_speed()}
     log(f"machine speed: {calibration['start']} ms for the calibration workload")
     try:
         if args.source is not None:
@@ -578,17 +595,17 @@ def main(argv: list[str] | None = None) -> int:
                 loaded_info = load_info
             log("measuring over HTTP")
             measure.settle(pid)
-            calibration["before_http"] = measure.calibrate(sample)
+            calibration["before_http"] = machine_speed()
             http, http_sizes = http_phase(port, pid, loaded, args)
             measure.settle(pid)
-            calibration["after_http"] = measure.calibrate(sample)
+            calibration["after_http"] = machine_speed()
         log("measuring the cost of auditing (the same server without its audit layer)")
         audit_cost = audit_cost_phase(data, loaded, args, http)
         log("measuring the HTTP floor (an app that answers at once, under the same gunicorn)")
         floor = floor_phase(data, args)
         log("measuring directly on the store")
         direct, direct_sizes = direct_phase(data, loaded, args)
-        calibration["end"] = measure.calibrate(sample)
+        calibration["end"] = machine_speed()
         if args.keep:  # for --from: the people, and the number the next new one gets
             loaded.save(data / WORKLOAD_FILE, loaded_info)
     finally:

@@ -72,6 +72,16 @@ def test_calibration_times_a_fixed_workload_in_milliseconds() -> None:
     assert isinstance(ms, float) and 0 < ms < 60_000
 
 
+def test_a_run_records_the_machines_speed_before_and_after() -> None:
+    speeds = iter([20.0, 31.5])
+    stats = measure.run("noop", lambda _t: None, concurrency=2, duration=0.05, max_count=10,
+                        speed=lambda: next(speeds))
+    assert stats.speed_ms == (20.0, 31.5)
+    assert stats.as_dict()["speed_ms"] == (20.0, 31.5)
+    assert measure.run("noop", lambda _t: None, concurrency=1, duration=0.05,
+                       max_count=10).speed_ms is None
+
+
 def test_machine_busy_share_counts_every_process() -> None:
     assert measure.busy_pct((100, 1000), (150, 1100)) == 50.0
     assert measure.busy_pct(None, (150, 1100)) is None
