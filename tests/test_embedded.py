@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 
@@ -403,23 +404,33 @@ def test_nested_units_of_work(embedded: EmbeddedStore) -> None:
         inner.read("Patient", "outer")
 
 
-def test_readers_are_not_blocked_by_a_writer(embedded: EmbeddedStore) -> None:
-    written, release = threading.Event(), threading.Event()
+@contextmanager
+def _writing(store: EmbeddedStore, id_: str) -> Iterator[threading.Event]:
+    """A unit of work of another thread that has created Patient ``id_`` and commits when
+    the event given to the block is set (or the block ends)."""
+    written, commit = threading.Event(), threading.Event()
 
     def writer() -> None:
-        with embedded.unit_of_work() as uow:
-            uow.create("Patient", {"resourceType": "Patient"}, id_="slow")
+        with store.unit_of_work() as uow:
+            uow.create("Patient", {"resourceType": "Patient"}, id_=id_)
             written.set()
-            release.wait(10)
+            commit.wait(10)
 
     thread = threading.Thread(target=writer)
     thread.start()
-    assert written.wait(10)
-    started = time.monotonic()
-    assert embedded.read("Patient", "slow") is None  # not committed yet, and no waiting
-    assert time.monotonic() - started < 1
-    release.set()
-    thread.join(10)
+    try:
+        assert written.wait(10)
+        yield commit
+    finally:
+        commit.set()
+        thread.join(10)
+
+
+def test_readers_are_not_blocked_by_a_writer(embedded: EmbeddedStore) -> None:
+    with _writing(embedded, "slow"):
+        started = time.monotonic()
+        assert embedded.read("Patient", "slow") is None  # not committed yet, and no waiting
+        assert time.monotonic() - started < 1
     assert embedded.read("Patient", "slow").version == 1
 
 
@@ -436,22 +447,11 @@ def test_a_checkpoint_beside_a_writer_rewinds_the_log(
     monkeypatch.setattr(journal, "REWIND_FRAMES", 1, raising=False)
     for i in range(100):
         _put(embedded, "Patient", f"p{i}", gender="female")
-    began, commit = threading.Event(), threading.Event()
-
-    def writer() -> None:  # a commit that began before the checkpoint ended
-        with embedded.unit_of_work() as uow:
-            uow.create("Patient", {"resourceType": "Patient"}, id_="during")
-            began.set()
-            commit.wait(10)
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    assert began.wait(10)
-    checkpoint = threading.Thread(target=embedded._checkpoint)
-    checkpoint.start()
-    time.sleep(0.2)  # its copy is done; the rewind waits for the writer lock
-    commit.set()
-    thread.join(10)
+    with _writing(embedded, "during") as commit:  # a commit begun before the checkpoint ended
+        checkpoint = threading.Thread(target=embedded._checkpoint)
+        checkpoint.start()
+        time.sleep(0.2)  # its copy is done; the rewind waits for the writer lock
+        commit.set()
     checkpoint.join(10)
     _put(embedded, "Patient", "after", gender="male")
     # Without the rewind the log would go on from the 100 writes before (over 200 frames).
