@@ -70,10 +70,13 @@ def prepare_store(config: Config, log: Callable[[str], None] = print) -> int | N
 def ensure_indexed(store: Store, registry: Registry, config: Config, *, force: bool = False,
                    log: Callable[[str], None] = print) -> int | None:
     """:meth:`Store.ensure_indexed` by ``registry``'s parameters, with absolute references
-    below ``config.base_url`` read as references to resources here (as requests read them)."""
+    below ``config.base_url`` read as references to resources here (as requests read them):
+    after the base URL changed, the resources with absolute references are indexed again."""
     serving(config.base_url)
     try:
-        count = store.ensure_indexed(registry.fingerprint(), force=force, log=log)
+        count = store.ensure_indexed(registry.fingerprint(),
+                                     base=(config.base_url or "").rstrip("/"), force=force,
+                                     log=log)
     finally:
         serving(None)
     if count and not config.base_url:

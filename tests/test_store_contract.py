@@ -21,12 +21,14 @@ from server.fhir.search.ast import (
     Condition,
     DateQuery,
     Has,
+    IndexValues,
     Keyset,
     MissingQuery,
     NumberQuery,
     QuantityQuery,
     QueryValue,
     ReferenceQuery,
+    ReferenceValue,
     SearchParam,
     SearchQuery,
     SearchResult,
@@ -1196,6 +1198,51 @@ def test_ensure_indexed_goes_on_where_a_killed_process_stopped(
     assert store.kv_get(INDEX_NS, "progress") is None  # done: nothing left to go on from
     seen.clear()
     assert store.ensure_indexed("new", force=True) == 3 and seen == ["a", "b", "c"]
+
+
+def _goal_subjects(base: str) -> Callable[[dict[str, Any]], IndexValues]:
+    """An indexer of Goal.subject that reads absolute references below ``base`` as
+    references to resources here (as the server does under its base URL)."""
+    def index(resource: dict[str, Any]) -> IndexValues:
+        out = IndexValues()
+        literal = str((resource.get("subject") or {}).get("reference", ""))
+        if literal.startswith(base + "/"):
+            type_, id_ = literal[len(base) + 1:].split("/")
+            out.references.append(ReferenceValue("subject", type_, id_, url=literal))
+        elif "://" in literal:
+            out.references.append(ReferenceValue("subject", "", "", url=literal))
+        elif literal:
+            type_, id_ = literal.split("/")
+            out.references.append(ReferenceValue("subject", type_, id_))
+        return out
+
+    return index
+
+
+def test_ensure_indexed_under_another_base_url_indexes_the_absolute_references_again(
+        store: Store) -> None:
+    old, new = "https://old.example/fhir", "https://planbro.example/fhir"
+    store.indexer = _goal_subjects(old)
+    assert store.ensure_indexed("rules", base=old) == 0
+    put(store, "Goal", "here", {"subject": {"reference": f"{new}/Patient/p1"}})
+    put(store, "Goal", "relative", {"subject": {"reference": "Patient/p1"}})
+    by_subject = c("Goal.subject", ref("Patient/p1"))
+    assert found(store, "Goal", by_subject) == {"relative"}
+    seen: list[str] = []
+    under_new = _goal_subjects(new)
+
+    def noting(resource: dict[str, Any]) -> IndexValues:
+        seen.append(resource["id"])
+        return under_new(resource)
+
+    store.indexer = noting
+    told: list[str] = []
+    assert store.ensure_indexed("rules", base=new, log=told.append) == 1
+    assert seen == ["here"]  # only the resource with an absolute reference
+    assert found(store, "Goal", by_subject) == {"here", "relative"}
+    assert "absolute references" in told[0] and new in told[0]
+    assert store.ensure_indexed("rules", base=new) is None
+    assert store.ensure_indexed("other rules", base=new) == 2  # every resource again
 
 
 def test_ensure_indexed_by_one_process_at_a_time(store: Store) -> None:

@@ -15,10 +15,12 @@ import requests
 from live import ADMIN_SCOPE, FHIR_JSON, LiveServer, system_token
 from test_gunicorn import ROOT, free_port, wait_answering
 
-from server.app import create_app
+from server.app import create_app, ensure_indexed
 from server.audit import store_indexer
 from server.config import Config
 from server.fhir.search.ast import IndexValues
+from server.fhir.search.normalize import serving
+from server.fhir.search.parse import parse_search
 from server.plans.rules import search_registry
 from server.store.embedded import EmbeddedStore
 from server.store.journal import end_process
@@ -87,3 +89,28 @@ def test_gunicorn_indexes_again_before_its_workers_start(tmp_path: Path) -> None
     assert text.count("indexing every resource again") == 1, text  # by the main process only
     assert "Search index rebuilt: 1 resources indexed" in text, text
     assert text.index("rebuilt") < text.index("Booting worker"), text
+
+
+def test_a_server_under_another_base_url_indexes_its_absolute_references_again(
+        tmp_path: Path) -> None:
+    registry = search_registry()
+    store = EmbeddedStore(store_indexer(registry), tmp_path / "planbro.db")
+    old, new = "https://old.example/fhir", "https://planbro.example/fhir"
+    try:
+        assert ensure_indexed(store, registry, Config(data_dir=tmp_path, base_url=old)) == 0
+        serving(old)  # written while the server had its old address
+        try:
+            with store.unit_of_work() as uow:
+                uow.create("Goal", {"resourceType": "Goal",
+                                    "subject": {"reference": f"{new}/Patient/p1"}})
+                uow.create("Goal", {"resourceType": "Goal",
+                                    "subject": {"reference": "Patient/p2"}})
+        finally:
+            serving(None)
+        query = parse_search(registry, "Goal", [("subject", "Patient/p1")]).query
+        assert store.search(query).resources == []
+        assert ensure_indexed(store, registry, Config(data_dir=tmp_path, base_url=new)) == 1
+        assert len(store.search(query).resources) == 1
+        assert ensure_indexed(store, registry, Config(data_dir=tmp_path, base_url=new)) is None
+    finally:
+        store.close()

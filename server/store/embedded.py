@@ -737,11 +737,23 @@ class _EmbeddedUnitOfWork(UnitOfWork):
         rows = self._conn.execute(
             "SELECT pk, type, json FROM resource WHERE pk > ? AND deleted = 0 ORDER BY pk "
             "LIMIT ?", (after, limit)).fetchall()
+        self._index_again(rows)
+        return len(rows), rows[-1][0] if rows else after
+
+    def reindex_some(self, pks: list[int]) -> int:
+        """Index again the current resources among ``pks``: how many there were."""
+        self._check_open()
+        rows = self._conn.execute(
+            "SELECT pk, type, json FROM resource WHERE pk IN (SELECT value FROM json_each(?)) "
+            "AND deleted = 0 ORDER BY pk", (jsonio.dumps(pks),)).fetchall()
+        self._index_again(rows)
+        return len(rows)
+
+    def _index_again(self, rows: list[tuple[int, str, str]]) -> None:
         for pk, type_, text in rows:
             self._clear_index(pk)
             for table, index in _index_rows(self._indexer(jsonio.loads(text))).items():
                 _insert_rows(self._conn, table, [(pk, type_, *row) for row in index])
-        return len(rows), rows[-1][0] if rows else after
 
     def _clear_index(self, pk: int) -> None:
         for table in _INDEX_TABLES:
@@ -752,6 +764,12 @@ class _EmbeddedUnitOfWork(UnitOfWork):
             (version.type, version.id, version.version, version.last_updated, ms,
              int(version.deleted), version.method, text)])
 
+
+_ABSOLUTE_REFERRERS = ("SELECT DISTINCT pk FROM idx_reference INDEXED BY idx_reference_url "
+                       "WHERE url != '' AND pk > ? ORDER BY pk")
+"""The resources after a ``pk`` whose index holds an absolute reference or canonical URL, from
+the index of those references only (by the ``pk`` index, SQLite would read every reference:
+4 s at 125,000 resources, to find none)."""
 
 Prepared = dict[str, dict[str, list[tuple[Any, ...]]]]
 """Index rows (without pk and type) of journalled records, by record id."""
@@ -1188,8 +1206,17 @@ class EmbeddedStore(Store):
 
     def reindex(self, batch: int = REINDEX_BATCH,
                 progress: Callable[[int, Any], None] | None = None,
-                after: Any = None) -> int:
+                after: Any = None, *, absolute: bool = False) -> int:
         done, at = 0, int(after or 0)  # the last pk done
+        if absolute:  # read without the writer lock; a resource written meanwhile is current
+            chosen = [row[0] for row in self._connection().execute(_ABSOLUTE_REFERRERS, (at,))]
+            for part in iter_chunks(chosen, batch):
+                with self._unit_of_work() as uow:
+                    assert isinstance(uow, _EmbeddedUnitOfWork)
+                    done += uow.reindex_some(part)
+                if progress is not None:
+                    progress(done, part[-1])
+            return done
         while True:
             with self._unit_of_work() as uow:
                 assert isinstance(uow, _EmbeddedUnitOfWork)

@@ -65,6 +65,7 @@ from ..fhir.jsonio import dumps, loads
 from ..fhir.outcome import FhirError, conflict, issue
 from ..fhir.search.ast import SearchQuery, SearchResult
 from .mongo_query import (
+    ABSOLUTE_REFERENCE,
     RESOURCE_INDEXES,
     compile_query,
     history_at_pipeline,
@@ -418,12 +419,14 @@ class MongoStore(Store):
 
     def reindex(self, batch: int = REINDEX_BATCH,
                 progress: Callable[[int, Any], None] | None = None,
-                after: Any = None) -> int:
+                after: Any = None, *, absolute: bool = False) -> int:
         done, after = 0, str(after or "")  # the last _id done
         while True:
-            docs = list(self._resources.find(
-                {"_id": {"$gt": after}, "deleted": False}, {"json": 1, "version": 1},
-                sort=[("_id", 1)], limit=batch))
+            chosen: Document = {"_id": {"$gt": after}, "deleted": False}
+            if absolute:
+                chosen["ix.ref"] = ABSOLUTE_REFERENCE
+            docs = list(self._resources.find(chosen, {"json": 1, "version": 1},
+                                             sort=[("_id", 1)], limit=batch))
             if not docs:
                 return done
             # the version in the filter leaves a resource written meanwhile as it was written

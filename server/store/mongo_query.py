@@ -167,6 +167,11 @@ def _unique(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+ABSOLUTE_REFERENCE: Filter = {"$elemMatch": {"u": {"$ne": ""}}}
+"""The ``ix.ref`` condition of a resource whose index holds an absolute reference or
+canonical URL (a ``url``)."""
+
+
 def index_document(values: IndexValues) -> dict[str, Any]:
     """The ``ix`` sub-document of a resource version (empty arrays are left out)."""
     arrays: dict[str, list[dict[str, Any]]] = {

@@ -373,22 +373,26 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def reindex(self, batch: int = REINDEX_BATCH,
                 progress: Callable[[int, Any], None] | None = None,
-                after: Any = None) -> int:
+                after: Any = None, *, absolute: bool = False) -> int:
         """Extract the search values of every current resource again with the store's
         indexer and replace what is stored for it (after the search parameters or their
         extraction changed, or an upgrade says so). Batch by batch, each in a transaction
         of its own, so that the server goes on serving; a resource written meanwhile keeps
         the values its write stored. ``progress`` is called after each batch with the count
         done and where the batch ended (a JSON value); ``after``: such a place, to go on from
-        there. Returns how many resources were indexed."""
+        there. ``absolute``: only the resources whose stored values hold an absolute
+        reference or canonical URL, the values the server's base URL decides
+        (:func:`~server.fhir.search.normalize.serving`). Returns how many resources were
+        indexed."""
 
-    def ensure_indexed(self, fingerprint: str, *, force: bool = False,
+    def ensure_indexed(self, fingerprint: str, *, base: str = "", force: bool = False,
                        log: Callable[[str], None] | None = None) -> int | None:
         """Make the stored search values those of the indexer ``fingerprint`` names (the
-        search parameters and the rules that read their values): when they were stored by
-        another (an upgrade changed them) or ``force``, :meth:`reindex` and record
-        ``fingerprint``. Returns how many resources were indexed, or None when the index was
-        current.
+        search parameters and the rules that read their values) under the server's base URL
+        ``base`` ("" when it has none): when they were stored by another indexer (an upgrade
+        changed it) or ``force``, :meth:`reindex` every resource; when only under another
+        base URL, the resources with absolute references. Then record both. Returns how many
+        resources were indexed, or None when the index was current.
 
         One process indexes at a time, across all that share the store: it holds a lease
         (:data:`INDEX_LEASE_MS`, renewed after every batch); the others wait until it is
@@ -396,9 +400,8 @@ class Store(abc.ABC):
         the last batch it finished (a process killed while it indexes, as gunicorn kills a
         worker slow to start, loses one batch, not the work done)."""
         while True:
-            built = self.kv_get(INDEX_NS, _BUILT_WITH)
-            current = built is not None and built.get("fingerprint") == fingerprint
-            if current and not force:
+            work = _index_work(self.kv_get(INDEX_NS, _BUILT_WITH), fingerprint, base, force)
+            if work is None:
                 return None
             holder = {"pid": os.getpid(), "fingerprint": fingerprint}
             if self.kv_put(INDEX_NS, _REBUILDING, holder, only_if_absent=True,
@@ -408,14 +411,18 @@ class Store(abc.ABC):
         say = log or (lambda _text: None)
         batch = REINDEX_BATCH
         try:
-            built = self.kv_get(INDEX_NS, _BUILT_WITH)  # another may have finished meanwhile
-            if not force and built is not None and built.get("fingerprint") == fingerprint:
+            # another may have finished meanwhile
+            work = _index_work(self.kv_get(INDEX_NS, _BUILT_WITH), fingerprint, base, force)
+            if work is None:
                 return None
             left = self.kv_get(INDEX_NS, _PROGRESS)
-            if force or left is None or left.get("fingerprint") != fingerprint:
-                left = {"fingerprint": fingerprint, "after": None, "done": 0}
+            if force or left is None or any(left.get(k) != v for k, v in work.items()):
+                left = {**work, "after": None, "done": 0}
             before = int(left["done"])
             told = [before]  # the count last told
+            what = (f"again the resources with absolute references, by this server's base "
+                    f"URL ({base or 'none'})" if work["absolute"] else
+                    "every resource again, by this server's search parameters and rules")
 
             def renew(done: int, after: Any) -> None:
                 self.kv_put(INDEX_NS, _PROGRESS, {**left, "after": after, "done": before + done})
@@ -423,16 +430,16 @@ class Store(abc.ABC):
                             expires_ms=now_instant()[1] + INDEX_LEASE_MS)
                 if done <= batch:
                     again = f", going on after {before:,}" if before else ""
-                    say("Search index: indexing every resource again, by this server's search "
-                        f"parameters and rules{again}")
+                    say(f"Search index: indexing {what}{again}")
                 total = before + done
                 if total // INDEX_LOG_EVERY > told[0] // INDEX_LOG_EVERY:
                     say(f"  {total:,} resources indexed")
                 told[0] = total
 
-            count = before + self.reindex(batch, renew, left["after"])
-            self.kv_put(INDEX_NS, _BUILT_WITH, {"fingerprint": fingerprint, "resources": count,
-                                                "at": now_instant()[0]})
+            count = before + self.reindex(batch, renew, left["after"],
+                                          absolute=bool(work["absolute"]))
+            self.kv_put(INDEX_NS, _BUILT_WITH, {"fingerprint": fingerprint, "base": base,
+                                                "resources": count, "at": now_instant()[0]})
             self.kv_delete(INDEX_NS, _PROGRESS)
             if count or force:
                 say(f"Search index rebuilt: {count:,} resources indexed")
@@ -489,6 +496,17 @@ class Store(abc.ABC):
     def drop_all(self) -> None:
         """Delete every resource and version (tests and demo resets only)."""
         raise NotImplementedError
+
+
+def _index_work(built: dict[str, Any] | None, fingerprint: str, base: str,
+                force: bool) -> dict[str, Any] | None:
+    """What :meth:`Store.ensure_indexed` has to do after an index ``built`` so: None
+    (nothing), or the fingerprint and base URL it indexes by and whether only the resources
+    with absolute references (``absolute``)."""
+    whole = force or built is None or built.get("fingerprint") != fingerprint
+    if not whole and built is not None and built.get("base", "") == base:
+        return None
+    return {"fingerprint": fingerprint, "base": base, "absolute": not whole}
 
 
 def iter_chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

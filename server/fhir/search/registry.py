@@ -225,8 +225,8 @@ class Registry:
     def fingerprint(self) -> str:
         """What the index values of this registry depend on: :data:`INDEX_RULES` and every
         parameter's type, expression and targets (a digest: equal when nothing changed).
-        Not the server's base URL (:func:`.normalize.serving`): after it changes,
-        ``planbro reindex`` reads absolute references by the new one."""
+        The server's base URL (:func:`.normalize.serving`), which decides what absolute
+        references name, is recorded beside it (:meth:`server.store.port.Store.ensure_indexed`)."""
         params = sorted((t, p.code, p.type, p.expression, p.targets)
                         for t, by_code in self._params.items() for p in by_code.values())
         text = json.dumps([INDEX_RULES, params], separators=(",", ":"))
