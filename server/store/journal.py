@@ -93,7 +93,9 @@ def begin_immediate(conn: sqlite3.Connection) -> None:
 
 
 REWIND_FRAMES = 65536
-"""A write-ahead log this long (256 MiB of 4 KiB pages) is rewound by :func:`checkpoint`."""
+"""A write-ahead log this long (256 MiB of 4 KiB pages) is rewound by :func:`checkpoint`. The
+log file keeps the largest size it reached (SQLite writes it from its start again), so under
+steady writes it takes up to that much disk beside the database file."""
 REWIND_WAIT_MS = 20
 """How long a rewind waits for readers of the old log (it holds the writer lock meanwhile);
 when they take longer, the next checkpoint tries again."""
