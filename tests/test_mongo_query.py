@@ -52,6 +52,7 @@ from server.fhir.search.ast import (
 from server.fhir.search.parse import parse_search
 from server.fhir.search.registry import Registry
 from server.store.mongo_query import (
+    ABSOLUTE_REFERENCE,
     DEFAULT_SORT,
     MS_PER_DAY,
     NOTHING,
@@ -272,6 +273,19 @@ def test_index_document_shape() -> None:
     only_identifier = IndexValues(tokens=[TokenValue("general-practitioner", SYS, "1",
                                                      identifier=True)])
     assert "has" not in index_document(only_identifier)  # :missing ignores identifiers
+
+
+def test_the_resources_with_absolute_references() -> None:
+    def refs(*values: ReferenceValue) -> dict[str, Any]:
+        return doc("x", IndexValues(references=list(values)))
+
+    absolute = refs(ReferenceValue("subject", "Patient", "p", url="https://a/fhir/Patient/p"),
+                    ReferenceValue("performer", "Practitioner", "d"))
+    elsewhere = refs(ReferenceValue("subject", "", "", url="urn:uuid:1"))
+    relative = refs(ReferenceValue("subject", "Patient", "p"))
+    chosen = {"ix.ref": ABSOLUTE_REFERENCE}
+    assert matches(absolute, chosen) and matches(elsewhere, chosen)
+    assert not matches(relative, chosen) and not matches(doc("none"), chosen)
 
 
 def test_decimal128_keeps_34_digits_and_rejects_overflow() -> None:
