@@ -444,7 +444,7 @@ def _log_frames(db: Path) -> int:
 
 def test_a_checkpoint_beside_a_writer_rewinds_the_log(
         embedded: EmbeddedStore, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(journal, "REWIND_FRAMES", 1, raising=False)
+    monkeypatch.setattr(journal, "REWIND_FRAMES", 1)
     for i in range(100):
         _put(embedded, "Patient", f"p{i}", gender="female")
     with _writing(embedded, "during") as commit:  # a commit begun before the checkpoint ended

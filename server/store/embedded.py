@@ -1121,7 +1121,7 @@ class EmbeddedStore(Store):
         """Copy the write-ahead logs into the files here, in the background, so that no
         request waits for it (and its fsync) while it holds a writer lock, and rewind a
         long one (:func:`.journal.checkpoint`)."""
-        for each in (lambda: checkpoint(self._connection(), self._writer, BUSY_TIMEOUT_S),
+        for each in (lambda: checkpoint(self._connection(), self._writer),
                      self._records.checkpoint):
             try:
                 each()

@@ -101,7 +101,7 @@ REWIND_WAIT_MS = 20
 when they take longer, the next checkpoint tries again."""
 
 
-def checkpoint(conn: sqlite3.Connection, lock: WriterLock, busy_timeout_s: float) -> None:
+def checkpoint(conn: sqlite3.Connection, lock: WriterLock) -> None:
     """Copy the write-ahead log of ``conn``'s file into the file (PASSIVE: it neither waits
     for nor blocks readers and writers) and, when the log holds :data:`REWIND_FRAMES`,
     rewind it.
@@ -112,16 +112,17 @@ def checkpoint(conn: sqlite3.Connection, lock: WriterLock, busy_timeout_s: float
     writer lock, again at each commit until one succeeds. So a rewind holds ``lock`` (no
     commit adds to the log), copies what the passive checkpoint left and waits up to
     :data:`REWIND_WAIT_MS` for readers of the log to finish (RESTART); the next commit then
-    writes the log from its start. ``busy_timeout_s``: the connection's usual busy wait."""
+    writes the log from its start."""
     frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
     if frames < REWIND_FRAMES:
         return
     with lock.hold():
+        usual = conn.execute("PRAGMA busy_timeout").fetchone()[0]
         conn.execute(f"PRAGMA busy_timeout = {REWIND_WAIT_MS}")
         try:
             conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
         finally:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout = {int(usual)}")
 
 
 def enable_wal(conn: sqlite3.Connection, path: Path, timeout: float) -> None:
@@ -214,7 +215,6 @@ class RecordFile:
                  timeout: Callable[[], float]) -> None:
         self.path = path
         self._connect = connect
-        self._timeout = timeout
         self._local = threading.local()
         self._lock = WriterLock(path, timeout)
         conn = self.connection()
@@ -261,7 +261,7 @@ class RecordFile:
 
     def checkpoint(self) -> None:
         """Copy the records file's write-ahead log into it (:func:`checkpoint`)."""
-        checkpoint(self.connection(), self._lock, self._timeout())
+        checkpoint(self.connection(), self._lock)
 
     def last(self) -> int:
         """The newest record's number (0 when the journal is empty)."""
