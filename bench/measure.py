@@ -285,10 +285,10 @@ def run(name: str, operation: Operation, *, concurrency: int, duration: float,
     the server is quiet, and its CPU time is counted until it is quiet again
     (:func:`settle`). ``speed``: measures the machine's speed (:attr:`Stats.speed_ms`),
     while the server is quiet."""
-    cpu_before = None if server is None else settle(server)
+    if server is not None:
+        settle(server)
     speed_before = None if speed is None else speed()
-    if speed is not None and server is not None:
-        cpu_before = tree_cpu_seconds(server)
+    cpu_before = None if server is None else tree_cpu_seconds(server)
     lock = threading.Lock()
     started = 0
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
