@@ -1,7 +1,8 @@
 """A server started on data whose search index an older server built, by other search
 parameters or other rules, indexes every resource again before it serves: its searches then
 find what its own rules find. Under gunicorn the main process does it before the workers
-start, once."""
+start, once. A server started under another base URL indexes again the resources with absolute
+references, which that URL reads."""
 
 from __future__ import annotations
 
