@@ -123,7 +123,8 @@ def test_searches_use_indexes(embedded: EmbeddedStore, name: str) -> None:
                         ids=frozenset({"p1", "p2"}) if name == "token" else None)
     plan = embedded.explain(query)
     scans = [line for line in plan if line.startswith("SCAN")
-             and "VIRTUAL TABLE" not in line and "CONSTANT ROW" not in line]
+             and "VIRTUAL TABLE" not in line and "CONSTANT ROW" not in line
+             and not line.endswith("_systems")]  # a code's systems: one row per system
     assert not scans, plan
     # The page is chosen first (inner query), then its JSON read by primary key.
     assert plan[0] == "SEARCH r USING INTEGER PRIMARY KEY (rowid=?)", plan
@@ -142,9 +143,15 @@ def test_searches_use_indexes(embedded: EmbeddedStore, name: str) -> None:
                 or seek == "type=? AND id=?)" or "INTEGER PRIMARY KEY" in line, plan
     if name in _PARTIAL:  # the index of the rows that have the value searched
         assert any(f"INDEX {_PARTIAL[name]} " in line for line in plan), plan
+    if name in _SEEKS:
+        assert any(line.endswith(_SEEKS[name]) for line in plan), plan
 
 
 _PARTIAL = {"token text": "idx_token_text", "reference url": "idx_reference_url"}
+_SEEKS = {  # one index for tokens: a code alone is sought under each system
+    "token": "COVERING INDEX idx_token_value (type=? AND param=? AND system=? AND code=?)",
+    "token code": "COVERING INDEX idx_token_value (type=? AND param=? AND system=? AND code=?)",
+    "token system": "COVERING INDEX idx_token_value (type=? AND param=? AND system=?)"}
 
 
 @pytest.mark.parametrize("probed", ["status", "for"])
@@ -224,7 +231,7 @@ def test_the_ordered_plan_returns_the_driven_plans_pages(
         assert walked[name] == _pages(embedded, conditions), name
     assert len(walked["many"][3]) == 100 and walked["many"][5] == []
     plan = embedded.explain(SearchQuery("Task", many))  # the driven plan, for comparison
-    assert any("idx_token_code" in line for line in plan), plan
+    assert any("idx_token_value" in line for line in plan), plan
 
 
 @pytest.mark.parametrize("window", [5000, 400])
@@ -757,6 +764,32 @@ def test_a_version_3_file_gets_the_target_indexes(db: Path) -> None:
                    _clause("Patient.language", TokenQuery(None, "nor"), mod="text")):
         found = store.search(SearchQuery("Patient", [clause])).resources
         assert [r["id"] for r in found] == ["p1"]
+    store.close()
+
+
+def test_a_version_5_file_gets_one_token_index(db: Path) -> None:
+    first = embedded_store(db)
+    _put(first, "Patient", "p1", identifier=[{"system": "urn:x", "value": "1"}])
+    _put(first, "Patient", "p2", identifier=[{"value": "1"}, {"system": "urn:y", "value": "2"}])
+    first.close()
+    conn = sqlite3.connect(db)
+    conn.execute("DROP INDEX idx_token_value")
+    conn.execute("CREATE INDEX idx_token_code ON idx_token (type, param, code, system)")
+    conn.execute("CREATE INDEX idx_token_system ON idx_token (type, param, system)")
+    conn.execute("PRAGMA user_version = 5")
+    conn.commit()
+    conn.close()
+    store = embedded_store(db)
+    conn = store._connection()
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    names = {row[1] for row in conn.execute("PRAGMA index_list(idx_token)")}
+    assert names == {"idx_token_value", "idx_token_text", "idx_token_pk"}
+    assert [row[2] for row in conn.execute("PRAGMA index_info(idx_token_value)")] == \
+        ["type", "param", "system", "code", "pk"]
+    for value, ids in ((TokenQuery(None, "1"), ["p1", "p2"]), (TokenQuery("urn:y", None), ["p2"]),
+                       (TokenQuery("", "1"), ["p2"]), (TokenQuery("urn:x", "1"), ["p1"])):
+        found = store.search(SearchQuery("Patient", [_clause("Patient.identifier", value)]))
+        assert sorted(r["id"] for r in found.resources) == ids, value
     store.close()
 
 

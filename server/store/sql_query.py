@@ -18,7 +18,9 @@ the clause's values, and matches the search when it matches every condition):
   that system; ``code`` None matches any code (``system|``). ``:not`` matches resources with
   no value equal to any of the query values (including resources without a value).
   ``:text`` is starts-with on the normalised display/text; the query value arrives normalised
-  in ``TokenQuery.code``.
+  in ``TokenQuery.code``. The token index is ``(type, param, system, code)``: a code without
+  a system is sought under each system the parameter's tokens have, found by skipping
+  through the index (:meth:`_Compiler._systems`).
 * reference: ``Type/id`` matches type and id; an id with ``target_type`` None matches any
   type; ``url`` matches the literal reference as written; ``version`` (when given) must
   match too. ``:identifier`` matches :class:`TokenQuery` values against the tokens indexed
@@ -456,14 +458,29 @@ class _Compiler:
         selects = []
         for value in clause.values:
             x = self._alias()
+            pred = self._value(x, clause, value)
+            if table == "idx_token" and clause.modifier != "text" and (
+                    isinstance(value, TokenQuery) and value.system is None):
+                pred = f"{x}.system IN ({self._systems(type_param, param)}) AND {pred}"
             selects.append(f"SELECT {x}.pk FROM {table} AS {x} WHERE {x}.type = {type_param} "
-                           f"AND {x}.param = {param} AND {self._value(x, clause, value)}")
+                           f"AND {x}.param = {param} AND {pred}")
         y = self._alias()
         probe = (f"EXISTS (SELECT 1 FROM {table} AS {y} WHERE {y}.pk = {r}.pk AND "
                  f"{y}.param = {param} AND "
                  f"{_any([self._value(y, clause, v) for v in clause.values])})")
         return _Part(" UNION ALL ".join(selects), pks=True, probe=probe,
                      rank=_selectivity(clause))
+
+    def _systems(self, type_: str, param: str) -> str:
+        """The systems of the tokens of parameter ``param`` of ``type_`` (bound names), one
+        index seek each: the token index leads with the system, so a search by code alone
+        seeks the code under each of them (most parameters have one to a few)."""
+        s, a, b = f"{self._alias()}_systems", self._alias(), self._alias()
+        return (f"WITH RECURSIVE {s}(system) AS (SELECT min({a}.system) FROM idx_token AS {a} "
+                f"WHERE {a}.type = {type_} AND {a}.param = {param} UNION ALL "
+                f"SELECT (SELECT min({b}.system) FROM idx_token AS {b} WHERE {b}.type = {type_} "
+                f"AND {b}.param = {param} AND {b}.system > {s}.system) FROM {s} "
+                f"WHERE {s}.system IS NOT NULL) SELECT system FROM {s} WHERE system IS NOT NULL")
 
     def _has_value(self, table: str, r: str, param: SearchParam, *, present: bool) -> str:
         x = self._alias()
