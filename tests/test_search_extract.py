@@ -8,6 +8,8 @@ from decimal import Decimal
 
 import pytest
 
+from server.audit import store_indexer
+from server.demo import examples
 from server.fhir.search.ast import (
     MAX_MS,
     MIN_MS,
@@ -29,6 +31,8 @@ from server.fhir.search.normalize import (
     serving,
 )
 from server.fhir.search.registry import Registry, expression_for
+from server.plans.rules import search_registry
+from server.store.port import stamp
 
 FNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.1"
 FNR = "15888512036"  # synthetic (month + 80), passes both modulus-11 checks
@@ -738,3 +742,16 @@ def test_parse_reference() -> None:
         "", "urn:oid:2.16.578.1.12.4.1.4.101")
     ref = parse_reference("http://example.no/no/type/here")
     assert ref is not None and ref.target_type == "" and ref.url
+
+
+def test_index_values_do_not_depend_on_the_meta_a_write_stamps() -> None:
+    """A write may store index values computed before it stamped ``meta.versionId`` and
+    ``meta.lastUpdated`` (:class:`server.store.port.Indexed`): no parameter of the server's
+    indexer may read them."""
+    indexer = store_indexer(search_registry())
+    for resource in examples():
+        type_, id_ = resource["resourceType"], resource["id"]
+        first = indexer(stamp(resource, type_, id_, 1, "2020-01-02T03:04:05.678Z"))
+        later = indexer(stamp(resource, type_, id_, 12, "2031-06-07T08:09:10.111Z"))
+        assert first == later, f"{type_}/{id_}"
+        assert first.tokens or first.references, f"{type_}/{id_}"  # it did extract

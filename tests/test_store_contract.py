@@ -35,6 +35,7 @@ from server.fhir.search.ast import (
     SortKey,
     StringQuery,
     TokenQuery,
+    TokenValue,
     UriQuery,
     page_order,
 )
@@ -576,6 +577,25 @@ def token_patients(store: Store) -> Store:
 def test_token_system_and_code(token_patients: Store, values: list[TokenQuery],
                                expected: set[str]) -> None:
     assert found(token_patients, "Patient", c("Patient.identifier", *values)) == expected
+
+
+def test_index_values_computed_beforehand_serve_only_that_resource(store: Store) -> None:
+    """:meth:`Store.indexed` values serve a write of the very resource they were computed
+    for (its stamped ``meta`` aside); for any other one the engine extracts them itself.
+    The values given here differ from the resource's own, to show which were stored."""
+    body = {"resourceType": "Patient", "gender": "male", "meta": {"versionId": "9"}}
+    given = port.Indexed(store.indexed("Patient", "pre", body).resource,
+                         IndexValues(tokens=[TokenValue("gender", GENDER_SYSTEM, "other")]))
+    with store.unit_of_work() as uow:
+        uow.create("Patient", body, id_="pre", indexed=given)
+        uow.create("Patient", body, id_="other-id", indexed=given)
+        uow.update("Patient", "changed", {**body, "gender": "female"}, indexed=given)
+    assert found(store, "Patient", c("Patient.gender", tok("other"))) == {"pre"}
+    assert found(store, "Patient", c("Patient.gender", tok("male"))) == {"other-id"}
+    assert found(store, "Patient", c("Patient.gender", tok("female"))) == {"changed"}
+    with store.unit_of_work() as uow:  # an update of the same resource, as computed before
+        uow.update("Patient", "pre", {**body, "active": True}, indexed=given)
+    assert found(store, "Patient", c("Patient.gender", tok("male"))) == {"other-id", "pre"}
 
 
 def test_token_modifiers(token_patients: Store) -> None:

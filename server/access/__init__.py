@@ -62,6 +62,7 @@ def install(service: FhirService, auth: AuthServer) -> AccessControl:
     service.access = control
     rules = WriteRules(service, control, emergency_seconds() * 1000)
     service.before_write.insert(0, rules.before_write)
+    service.shapers.append(rules.shape)
     service.after_write.append(rules.after_write)
     service.before_commit.append(rules.before_commit)
     service.observers.append(rules.observe)

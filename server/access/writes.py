@@ -90,12 +90,21 @@ class WriteRules:
 
     # -- before a version is stored --------------------------------------------------------
 
+    def shape(self, ctx: RequestContext, type_: str, resource: dict[str, Any],
+              previous: Version | None = None) -> dict[str, Any]:
+        """``resource`` as it is stored: a person's resource labelled with its content
+        class, an owned one tagged with its owner (the caller, unless ``previous`` has
+        one). Without ``previous``: the service's shaper (as for a new resource)."""
+        if type_ in PERSON_TYPES:
+            resource = labelled(resource)
+        if type_ in OWNED_TYPES:
+            resource = _owned(resource, self.control.caller(ctx), previous)
+        return resource
+
     def before_write(self, w: WriteContext) -> None:
         caller = self.control.caller(w.ctx)
-        if w.resource is not None and w.type in PERSON_TYPES:
-            w.resource = labelled(w.resource)
-        if w.resource is not None and w.type in OWNED_TYPES:
-            w.resource = _owned(w.resource, caller, w.previous)
+        if w.resource is not None:
+            w.resource = self.shape(w.ctx, w.type, w.resource, w.previous)
         if caller.unrestricted:
             return
         if w.type in OWNED_TYPES:

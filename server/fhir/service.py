@@ -63,6 +63,7 @@ from ..store.port import (
     ETags,
     Expected,
     HistoryQuery,
+    Indexed,
     Store,
     UnitOfWork,
     Version,
@@ -241,6 +242,7 @@ class Interaction:
 
 
 WriteHook = Callable[[WriteContext], None]
+Shaper = Callable[[RequestContext, str, dict[str, Any]], dict[str, Any]]
 AfterWriteHook = Callable[[WriteContext, Version], None]
 CommitHook = Callable[[RequestContext, UnitOfWork], None]
 Observer = Callable[[Interaction], None]
@@ -360,6 +362,11 @@ class FhirService:
         self.registry = registry
         self.config = config
         self.before_write: list[WriteHook] = []
+        self.shapers: list[Shaper] = []
+        """What the ``before_write`` hooks do to a new resource that depends on nothing
+        stored: applied beforehand, it tells the resource a create or update will most
+        likely store, whose index values are then computed before the write lock
+        (:meth:`_indexed`)."""
         self.after_write: list[AfterWriteHook] = []
         self.validators: list[Validator] = []
         self.before_commit: list[CommitHook] = []
@@ -694,17 +701,31 @@ class FhirService:
         resource = dict(self._check_body(type_, resource))
         resource.pop("id", None)
         self.ensure_valid(resource, type_, None, "create")
+        id_ = new_id()
+        indexed = self._indexed(ctx, type_, id_, resource) if if_none_exist is None else None
         with self.unit_of_work(ctx) as uow:
             written = self.create_in(uow, ctx, type_, resource, if_none_exist=if_none_exist,
-                                     validated=True)
+                                     id_=id_, validated=True, indexed=indexed)
         return self.write_result(ctx, written)
+
+    def _indexed(self, ctx: RequestContext, type_: str, id_: str,
+                 resource: dict[str, Any]) -> Indexed:
+        """The index values of ``resource`` as the write will most likely store it
+        (:attr:`shapers`), computed before the write lock: the store uses them only when
+        the resource it stores is that one (:class:`~server.store.port.Indexed`)."""
+        for shape in self.shapers:
+            resource = shape(ctx, type_, resource)
+        return self.store.indexed(type_, id_, resource)
 
     def create_in(self, uow: UnitOfWork, ctx: RequestContext, type_: str, resource: Any, *,
                   if_none_exist: list[tuple[str, str]] | None = None,
-                  id_: str | None = None, validated: bool = False) -> Written:
+                  id_: str | None = None, validated: bool = False,
+                  indexed: Indexed | None = None) -> Written:
         """Create (POST) inside ``uow``; the body's id is ignored. ``if_none_exist``: the
-        conditional-create criteria; ``id_``: an id chosen beforehand (transactions);
-        ``validated``: the caller has validated the body already."""
+        conditional-create criteria; ``id_``: an id chosen beforehand (transactions, and
+        :meth:`create`, which indexes the resource under it before the write lock);
+        ``validated``: the caller has validated the body already; ``indexed``: its index
+        values, computed beforehand (:meth:`_indexed`)."""
         self.check_type(type_)
         self.guard.check(ctx, "create" if if_none_exist is None else "conditional-create",
                          type_)
@@ -725,7 +746,7 @@ class FhirService:
         wctx = self._before(ctx, uow, "create", type_, resource["id"], resource, None)
         assert wctx.resource is not None
         version = uow.create(type_, wctx.resource, id_=wctx.id, keys=wctx.keys or (),
-                             method="POST")
+                             method="POST", indexed=indexed)
         return self._after(wctx, version, 201)
 
     # -- update ------------------------------------------------------------------------------
@@ -738,9 +759,10 @@ class FhirService:
         self.guard.check(ctx, "update", type_)
         resource = self._check_body(type_, resource)
         self.ensure_valid(resource, type_, id_, "update")  # before taking the write lock
+        indexed = self._indexed(ctx, type_, id_, resource)
         with self.unit_of_work(ctx) as uow:
             written = self._store_update(uow, ctx, type_, id_, dict(resource), if_match,
-                                         "update")
+                                         "update", indexed)
         return self.write_result(ctx, written)
 
     def update_in(self, uow: UnitOfWork, ctx: RequestContext, type_: str, id_: str,
@@ -757,7 +779,7 @@ class FhirService:
 
     def _store_update(self, uow: UnitOfWork, ctx: RequestContext, type_: str, id_: str,
                       resource: dict[str, Any], if_match: Expected,
-                      interaction: str) -> Written:
+                      interaction: str, indexed: Indexed | None = None) -> Written:
         self.guard.check(ctx, interaction, type_)
         current = uow.read(type_, id_)
         self._check_version(ctx, uow, type_, id_, if_match, current)
@@ -766,7 +788,8 @@ class FhirService:
         assert wctx.resource is not None
         version, created = uow.update(type_, id_, wctx.resource, if_match=if_match,
                                       keys=wctx.keys,
-                                      method="PATCH" if interaction == "patch" else "PUT")
+                                      method="PATCH" if interaction == "patch" else "PUT",
+                                      indexed=indexed)
         return self._after(wctx, version, 201 if created else 200)
 
     @observed("update")

@@ -94,6 +94,7 @@ from .port import (
     REINDEX_BATCH,
     Expected,
     HistoryQuery,
+    Indexed,
     Indexer,
     Store,
     UniqueConflict,
@@ -101,6 +102,7 @@ from .port import (
     Version,
     check_record_type,
     check_version,
+    index_values,
     iter_chunks,
     new_id,
     now_instant,
@@ -621,18 +623,19 @@ class _EmbeddedUnitOfWork(UnitOfWork):
     # -- writes --------------------------------------------------------------------------------
 
     def create(self, type_: str, resource: dict[str, Any], *, id_: str | None = None,
-               keys: tuple[str, ...] = (), method: str = "POST") -> Version:
+               keys: tuple[str, ...] = (), method: str = "POST",
+               indexed: Indexed | None = None) -> Version:
         with self._step():
             if id_ is None:
                 id_ = new_id()
             elif self._current(type_, id_) is not None:
                 raise conflict(f"{type_}/{id_} already exists; update it instead")
             self._claim_keys(type_, id_, keys, replace=False)
-            return self._write(type_, id_, 1, resource, method, pk=None)
+            return self._write(type_, id_, 1, resource, method, pk=None, indexed=indexed)
 
     def update(self, type_: str, id_: str, resource: dict[str, Any], *,
                if_match: Expected = None, keys: tuple[str, ...] | None = None,
-               method: str = "PUT") -> tuple[Version, bool]:
+               method: str = "PUT", indexed: Indexed | None = None) -> tuple[Version, bool]:
         with self._step():
             current = self._current(type_, id_)
             live = None if current is None or current.deleted else current.version
@@ -640,10 +643,11 @@ class _EmbeddedUnitOfWork(UnitOfWork):
             if keys is not None:
                 self._claim_keys(type_, id_, keys, replace=True)
             if current is None:
-                return self._write(type_, id_, 1, resource, method, pk=None), True
+                return self._write(type_, id_, 1, resource, method, pk=None,
+                                   indexed=indexed), True
             self._keep_json(type_, id_, current)
             version = self._write(type_, id_, current.version + 1, resource, method,
-                                  pk=current.pk)
+                                  pk=current.pk, indexed=indexed)
             return version, live is None
 
     def delete(self, type_: str, id_: str, *, if_match: Expected = None) -> Version | None:
@@ -706,11 +710,11 @@ class _EmbeddedUnitOfWork(UnitOfWork):
                 [(key, type_, id_) for key in wanted])
 
     def _write(self, type_: str, id_: str, number: int, resource: dict[str, Any],
-               method: str, *, pk: int | None) -> Version:
+               method: str, *, pk: int | None, indexed: Indexed | None = None) -> Version:
         instant, ms = now_instant()
         stored = stamp(resource, type_, id_, number, instant)
         text = jsonio.dumps(stored)
-        index = _index_rows(self._indexer(stored))
+        index = _index_rows(index_values(self._indexer, stored, indexed))
         if pk is None:
             pk = self._conn.execute(
                 "INSERT INTO resource (type, id, version, last_updated, last_updated_ms, "

@@ -76,6 +76,7 @@ from .port import (
     REINDEX_BATCH,
     Expected,
     HistoryQuery,
+    Indexed,
     Indexer,
     Store,
     UniqueConflict,
@@ -83,6 +84,7 @@ from .port import (
     Version,
     VersionConflict,
     check_version,
+    index_values,
     iter_chunks,
     new_id,
     now_instant,
@@ -602,6 +604,7 @@ class _MongoUnitOfWork(UnitOfWork):
         id_: str | None = None,
         keys: tuple[str, ...] = (),
         method: str = "POST",
+        indexed: Indexed | None = None,
     ) -> Version:
         with self._step():
             if id_ is None:
@@ -609,7 +612,8 @@ class _MongoUnitOfWork(UnitOfWork):
             elif self._current(type_, id_) is not None:
                 raise conflict(f"{type_}/{id_} already exists; update it instead")
             try:
-                return self._write(type_, id_, None, resource, method, list(dict.fromkeys(keys)))
+                return self._write(type_, id_, None, resource, method, list(dict.fromkeys(keys)),
+                                   indexed)
             except _Raced:
                 raise conflict(f"{type_}/{id_} was created by a concurrent request") from None
 
@@ -623,6 +627,7 @@ class _MongoUnitOfWork(UnitOfWork):
         if_match: Expected = None,
         keys: tuple[str, ...] | None = None,
         method: str = "PUT",
+        indexed: Indexed | None = None,
     ) -> tuple[Version, bool]:
         with self._step():
             for _ in range(WRITE_ATTEMPTS):
@@ -631,7 +636,7 @@ class _MongoUnitOfWork(UnitOfWork):
                 new_keys = _held_keys(prev) if keys is None else list(dict.fromkeys(keys))
                 try:
                     version = self._write_expecting(type_, id_, prev, resource, method,
-                                                    new_keys, if_match)
+                                                    new_keys, if_match, indexed)
                 except _Raced:
                     continue
                 return version, _live_version(prev) is None
@@ -723,11 +728,12 @@ class _MongoUnitOfWork(UnitOfWork):
         method: str,
         keys: list[str],
         if_match: Expected,
+        indexed: Indexed | None = None,
     ) -> Version:
         """:meth:`_write`; in a transaction, a collision with a concurrent writer of a
         resource whose version the caller named is reported as the version conflict it is."""
         try:
-            return self._write(type_, id_, prev, resource, method, keys)
+            return self._write(type_, id_, prev, resource, method, keys, indexed)
         except PyMongoError as exc:
             if if_match is not None and self._session is not None and _transient(exc):
                 raise self._store.version_conflict(type_, id_, if_match) from exc
@@ -741,10 +747,11 @@ class _MongoUnitOfWork(UnitOfWork):
         resource: dict[str, Any] | None,
         method: str,
         keys: list[str],
+        indexed: Indexed | None = None,
     ) -> Version:
         """Write the version after ``prev`` (``resource`` None: a tombstone): take the new
         unique keys, replace the current document, add the history row, release the keys no
-        longer held."""
+        longer held. ``indexed``: see :meth:`UnitOfWork.create`."""
         version = 1 if prev is None else int(prev["version"]) + 1
         instant, ms = now_instant()
         body = None if resource is None else stamp(resource, type_, id_, version, instant)
@@ -754,7 +761,8 @@ class _MongoUnitOfWork(UnitOfWork):
             "deleted": body is None, "method": method,
             "keys": keys if body is not None else [],
             "json": None if body is None else dumps(body),
-            "ix": {} if body is None else index_document(self._store.indexer(body)),
+            "ix": {} if body is None else index_document(
+                index_values(self._store.indexer, body, indexed)),
         }
         old_keys = _held_keys(prev)
         self._acquire_keys([k for k in doc["keys"] if k not in old_keys], type_, id_)

@@ -217,6 +217,40 @@ def stamp(resource: dict[str, Any], type_: str, id_: str, version: int, instant:
     return out
 
 
+_STAMPED = ("versionId", "lastUpdated")
+
+
+def _unstamped(resource: dict[str, Any]) -> dict[str, Any]:
+    """``resource`` without the ``meta`` fields a write stamps."""
+    meta = resource.get("meta")
+    if not isinstance(meta, dict) or not any(k in meta for k in _STAMPED):
+        return resource
+    return {**resource, "meta": {k: v for k, v in meta.items() if k not in _STAMPED}}
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """The index values of a resource about to be written, computed beforehand
+    (:meth:`Store.indexed`: outside the writer lock, where extracting them costs no other
+    writer any time). A write uses them when it stores the same resource, which it finds out
+    by comparing (:func:`index_values`): the hooks of a write may still change the resource
+    before it is stored. ``resource``: the resource as stamped for the write, without the
+    ``meta.versionId`` and ``meta.lastUpdated`` that the write stamps itself and that no
+    index value depends on (``_lastUpdated`` is answered from the resource row)."""
+
+    resource: dict[str, Any]
+    values: IndexValues
+
+
+def index_values(indexer: Indexer, stored: dict[str, Any],
+                 indexed: Indexed | None) -> IndexValues:
+    """The index values of ``stored`` (a resource as :func:`stamp` made it): those of
+    ``indexed`` when it was computed for this very resource, else the indexer's."""
+    if indexed is not None and _unstamped(stored) == indexed.resource:
+        return indexed.values
+    return indexer(stored)
+
+
 @dataclass(frozen=True)
 class HistoryQuery:
     """Which versions a history lists, newest first, and which page of them.
@@ -282,11 +316,13 @@ class UnitOfWork(abc.ABC):
         id_: str | None = None,
         keys: tuple[str, ...] = (),
         method: str = "POST",
+        indexed: Indexed | None = None,
     ) -> Version:
         """Store version 1 of a new resource (server-assigned id unless ``id_``).
 
         ``keys``: unique keys this resource holds (raises :class:`UniqueConflict` when a
-        current resource already holds one)."""
+        current resource already holds one). ``indexed``: its index values, computed
+        beforehand (:meth:`Store.indexed`)."""
 
     @abc.abstractmethod
     def update(
@@ -298,13 +334,14 @@ class UnitOfWork(abc.ABC):
         if_match: Expected = None,
         keys: tuple[str, ...] | None = None,
         method: str = "PUT",
+        indexed: Indexed | None = None,
     ) -> tuple[Version, bool]:
         """Store a new version; creates the resource (update-as-create) when it does not exist
         or was deleted (the version number continues after a tombstone). ``if_match``: what
         the current version must be (:func:`check_version`, checked in the same step as the
         write, so that no concurrent writer comes between). ``keys``: the unique
-        keys the resource holds from now on (None keeps the current ones). Returns the new
-        version and whether it was created."""
+        keys the resource holds from now on (None keeps the current ones). ``indexed`` as
+        for :meth:`create`. Returns the new version and whether it was created."""
 
     @abc.abstractmethod
     def delete(self, type_: str, id_: str, *, if_match: Expected = None) -> Version | None:
@@ -339,6 +376,12 @@ class Store(abc.ABC):
 
     def __init__(self, indexer: Indexer) -> None:
         self.indexer = indexer
+
+    def indexed(self, type_: str, id_: str, resource: dict[str, Any]) -> Indexed:
+        """The index values of ``resource`` as ``type_/id_`` will store it, for a unit of
+        work's :meth:`~UnitOfWork.create` or :meth:`~UnitOfWork.update` to take."""
+        stored = stamp(resource, type_, id_, 1, "")
+        return Indexed(_unstamped(stored), self.indexer(stored))
 
     @abc.abstractmethod
     def unit_of_work(self) -> AbstractContextManager[UnitOfWork]:

@@ -7,9 +7,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from access_kit import EMERGENCY, World
 from api.conftest import synthetic_fnr
 from world import FNR_SYSTEM, consent, withdrawn
+
+from server.access.labels import CONTENT_CLASS_SYSTEM, GOAL
+from server.fhir.search.ast import IndexValues
 
 REASON = "Unconscious in the emergency room; needs the plan's medication list"
 
@@ -215,3 +219,30 @@ def test_server_records_and_the_directory(fresh: World) -> None:
     stolen = {**nav, "identifier": [{"system": "urn:oid:2.16.578.1.12.4.1.4.101",
                                      "value": "300000002"}]}
     assert fresh.put("nav", stolen).status_code == 403
+
+
+def test_a_write_is_indexed_before_its_unit_of_work(fresh: World,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A created or updated resource's index values are extracted before the write lock,
+    from the resource as the access layer labels it (inside the unit of work it is only
+    compared); the values stored are still the stored resource's own."""
+    store = fresh.planbro.store
+    real = store.indexer
+    seen: list[tuple[str, bool]] = []
+
+    def indexer(resource: dict[str, Any]) -> IndexValues:
+        seen.append((resource["resourceType"], store.in_unit_of_work()))
+        return real(resource)
+
+    monkeypatch.setattr(store, "indexer", indexer)
+    goal = {"resourceType": "Goal", "lifecycleStatus": "proposed",
+            "description": {"text": "Gå tur hver dag"}, "subject": {"reference": "Patient/active"}}
+    created = fresh.post("admin", "Goal", goal)
+    assert created.status_code == 201, created.text
+    new = created.json()
+    assert fresh.put("admin", {**new, "lifecycleStatus": "active"}).status_code == 200
+    assert [s for s in seen if s[0] == "Goal"] == [("Goal", False), ("Goal", False)]
+    label = f"{CONTENT_CLASS_SYSTEM}|{GOAL}"
+    query = f"Goal?_id={new['id']}&lifecycle-status=active&_security={label}"
+    assert fresh.ids("admin", query) == [f"Goal/{new['id']}"]
+
