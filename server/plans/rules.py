@@ -24,11 +24,10 @@ from .invariants import INDIVIDUAL_PLAN, activation_problems, plan_kind
 
 
 def install(service: FhirService, conformance: Conformance | None = None) -> Conformance:
-    """Load the profiles, add their search parameters to the registry (a registry from
-    :func:`search_registry` has them already: added again, they stay as they are) and register
-    the checks, hooks and operations on ``service``."""
+    """Load the profiles (unless given) and register the checks, hooks and operations on
+    ``service``, whose registry is :func:`search_registry`'s (it offers the profiles' search
+    parameters)."""
     conformance = conformance or Conformance.load(PROFILES_DIR)
-    add_search_parameters(service.registry, conformance)
     service.validators.append(conformance.validate)
     service.profiles.update(conformance.profiles_by_type())
     service.before_write.append(lambda w: _check_plan(service, w))
@@ -39,18 +38,12 @@ def install(service: FhirService, conformance: Conformance | None = None) -> Con
     return conformance
 
 
-def add_search_parameters(registry: Registry, conformance: Conformance) -> None:
-    """Offer the search parameters our profiles define (their values are indexed too)."""
-    for search_parameter in conformance.search_parameters():
-        registry.add(search_parameter)
-
-
 def search_registry(conformance: Conformance | None = None) -> Registry:
-    """The search parameters the server offers and indexes: the official R4 ones and our
-    profiles' (``conformance``, loaded when not given; as :func:`install` leaves the
-    service's registry)."""
+    """The search parameters the server offers and indexes: the official R4 ones and those
+    our profiles define (``conformance``, loaded when not given)."""
     registry = Registry.load_default()
-    add_search_parameters(registry, conformance or Conformance.load(PROFILES_DIR))
+    for search_parameter in (conformance or Conformance.load(PROFILES_DIR)).search_parameters():
+        registry.add(search_parameter)
     return registry
 
 
