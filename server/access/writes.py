@@ -90,21 +90,17 @@ class WriteRules:
 
     # -- before a version is stored --------------------------------------------------------
 
-    def shape(self, ctx: RequestContext, type_: str, resource: dict[str, Any],
-              previous: Version | None = None) -> dict[str, Any]:
-        """``resource`` as it is stored: a person's resource labelled with its content
-        class, an owned one tagged with its owner (the caller, unless ``previous`` has
-        one). Without ``previous``: the service's shaper (as for a new resource)."""
-        if type_ in PERSON_TYPES:
-            resource = labelled(resource)
-        if type_ in OWNED_TYPES:
-            resource = _owned(resource, self.control.caller(ctx), previous)
-        return resource
+    def shape(self, ctx: RequestContext, type_: str, resource: dict[str, Any]
+              ) -> dict[str, Any]:
+        """The service's shaper: ``resource`` as a write of it without a previous version
+        stores it (:func:`_shaped`)."""
+        caller = self.control.caller(ctx) if type_ in OWNED_TYPES else None
+        return _shaped(resource, type_, caller, None)
 
     def before_write(self, w: WriteContext) -> None:
         caller = self.control.caller(w.ctx)
         if w.resource is not None:
-            w.resource = self.shape(w.ctx, w.type, w.resource, w.previous)
+            w.resource = _shaped(w.resource, w.type, caller, w.previous)
         if caller.unrestricted:
             return
         if w.type in OWNED_TYPES:
@@ -313,6 +309,19 @@ def _grant_facts(plan: dict[str, Any]) -> tuple[Any, ...]:
     organisation."""
     return (plan.get("subject"), plan.get("status"),
             [e for e in plan.get("extension") or [] if e.get("url") in RESPONSIBLE_ORG_URLS])
+
+
+def _shaped(resource: dict[str, Any], type_: str, caller: Caller | None,
+            previous: Version | None) -> dict[str, Any]:
+    """``resource`` as it is stored: a person's resource labelled with its content class, an
+    owned one tagged with its owner (``caller``, given for those, unless ``previous`` has
+    one)."""
+    if type_ in PERSON_TYPES:
+        resource = labelled(resource)
+    if type_ in OWNED_TYPES:
+        assert caller is not None
+        resource = _owned(resource, caller, previous)
+    return resource
 
 
 def _owned(resource: dict[str, Any], caller: Caller,

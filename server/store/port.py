@@ -220,12 +220,9 @@ def stamp(resource: dict[str, Any], type_: str, id_: str, version: int, instant:
 _STAMPED = ("versionId", "lastUpdated")
 
 
-def _unstamped(resource: dict[str, Any]) -> dict[str, Any]:
-    """``resource`` without the ``meta`` fields a write stamps."""
-    meta = resource.get("meta")
-    if not isinstance(meta, dict) or not any(k in meta for k in _STAMPED):
-        return resource
-    return {**resource, "meta": {k: v for k, v in meta.items() if k not in _STAMPED}}
+def _unstamped(stored: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` (as :func:`stamp` made it) without the ``meta`` fields a write stamps."""
+    return {**stored, "meta": {k: v for k, v in stored["meta"].items() if k not in _STAMPED}}
 
 
 @dataclass(frozen=True)
