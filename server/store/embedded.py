@@ -157,12 +157,6 @@ CACHE_KIB = 32768
 """The page cache of each connection, in KiB (SQLite's default is 2,000). It is what the
 records mover's index inserts and a large search's probes reuse within a transaction."""
 BUSY_TIMEOUT_S = 60.0
-MOVER_POLL_MAX_S = 0.002
-"""The longest pause between two tries of the mover's lock. A batch of records is moved in
-tens of milliseconds, and the writers' shorter pause (:data:`~.journal.LOCK_POLL_MAX_S`)
-would have a thread that waits for it try hundreds of times, taking the CPU time the mover
-needs: a tasks search of 20 persons, from 4 clients, went from 52-67 to 67-73 a second
-(75-85 with 5 ms, but a reader of the records may then wait up to 5 ms after a batch)."""
 READ_MANY_CHUNK = 400
 
 _JOURNAL = (JOURNAL_TABLE.format(autoincrement=""),
@@ -852,8 +846,7 @@ class EmbeddedStore(Store):
         self._writer = WriterLock(self.path, lambda: BUSY_TIMEOUT_S)
         # one mover of journalled records at a time, of all processes: two would compute the
         # same batch's index values and one of them would throw its work away
-        self._mover = WriterLock(Path(f"{self.path}.move"), lambda: BUSY_TIMEOUT_S,
-                                 poll_max=MOVER_POLL_MAX_S)
+        self._mover = WriterLock(Path(f"{self.path}.move"), lambda: BUSY_TIMEOUT_S)
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._connections_lock = threading.Lock()
         self._journal = threading.Event()  # set: records were journalled

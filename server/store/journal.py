@@ -50,9 +50,6 @@ _NO_BOUND = 2**62
 _log = logging.getLogger(__name__)
 RECORDS_PROCESS_CHECK_S = 1.0
 """How often a process that records makes sure that the records process runs."""
-LOCK_POLL_MAX_S = 0.0002
-"""The longest pause between two tries of another process's writer lock (with 2 ms, 25%
-fewer creates per second went through under concurrent writers)."""
 
 
 def journal_rows(conn: sqlite3.Connection, after: int, upto: int | None,
@@ -146,21 +143,25 @@ def enable_wal(conn: sqlite3.Connection, path: Path, timeout: float) -> None:
 
 class WriterLock:
     """Queues the writers of one SQLite file before they reach SQLite: threads of this
-    process on a mutex, processes on an advisory lock of ``<file>.lock``. SQLite's own busy
-    handler sleeps in steps of up to 100 ms, which would make writers that merely queue wait
-    far longer than the writes take. One thread of a process at a time tries the file lock,
-    every :data:`LOCK_POLL_MAX_S` at most (or ``poll_max``): a write holds it for a few
-    milliseconds, and a longer pause leaves it free while the next writer sleeps."""
+    process on a mutex, processes on an advisory lock of ``<file>.lock``, which the kernel
+    hands to the next waiting process when it is let go (and lets go itself when its holder
+    dies). SQLite's own busy handler sleeps in steps of up to 100 ms, which would make
+    writers that merely queue wait far longer than the writes take, and trying the file lock
+    again and again takes the CPU time its holder needs.
 
-    def __init__(self, path: Path, timeout: Callable[[], float], *,
-                 poll_max: float | None = None) -> None:
+    A wait in the kernel cannot be given up, so a process's :class:`_FileWaiter` thread does
+    it, and a thread that must give up at its deadline leaves that wait behind: the next
+    thread of the process to want the lock takes it over, and when nobody does, the lock is
+    let go as soon as it comes."""
+
+    def __init__(self, path: Path, timeout: Callable[[], float]) -> None:
         self._path = Path(f"{path}.lock")
         self._timeout = timeout
-        self._poll_max = LOCK_POLL_MAX_S if poll_max is None else poll_max
         self._thread_lock = threading.Lock()
         self._fd_guard = threading.Lock()
         self._owner = 0
         self._fd = -1
+        self._waiter: _FileWaiter | None = None
 
     @contextmanager
     def hold(self, *, block: bool = True) -> Iterator[bool]:
@@ -169,26 +170,26 @@ class WriterLock:
         nothing)."""
         wait = self._timeout() if block else 0.0
         deadline = time.monotonic() + wait
-        fd = self._descriptor()
+        fd, waiter = self._descriptor()
         if not self._thread_lock.acquire(timeout=wait):
             if block:
                 raise busy()
             yield False
             return
         try:
-            pause = 0.0001
-            while True:
+            if waiter.waiting():  # an earlier thread's wait: only that one may take it
+                taken = block and waiter.take(deadline)
+            else:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
+                    taken = True
                 except BlockingIOError:
-                    if not block:
-                        yield False
-                        return
-                    if time.monotonic() > deadline:
-                        raise busy() from None
-                    time.sleep(pause)
-                    pause = min(pause * 2, self._poll_max)
+                    taken = block and waiter.take(deadline)
+            if not taken:
+                if block:
+                    raise busy()
+                yield False
+                return
             try:
                 yield True
             finally:
@@ -196,14 +197,72 @@ class WriterLock:
         finally:
             self._thread_lock.release()
 
-    def _descriptor(self) -> int:
-        """This process's descriptor of the lock file. A forked child opens its own: a
-        descriptor inherited through fork shares its lock with the parent's."""
+    def _descriptor(self) -> tuple[int, _FileWaiter]:
+        """This process's descriptor of the lock file and the thread that waits on it. A
+        forked child opens its own: a descriptor inherited through fork shares its lock with
+        the parent's, and the parent's threads are not in the child."""
         with self._fd_guard:
-            if self._owner != os.getpid():
+            if self._owner != os.getpid() or self._waiter is None:
                 self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._waiter = _FileWaiter(self._fd)
                 self._owner = os.getpid()
-            return self._fd
+            return self._fd, self._waiter
+
+
+class _FileWaiter:
+    """Waits in the kernel for the file lock of descriptor ``fd`` (``flock`` without
+    ``LOCK_NB``), in a thread of its own started on the first wait, for the thread of the
+    process that wants it (:meth:`take`). All tries of the lock on ``fd`` while a wait is
+    under way are this thread's: a descriptor that holds the lock gets it again at once, so
+    another try would take over the lock the wait is about to let go."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._changed = threading.Condition()
+        self._wanted = False  # a wait is under way
+        self._granted = False  # it got the lock, for the thread that takes it
+        self._abandoned = False  # its thread gave up: let go of the lock when it comes
+        self._thread: threading.Thread | None = None
+
+    def waiting(self) -> bool:
+        with self._changed:
+            return self._wanted
+
+    def take(self, deadline: float) -> bool:
+        """Wait (or go on waiting) for the lock until ``deadline`` (``time.monotonic``); True
+        when this thread holds it now. False: the wait goes on, and is let go when it ends
+        unless another thread takes it over meanwhile."""
+        with self._changed:
+            self._abandoned = False
+            if not self._wanted:
+                self._wanted, self._granted = True, False
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._wait, daemon=True,
+                                                    name="writer-lock waiter")
+                    self._thread.start()
+                self._changed.notify_all()
+            while not self._granted:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._abandoned = True
+                    return False
+                self._changed.wait(remaining)
+            self._wanted = self._granted = False
+            return True
+
+    def _wait(self) -> None:
+        while True:
+            with self._changed:
+                while not self._wanted or self._granted:
+                    self._changed.wait()
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            with self._changed:
+                if self._abandoned:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                    self._wanted = self._abandoned = False
+                else:
+                    self._granted = True
+                self._changed.notify_all()
 
 
 class RecordFile:
