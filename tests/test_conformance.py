@@ -29,6 +29,7 @@ from server.fhir.conformance import (
     register_invariant,
     registered_invariants,
 )
+from server.fhir.search.extract import ElementModel, compile_fast
 from server.plans.invariants import activation_problems
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,6 +184,35 @@ def test_profiles_assigned_by_rule_without_a_claim(conformance: Conformance) -> 
     assert conformance.profiles_for(task) == [SD + "ip-notification-task"]
     assert conformance.profiles_for(examples["Patient-rut.json"]) == []
     assert conformance.profiles_for(examples["Organization-hemtjanst.json"]) == []
+
+
+def test_the_assignment_rules_run_compiled_and_agree_with_fhirpath(
+        conformance: Conformance) -> None:
+    """Every write is tested against the rules of its type: they run in the search index's
+    compiled FHIRPath subset, with fhirpathpy's answers."""
+    rules = _load(PROFILES / "assignment-rules.json")["rules"]
+    element_model = ElementModel.load_default()
+    for rule in rules:
+        compile_fast(rule["when"], rule["resourceType"], element_model)  # no Unsupported
+    variants = []
+    for resource in _examples().values():
+        unclaimed = {k: v for k, v in resource.items() if k != "meta"}
+        variants.append(unclaimed)
+        for key in ("identifier", "category", "code"):
+            for item in unclaimed.get(key) or []:
+                if isinstance(item, dict):  # the first system changed, the rest kept
+                    variant = copy.deepcopy(unclaimed)
+                    changed = variant[key][unclaimed[key].index(item)]
+                    target = changed["coding"][0] if "coding" in changed else changed
+                    target["system"] = "urn:other"
+                    variants.append(variant)
+    matched = 0
+    for resource in variants:
+        expected = [r["profile"] for r in rules if r["resourceType"] == resource["resourceType"]
+                    and holds(r["when"], resource)]
+        assert conformance.profiles_for(resource) == expected, resource.get("id")
+        matched += bool(expected)
+    assert matched >= len(rules)
 
 
 def test_unclaimed_plan_is_still_checked(conformance: Conformance) -> None:

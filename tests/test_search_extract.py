@@ -10,6 +10,7 @@ import pytest
 
 from server.audit import store_indexer
 from server.demo import examples
+from server.fhir.conformance import evaluate as conformance_evaluate
 from server.fhir.search.ast import (
     MAX_MS,
     MIN_MS,
@@ -22,6 +23,7 @@ from server.fhir.search.ast import (
     TokenValue,
     UriValue,
 )
+from server.fhir.search.extract import ElementModel, Unsupported, compile_fast
 from server.fhir.search.normalize import (
     ReferenceParts,
     date_range,
@@ -587,6 +589,32 @@ def test_add_uses_fhirpathpy_for_other_forms() -> None:
     registry.add({"code": "rank", "type": "number", "base": ["Patient"],
                   "expression": "Patient.extension.select(value).count()"})
     assert of(registry.extract(PATIENT), "rank") == [NumberValue("rank", Decimal(1))]
+
+
+PERSON = {"resourceType": "Patient", "active": True, "gender": "female",
+          "identifier": [{"system": "urn:b", "value": "1"}]}
+
+
+@pytest.mark.parametrize(("expression", "expected"), [
+    ("active or gender = 'male'", [True]),
+    ("gender = 'male' or active", [True]),
+    ("gender = 'male' or active = false", [False]),
+    ("birthDate = @2000-01-01 or gender = 'male'", []),
+    ("birthDate = @2000-01-01 or active", [True]),
+    ("gender = 'male' and active or gender = 'female'", [True]),
+    ("gender = 'male' and (active or gender = 'female')", [False]),
+    ("identifier.where(system = 'urn:a' or system = 'urn:b').exists()", [True]),
+    ("identifier.where(system = 'urn:a' or value = '2').exists()", [False]),
+])
+def test_or_is_three_valued_and_binds_less_than_and(expression: str,
+                                                    expected: list[bool]) -> None:
+    fhirpath = expression.replace("@2000-01-01", "'2000-01-01'")
+    try:
+        evaluate, _, _ = compile_fast(fhirpath, "Patient", ElementModel.load_default())
+    except Unsupported:
+        pytest.fail(f"{fhirpath} is not compiled")
+    assert [value for value, _ in evaluate(PERSON)] == expected
+    assert conformance_evaluate(expression, PERSON) == expected  # as fhirpathpy has it
 
 
 def test_add_indexer_and_is() -> None:

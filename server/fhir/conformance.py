@@ -38,6 +38,7 @@ from fhirpathpy import compile as compile_fhirpath
 from fhirpathpy.models import models
 
 from .outcome import Issue, issue
+from .search.extract import ElementModel, Unsupported, compile_fast
 
 InvariantCheck = Callable[[Any], str | None]
 """A registered invariant: given the element's JSON value, None when it holds, else why not."""
@@ -92,6 +93,8 @@ class AssignmentRule:
     resource_type: str
     when: str
     profile: str
+    applies: Callable[[Mapping[str, Any]], bool]
+    """Whether ``when`` holds for a resource of ``resource_type`` (:func:`holds`)."""
 
 
 class ConformanceError(ValueError):
@@ -124,10 +127,12 @@ class Conformance:
         rules_file = path / "assignment-rules.json"
         rules_data = json.loads(rules_file.read_text()) if rules_file.exists() else {}
         rules = []
+        model = ElementModel.load_default()
         for rule in rules_data.get("rules", []):
             if rule["profile"] not in profiles:
                 raise ConformanceError(f"assignment rule for unknown profile {rule['profile']}")
-            rules.append(AssignmentRule(rule["resourceType"], rule["when"], rule["profile"]))
+            rules.append(AssignmentRule(rule["resourceType"], rule["when"], rule["profile"],
+                                        _rule_test(rule["when"], rule["resourceType"], model)))
         return cls(profiles, rules, resources)
 
     # -- queries --------------------------------------------------------------------------------
@@ -165,7 +170,7 @@ class Conformance:
         rtype = resource.get("resourceType")
         for rule in self._rules:
             if rule.resource_type == rtype and rule.profile not in out \
-                    and holds(rule.when, resource):
+                    and rule.applies(resource):
                 out.append(rule.profile)
         return out
 
@@ -219,6 +224,26 @@ def _profile(sd: dict[str, Any], schema_file: Path) -> Profile:
                                             c["expression"], element["path"]))
     return Profile(sd["url"], sd["id"], sd["type"], validator_cls(schema),
                    tuple(invariants), jsonschema_rs.validator_for(schema))
+
+
+def _rule_test(expression: str, resource_type: str,
+               model: ElementModel) -> Callable[[Mapping[str, Any]], bool]:
+    """:func:`holds` for ``expression`` on resources of ``resource_type``. Every write is
+    tested against the rules of its type, so an expression within the FHIRPath subset the
+    search index compiles (:func:`~.search.extract.compile_fast`) is run compiled, in a tenth
+    of fhirpathpy's time; fhirpathpy runs any other."""
+    try:
+        evaluate, _, _ = compile_fast(expression, resource_type, model)
+    except Unsupported:
+        return lambda resource: holds(expression, resource)
+
+    def applies(resource: Mapping[str, Any]) -> bool:
+        try:
+            return [value for value, _ in evaluate(dict(resource))] == [True]
+        except Exception:  # noqa: BLE001 - as holds(): a failing expression does not hold
+            return False
+
+    return applies
 
 
 def _claimed(resource: Mapping[str, Any]) -> list[str]:

@@ -169,7 +169,8 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
 
 
 class _Parser:
-    """Recursive descent over the FHIRPath subset (precedence: path, as/is, |, =/!=, and)."""
+    """Recursive descent over the FHIRPath subset (precedence: path, as/is, |, =/!=, and,
+    or)."""
 
     def __init__(self, text: str) -> None:
         self.tokens = _tokenize(text)
@@ -194,6 +195,13 @@ class _Parser:
         return token
 
     def expression(self) -> _Node:
+        node = self.conjunction()
+        while self.peek() == "or":
+            self.take()
+            node = _Binary("or", node, self.conjunction())
+        return node
+
+    def conjunction(self) -> _Node:
         node = self.equality()
         while self.peek() == "and":
             self.take()
@@ -406,8 +414,8 @@ class _Compiler:
         right, right_types = self.compile(node.right, types)
         if node.op == "|":
             return (lambda items: left(items) + right(items)), left_types | right_types
-        if node.op == "and":
-            return _and_step(left, right), BOOLEAN
+        if node.op in ("and", "or"):
+            return _logic_step(left, right, decisive=node.op == "or"), BOOLEAN
         return _equality_step(left, right, negate=node.op == "!="), BOOLEAN
 
     def _call(self, node: _Call, types: Types) -> tuple[Evaluate, Types]:
@@ -479,14 +487,17 @@ def _extension_step(extensions: Evaluate, url: str) -> Evaluate:
                           if type(e[0]) is dict and e[0].get("url") == url]
 
 
-def _and_step(left: Evaluate, right: Evaluate) -> Evaluate:
+def _logic_step(left: Evaluate, right: Evaluate, *, decisive: bool) -> Evaluate:
+    """FHIRPath's three-valued ``and`` (``decisive`` False: one false operand makes it
+    false) and ``or`` (``decisive`` True: one true operand makes it true); empty when
+    undecided by an empty operand."""
     def step(items: list[Item]) -> list[Item]:
         a, b = _truth(left(items)), _truth(right(items))
-        if a is False or b is False:
-            return [(False, "boolean")]
+        if a is decisive or b is decisive:
+            return [(decisive, "boolean")]
         if a is None or b is None:
             return []
-        return [(True, "boolean")]
+        return [(not decisive, "boolean")]
     return step
 
 
