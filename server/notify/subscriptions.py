@@ -34,7 +34,7 @@ from ..fhir.search.normalize import date_range
 from ..fhir.search.parse import ParsedSearch, parse_search
 from ..fhir.service import FhirService, RequestContext, WriteContext
 from ..fhir.types import STORED_TYPES
-from ..store.port import UnitOfWork, Version, now_instant
+from ..store.port import HistoryQuery, UnitOfWork, Version, now_instant
 from . import outbox, subscribers
 
 FHIR_JSON = "application/fhir+json"
@@ -151,9 +151,14 @@ class _Matcher:
         self.queued = queued
         self._written: weakref.WeakKeyDictionary[UnitOfWork, dict[tuple[str, str], int]] = (
             weakref.WeakKeyDictionary())
+        self._changing: weakref.WeakSet[UnitOfWork] = weakref.WeakSet()  # wrote a Subscription
+        self._known: tuple[int, dict[str, list[dict[str, Any]]]] = (-1, {})
         self._lock = threading.Lock()
 
     def written(self, write: WriteContext, version: Version) -> None:
+        if write.type == "Subscription":
+            with self._lock:
+                self._changing.add(write.uow)
         if (version.deleted or version.resource is None or write.type not in STORED_TYPES
                 or write.type in self.service.server_records):
             return
@@ -164,13 +169,19 @@ class _Matcher:
     def match(self, ctx: RequestContext, uow: UnitOfWork) -> None:
         with self._lock:
             written = self._written.pop(uow, {})
+            changing = uow in self._changing
+            self._changing.discard(uow)
+        if not written:
+            return
         now = now_instant()[1]
         found = 0
-        by_type: dict[str, list[dict[str, Any]]] = {}  # looked up once per type written
+        by_type = self._subscriptions(uow, remember=not changing)
         for (type_, id_), version in written.items():
             if type_ not in by_type:
-                by_type[type_] = active(self.service, uow, type_, now)
+                by_type[type_] = of_type(self.service, uow, type_)
             for subscription in by_type[type_]:
+                if not _not_ended(subscription, now):
+                    continue
                 criteria = parse_criteria(self.service, subscription.get("criteria"))
                 listener = subscribers.context(uow, str(subscription["id"]), ctx.base_url)
                 if matches(self.service, uow, criteria, id_, listener):
@@ -179,14 +190,27 @@ class _Matcher:
         if found:
             self.queued()
 
+    def _subscriptions(self, uow: UnitOfWork, *, remember: bool
+                       ) -> dict[str, list[dict[str, Any]]]:
+        """Where :meth:`match` keeps the active subscriptions of each type it looks up
+        (:func:`of_type`), for ``uow``. Every write looks for them, so this process keeps
+        them while no Subscription changes: each change, in any process, adds a version to
+        their history, whose length is read here. A unit of work that changed one itself
+        (``remember`` False) gets a fresh dict: what it sees may yet be rolled back."""
+        if not remember:
+            return {}
+        _, versions = uow.history(HistoryQuery(type="Subscription", count=0))
+        with self._lock:
+            if self._known[0] != versions:
+                self._known = (versions, {})
+            return self._known[1]
 
-def active(service: FhirService, uow: UnitOfWork, type_: str,
-           now: int) -> list[dict[str, Any]]:
-    """The active subscriptions whose criteria search ``type_``, not past their end."""
+
+def of_type(service: FhirService, uow: UnitOfWork, type_: str) -> list[dict[str, Any]]:
+    """The active subscriptions whose criteria search ``type_`` (ended ones included)."""
     found = service.lookup(uow, "Subscription", {"status": "active", "criteria": type_},
                            limit=service.config.max_count)
-    return [s for s in found
-            if str(s.get("criteria", "")).partition("?")[0] == type_ and _not_ended(s, now)]
+    return [s for s in found if str(s.get("criteria", "")).partition("?")[0] == type_]
 
 
 def _not_ended(subscription: Mapping[str, Any], now: int) -> bool:

@@ -23,6 +23,7 @@ from plansupport import (
 )
 
 from server.access.labels import OWNER_SYSTEM
+from server.fhir.outcome import FhirError
 from server.notify import outbox, subscriptions
 from server.notify.subscriptions import endpoint_problem
 from server.notify.worker import Job, Worker
@@ -165,18 +166,23 @@ def test_a_notification_is_queued_only_with_the_change(quiet: Running,
     assert outbox.pending(quiet.service.store) == []
 
 
+def _count_lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    looked_up: list[str] = []
+    real = subscriptions.of_type
+
+    def counted(service: Any, uow: Any, type_: str) -> list[dict[str, Any]]:
+        looked_up.append(type_)
+        return real(service, uow, type_)
+
+    monkeypatch.setattr(subscriptions, "of_type", counted)
+    return looked_up
+
+
 def test_a_unit_of_work_looks_up_the_subscriptions_of_each_type_once(
         quiet: Running, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
     """A transaction of several resources of a type looks up the active subscriptions to
     that type once, and still queues a notification for each resource that matches."""
-    looked_up: list[str] = []
-    real = subscriptions.active
-
-    def counted(service: Any, uow: Any, type_: str, now: int) -> list[dict[str, Any]]:
-        looked_up.append(type_)
-        return real(service, uow, type_, now)
-
-    monkeypatch.setattr(subscriptions, "active", counted)
+    looked_up = _count_lookups(monkeypatch)
     _subscribe(quiet, "hospital", "Goal?lifecycle-status=active", receiver.url)
     looked_up.clear()
     response = quiet.post("hospital", "", notification_bundle(
@@ -184,6 +190,47 @@ def test_a_unit_of_work_looks_up_the_subscriptions_of_each_type_once(
     assert response.status_code == 200, response.text
     assert looked_up.count("Goal") == 1 and len(looked_up) == len(set(looked_up))
     assert len(outbox.pending(quiet.service.store)) == 3
+
+
+def test_the_subscriptions_are_looked_up_again_only_after_one_changed_in_any_process(
+        quiet: Running, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    looked_up = _count_lookups(monkeypatch)
+    _notify(quiet, 57)
+    _notify(quiet, 58)
+    assert looked_up.count("Task") == 1  # no Subscription changed in between
+    assert outbox.pending(quiet.service.store) == []
+    # another process of the same server subscribes
+    other = start(quiet.planbro.config, load_directory=False)
+    try:
+        _subscribe(other, "kommune", "Task?owner=Organization/kommune", receiver.url)
+    finally:
+        other.close()
+    _notify(quiet, 59)
+    assert looked_up.count("Task") == 2
+    assert len(outbox.pending(quiet.service.store)) == 1
+    # what a unit of work that subscribed saw is not kept: it may yet be rolled back (here
+    # after the matching) while the next change makes the history as long again
+    bundle = notification_bundle(person("kari", 60))
+    bundle["entry"].insert(0, {
+        "resource": subscription("Task?owner=Organization/kommune", receiver.url),
+        "request": {"method": "POST", "url": "Subscription"}})
+
+    def refuse(ctx: Any, uow: Any) -> None:
+        raise FhirError.of(409, "refused after the matching")
+
+    quiet.service.before_commit.append(refuse)
+    try:
+        assert quiet.post("hospital", "", bundle).status_code == 409
+    finally:
+        quiet.service.before_commit.remove(refuse)
+    assert len(outbox.pending(quiet.service.store)) == 1
+    kept = _subscribe(quiet, "hospital", "Goal?lifecycle-status=active", receiver.url)
+    looked_up.clear()
+    _notify(quiet, 61)
+    assert looked_up.count("Task") == 1
+    pending = outbox.pending(quiet.service.store)
+    assert len(pending) == 3  # the Task to the first subscription, the Goal to the new one
+    assert kept["id"] in {message.subscription for message in pending}
 
 
 def test_failed_deliveries_are_retried_with_backoff(planbro: Running) -> None:
