@@ -838,7 +838,7 @@ def test_a_waiting_thread_gets_the_lock_when_it_is_let_go_without_trying_it_agai
         monkeypatch.setattr(journal.fcntl, "flock", real_flock)
         timer.join()
         os.close(holder)
-        assert got - let_go[0] < 0.05
+        assert got - let_go[0] < 0.5  # handed over when let go, not at the deadline (60 s)
         assert tries.count(lock._fd) == 1  # tried once without waiting, then waited
         assert not _held_elsewhere(lock._path)
     store.close()
