@@ -879,6 +879,33 @@ def test_a_wait_given_up_takes_the_lock_for_the_next_thread_or_lets_it_go(db: Pa
         assert held is True
 
 
+def test_a_wait_that_fails_fails_its_thread_and_the_next_wait_works(
+        db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db.parent.mkdir(parents=True, exist_ok=True)
+    lock = journal.WriterLock(db, lambda: 5.0)
+    lock_path = Path(f"{db}.lock")
+    holder = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    real_flock = journal.fcntl.flock
+    real_flock(holder, journal.fcntl.LOCK_EX)
+    failures = [OSError(37, "No locks available")]
+
+    def flock(fd: int, operation: int) -> None:
+        if fd != holder and not operation & (journal.fcntl.LOCK_NB | journal.fcntl.LOCK_UN) \
+                and failures:
+            raise failures.pop()
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(journal.fcntl, "flock", flock)
+    begin = time.monotonic()
+    with pytest.raises(OSError, match="No locks available"), lock.hold():
+        pass
+    assert time.monotonic() - begin < 1  # at once, not at the deadline
+    threading.Timer(0.1, real_flock, (holder, journal.fcntl.LOCK_UN)).start()
+    with lock.hold() as held:
+        assert held is True and _held_elsewhere(lock_path)
+    os.close(holder)
+
+
 def test_a_lock_taken_without_blocking_is_refused_while_another_holds_it(db: Path) -> None:
     store = embedded_store(db)
     holder = os.open(store._mover._path, os.O_RDWR | os.O_CREAT, 0o600)

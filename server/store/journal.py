@@ -222,6 +222,7 @@ class _FileWaiter:
         self._wanted = False  # a wait is under way
         self._granted = False  # it got the lock, for the thread that takes it
         self._abandoned = False  # its thread gave up: let go of the lock when it comes
+        self._failed: OSError | None = None  # the wait failed, for the thread that takes it
         self._thread: threading.Thread | None = None
 
     def waiting(self) -> bool:
@@ -242,6 +243,9 @@ class _FileWaiter:
                     self._thread.start()
                 self._changed.notify_all()
             while not self._granted:
+                if self._failed is not None:
+                    failed, self._failed = self._failed, None
+                    raise failed
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self._abandoned = True
@@ -255,7 +259,14 @@ class _FileWaiter:
             with self._changed:
                 while not self._wanted or self._granted:
                     self._changed.wait()
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except OSError as exc:  # the thread goes on waiting for the next wait
+                with self._changed:
+                    self._failed = None if self._abandoned else exc
+                    self._wanted = self._abandoned = False
+                    self._changed.notify_all()
+                continue
             with self._changed:
                 if self._abandoned:
                     fcntl.flock(self._fd, fcntl.LOCK_UN)
