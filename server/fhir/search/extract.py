@@ -195,17 +195,14 @@ class _Parser:
         return token
 
     def expression(self) -> _Node:
-        node = self.conjunction()
-        while self.peek() == "or":
-            self.take()
-            node = _Binary("or", node, self.conjunction())
-        return node
+        return self.joined("or", lambda: self.joined("and", self.equality))
 
-    def conjunction(self) -> _Node:
-        node = self.equality()
-        while self.peek() == "and":
+    def joined(self, op: str, operand: Callable[[], _Node]) -> _Node:
+        """Operands joined by ``op``, left to right."""
+        node = operand()
+        while self.peek() == op:
             self.take()
-            node = _Binary("and", node, self.equality())
+            node = _Binary(op, node, operand())
         return node
 
     def equality(self) -> _Node:
@@ -216,11 +213,7 @@ class _Parser:
         return node
 
     def union(self) -> _Node:
-        node = self.type_op()
-        while self.peek() == "|":
-            self.take()
-            node = _Binary("|", node, self.type_op())
-        return node
+        return self.joined("|", self.type_op)
 
     def type_op(self) -> _Node:
         node = self.postfix()
