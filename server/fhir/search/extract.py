@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -78,7 +79,10 @@ class ElementModel:
             self._elements.update(type_def["elements"])
 
     @classmethod
+    @cache
     def load_default(cls) -> ElementModel:
+        """The R4 elements of the stored types, read once per process (the search registry
+        and the profiles' assignment rules share it; nothing changes it)."""
         text = resources.files("server.fhir").joinpath("definitions/elements.json").read_text()
         return cls(json.loads(text))
 
